@@ -1,0 +1,47 @@
+# Every target sets itself up: a fresh clone needs only python3 (>= 3.11) and PyPI.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+GEN    := clients/python/fader/_gen/.stamp
+
+.PHONY: setup proto run test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(GEN): $(STAMP) tools/genproto.py $(shell find proto -name '*.proto' 2>/dev/null)
+	$(BIN)/python tools/genproto.py
+
+proto: $(GEN)
+
+run: $(GEN)
+	@echo "Fader is starting on the embedded demo snapshot."
+	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, flagd v1/v2, health, reflection)"
+	@echo "  management:  http://127.0.0.1:8014/status  /metrics  /healthz  /readyz"
+	@echo "  try:         $(BIN)/python -c \"from fader import Client; print(Client('127.0.0.1:8013').get_treatment('user-1', 'new-checkout'))\""
+	$(BIN)/fader serve --demo
+
+test: $(GEN)
+	$(BIN)/python -m pytest
+
+lint: $(GEN)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(GEN)
+	$(BIN)/python -m benchmarks.engine_bench
+	$(BIN)/python -m benchmarks.grpc_bench
+
+clean:
+	rm -rf $(VENV) clients/python/fader/_gen build *.egg-info

@@ -1,0 +1,153 @@
+"""The ``fader`` command: serve, evaluate, validate.
+
+``evaluate`` and ``validate`` are script-facing contracts (DESIGN.md §4): one JSON
+result line per input line, and exit status 0 only for a valid snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from sidecar.snapshot.codec import decode, format_for
+from sidecar.snapshot.issues import SnapshotError
+from sidecar.snapshot.loader import check_document, load_file
+from sidecar.snapshot.snapshot import Snapshot
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fader`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "serve":
+        # The server owns its (long) option list; imported lazily so that the offline
+        # commands start fast and need no gRPC runtime.
+        from sidecar.api.server import serve_main
+
+        return serve_main(args[1:])
+    parser = _parser()
+    ns = parser.parse_args(args)
+    if ns.command == "evaluate":
+        return evaluate_command(ns.snapshot, sys.stdin, sys.stdout, sys.stderr)
+    if ns.command == "validate":
+        return validate_command(ns.file, sys.stdout, sys.stderr)
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fader", description="Fader: feature-flag edge evaluation sidecar."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run the sidecar (see 'fader serve --help')")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate JSONL cases from stdin against a snapshot, JSONL results on stdout",
+        description=(
+            'Each input line: {"flag": "f", "key": "k", "bucketing_key": "b" | null, '
+            '"attributes": {...}}. Each output line: {"flag", "key", "treatment", "config", '
+            '"label", "version"}, or {"line": n, "error": "..."} for a malformed line.'
+        ),
+    )
+    evaluate.add_argument("--snapshot", required=True, metavar="FILE", help=".json/.msgpack/.mpk")
+    validate = sub.add_parser("validate", help="check a snapshot file; exit 0 when valid")
+    validate.add_argument("file", metavar="FILE")
+    return parser
+
+
+def evaluate_command(path: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Evaluate each JSONL case; malformed lines get an error line and exit status 1."""
+    try:
+        snapshot = load_file(path)
+    except SnapshotError as exc:
+        print(f"fader evaluate: {path}: {exc}", file=stderr)
+        return EXIT_INVALID
+    failures = 0
+    for number, line in enumerate(stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            output: dict[str, Any] = evaluate_line(snapshot, line)
+        except CaseError as exc:
+            failures += 1
+            output = {"line": number, "error": str(exc)}
+            print(f"fader evaluate: line {number}: {exc}", file=stderr)
+        stdout.write(json.dumps(output, ensure_ascii=False) + "\n")
+    stdout.flush()
+    return EXIT_INVALID if failures else EXIT_OK
+
+
+class CaseError(ValueError):
+    """An input line that is not a valid case."""
+
+
+def evaluate_line(snapshot: Snapshot, line: str) -> dict[str, Any]:
+    """One ``fader evaluate`` input line to its output object."""
+    try:
+        case = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(case, Mapping):
+        raise CaseError("a case must be a JSON object")
+    flag, key = case.get("flag"), case.get("key")
+    bucketing_key, attributes = case.get("bucketing_key"), case.get("attributes")
+    if not isinstance(flag, str) or not flag:
+        raise CaseError("'flag' must be a non-empty string")
+    if not isinstance(key, str) or not key:
+        raise CaseError("'key' must be a non-empty string")
+    if bucketing_key is not None and not isinstance(bucketing_key, str):
+        raise CaseError("'bucketing_key' must be a string or null")
+    if attributes is not None and not isinstance(attributes, Mapping):
+        raise CaseError("'attributes' must be an object or null")
+    result = snapshot.evaluate(key, flag, bucketing_key, attributes)
+    return {
+        "flag": flag,
+        "key": key,
+        "treatment": result.treatment,
+        "config": result.config,
+        "label": result.label,
+        "version": snapshot.version,
+    }
+
+
+def validate_command(path: str, stdout: TextIO, stderr: TextIO) -> int:
+    """Print every error (flag + JSON path) and warning; exit 0 only when valid."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        document = decode(data, format_for(path))
+    except OSError as exc:
+        print(f"fader validate: {path}: cannot read: {exc.strerror}", file=stderr)
+        return EXIT_INVALID
+    except SnapshotError as exc:
+        _print_issues(path, "error", exc.issues, stderr)
+        return EXIT_INVALID
+    report = check_document(document)
+    _print_issues(path, "warning", report.warnings, stderr)
+    if report.errors:
+        _print_issues(path, "error", report.errors, stderr)
+        print(f"{path}: invalid ({len(report.errors)} errors)", file=stderr)
+        return EXIT_INVALID
+    snapshot = load_file(path)
+    print(
+        f"{path}: valid: version {snapshot.version}, {snapshot.flag_count} active flags, "
+        f"{snapshot.segment_count} segments ({snapshot.segment_key_count} keys)",
+        file=stdout,
+    )
+    return EXIT_OK
+
+
+def _print_issues(path: str, level: str, issues: Iterable[object], out: TextIO) -> None:
+    for issue in issues:
+        print(f"{path}: {level}: {issue}", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

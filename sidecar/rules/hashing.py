@@ -1,0 +1,72 @@
+"""Bucketing: which of the 100 buckets a key falls in, for a seed.
+
+Two algorithms exist in Split's data: ``algo: 2`` is murmur3 x86_32 over the UTF-8
+bytes taken *unsigned* (the signed variant is the obsolete "v1" and disagrees on
+about half of all keys); ``algo: 1`` or a missing ``algo`` is the legacy
+Java-``hashCode``-style hash, as the Python SDK does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import mmh3
+
+MURMUR: Final = 2
+LEGACY: Final = 1
+
+_UINT32: Final = 0xFFFFFFFF
+_INT32_SIGN: Final = 0x80000000
+
+BucketFn = Callable[[str, int], int]
+
+
+def murmur_hash(key: str, seed: int) -> int:
+    """Unsigned murmur3 x86_32 of the UTF-8 key; the seed is taken modulo 2**32.
+
+    mmh3 >= 5 refuses negative seeds, and flag seeds are signed int32, hence the mask.
+    """
+    return int(mmh3.hash(key, seed & _UINT32, signed=False))
+
+
+def murmur_bucket(key: str, seed: int) -> int:
+    """Bucket 1..100 for ``algo: 2``."""
+    return int(mmh3.hash(key, seed & _UINT32, signed=False)) % 100 + 1
+
+
+def _to_int32(value: int) -> int:
+    value &= _UINT32
+    return value - 0x100000000 if value & _INT32_SIGN else value
+
+
+def legacy_hash(key: str, seed: int) -> int:
+    """Java ``31*h + c`` over UTF-16 code units, XOR seed, as a signed int32.
+
+    UTF-16 code units (not code points) is what Java, JavaScript and every legacy
+    vector file use; the Python SDK iterates code points and so differs only for
+    characters outside the Basic Multilingual Plane (documented in the README).
+    """
+    h = 0
+    if key.isascii():
+        units: bytes | memoryview = key.encode("ascii")
+    else:
+        units = memoryview(key.encode("utf-16-le")).cast("H")
+    for unit in units:
+        h = (31 * h + unit) & _UINT32
+    return _to_int32(h ^ (seed & _UINT32))
+
+
+def legacy_bucket(key: str, seed: int) -> int:
+    """Bucket 1..100 for ``algo: 1`` (or no ``algo``)."""
+    return abs(legacy_hash(key, seed)) % 100 + 1
+
+
+def bucket_fn(algo: object) -> BucketFn:
+    """The bucket function for a flag's ``algo``; anything but 2 is legacy, as in the Python SDK."""
+    return murmur_bucket if algo == MURMUR and not isinstance(algo, bool) else legacy_bucket
+
+
+def bucket(key: str, seed: int, algo: object = MURMUR) -> int:
+    """Public bucketing entry point: the bucket (1..100) of ``key`` for ``seed`` under ``algo``."""
+    return bucket_fn(algo)(key, seed)

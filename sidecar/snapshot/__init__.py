@@ -1,0 +1,1 @@
+"""Snapshots: decode, validate, compile, and swap atomically."""

@@ -1,0 +1,130 @@
+"""The immutable Snapshot every lookup reads.
+
+A request takes one reference to a Snapshot and uses only it, so an answer never mixes
+two versions; nothing in a Snapshot changes after it is built.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+from sidecar.rules.compile import CompiledRules
+from sidecar.rules.evaluate import evaluate
+from sidecar.rules.model import CompiledFlag
+from sidecar.rules.result import Result
+from sidecar.snapshot.issues import Issue
+
+
+class Snapshot:
+    """One complete, versioned set of flags and segments, compiled and ready to evaluate."""
+
+    __slots__ = (
+        "_flags",
+        "_names",
+        "_rules",
+        "evaluate",
+        "kind",
+        "loaded_at",
+        "source",
+        "version",
+        "warnings",
+    )
+
+    evaluate: Callable[..., Result]
+    """``evaluate(key, flag, bucketing_key=None, attributes=None) -> Result``; never raises.
+
+    Bound with ``functools.partial`` to this snapshot's flags: the hot path then costs
+    one Python frame less than a method that forwards to ``rules.evaluate``.
+    """
+
+    def __init__(
+        self,
+        version: int,
+        rules: CompiledRules,
+        *,
+        source: str,
+        kind: str = "fader",
+        warnings: Iterable[Issue] = (),
+        loaded_at: float | None = None,
+    ) -> None:
+        self.version = version
+        self._rules = rules
+        self._flags: Mapping[str, CompiledFlag] = rules.flags
+        self._names = tuple(sorted(rules.flags))
+        self.source = source
+        self.kind = kind
+        self.warnings = tuple(warnings)
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
+        self.evaluate = partial(evaluate, self._flags)
+
+    @property
+    def flags(self) -> Mapping[str, CompiledFlag]:
+        return self._flags
+
+    @property
+    def flag_count(self) -> int:
+        return len(self._flags)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._rules.segments)
+
+    @property
+    def segment_key_count(self) -> int:
+        return sum(len(keys) for keys in self._rules.segments.values())
+
+    def flag_names(self) -> tuple[str, ...]:
+        """Every active flag, sorted."""
+        return self._names
+
+    def flags_in_sets(self, sets: Iterable[str]) -> tuple[str, ...]:
+        """Active flags belonging to any of ``sets``, sorted."""
+        wanted = frozenset(sets)
+        return tuple(name for name in self._names if not wanted.isdisjoint(self._flags[name].sets))
+
+    def changed_flags(self, previous: Snapshot | None) -> tuple[str, ...]:
+        """Flags added, removed or whose definition changed since ``previous``, sorted.
+
+        Definitions are compared as JSON values, so a flag counts as changed only if its
+        rules really differ; segment changes are reported for the flags that use them.
+        """
+        if previous is None:
+            return self._names
+        changed = set(self._flags).symmetric_difference(previous.flags)
+        changed_segments = {
+            name
+            for name in set(self._rules.segments) | set(previous._rules.segments)
+            if self._rules.segments.get(name) != previous._rules.segments.get(name)
+        }
+        for name, flag in self._flags.items():
+            before = previous.flags.get(name)
+            if before is None:
+                continue
+            if before.source != flag.source or _uses_any(flag.source, changed_segments):
+                changed.add(name)
+        return tuple(sorted(changed))
+
+    def __repr__(self) -> str:
+        return f"Snapshot(version={self.version}, flags={self.flag_count}, source={self.source!r})"
+
+
+def _uses_any(raw: Mapping[str, Any], segments: set[str]) -> bool:
+    if not segments:
+        return False
+    return any(name in segments for name in _segment_names(raw))
+
+
+def _segment_names(raw: Any) -> Iterable[str]:
+    """Segment names mentioned anywhere in a flag's JSON."""
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            if key in ("segmentName", "largeSegmentName") and isinstance(value, str):
+                yield value
+            else:
+                yield from _segment_names(value)
+    elif isinstance(raw, list):
+        for item in raw:
+            yield from _segment_names(item)

@@ -1,0 +1,88 @@
+"""`fader evaluate` and `fader validate` as scripts use them: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.rules.builders import flag, snapshot_doc
+
+DEMO = Path(__file__).resolve().parents[1] / "sidecar" / "demo" / "demo.json"
+
+
+def _fader(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_evaluate_jsonl_contract() -> None:
+    cases = [
+        {"flag": "new-checkout", "key": "user-1", "bucketing_key": None, "attributes": {}},
+        {"flag": "pricing-tier", "key": "u", "attributes": {"plan": "pro", "age": 30}},
+        {"flag": "kill-switch-demo", "key": "anyone"},
+        {"flag": "missing", "key": "k"},
+    ]
+    proc = _fader(
+        "evaluate", "--snapshot", str(DEMO), stdin="".join(json.dumps(c) + "\n" for c in cases)
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert out[0] == {
+        "flag": "new-checkout",
+        "key": "user-1",
+        "treatment": "on",
+        "config": '{"color":"green"}',
+        "label": "default rule",
+        "version": 1,
+    }
+    assert (out[1]["treatment"], out[1]["config"]) == ("premium", '{"limit":100}')
+    assert (out[2]["treatment"], out[2]["label"]) == ("safe", "killed")
+    assert (out[3]["treatment"], out[3]["label"], out[3]["config"]) == (
+        "control",
+        "definition not found",
+        None,
+    )
+
+
+def test_evaluate_keeps_line_alignment_on_bad_input() -> None:
+    stdin = 'garbage\n{"flag": "new-checkout"}\n{"flag": "new-checkout", "key": "user-2"}\n'
+    proc = _fader("evaluate", "--snapshot", str(DEMO), stdin=stdin)
+    assert proc.returncode == 1
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert out[0]["line"] == 1 and "invalid JSON" in out[0]["error"]
+    assert out[1] == {"line": 2, "error": "'key' must be a non-empty string"}
+    assert out[2]["treatment"] == "off"
+
+
+def test_evaluate_refuses_an_invalid_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(snapshot_doc(flag("f", seed="x"))))
+    proc = _fader("evaluate", "--snapshot", str(path), stdin="")
+    assert proc.returncode == 1
+    assert "$.flags[0].seed" in proc.stderr
+
+
+def test_validate_ok_and_errors(tmp_path: Path) -> None:
+    ok = _fader("validate", str(DEMO))
+    assert ok.returncode == 0, ok.stderr
+    assert "valid: version 1, 5 active flags" in ok.stdout
+    bad = tmp_path / "bad.json"
+    doc = snapshot_doc(flag("f", algo=7), flag("g", trafficAllocation=101))
+    bad.write_text(json.dumps(doc))
+    proc = _fader("validate", str(bad))
+    assert proc.returncode == 1
+    assert "flag 'f' at $.flags[0].algo" in proc.stderr
+    assert "flag 'g' at $.flags[1].trafficAllocation" in proc.stderr
+    missing = _fader("validate", str(tmp_path / "nope.json"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_usage_error_exit_code() -> None:
+    assert _fader("evaluate").returncode == 2
