@@ -37,7 +37,11 @@ def check_document(document: Any) -> Report:
 
 
 def build_snapshot(document: Mapping[str, Any], source: str = "memory") -> Snapshot:
-    """Validate the whole document, then compile it; raises SnapshotError listing every issue."""
+    """Validate the whole document, then compile it; raises SnapshotError listing every issue.
+
+    The snapshot keeps references into ``document`` (it is what the cache persists), so
+    the caller hands it over: mutating it afterwards would break immutability.
+    """
     doc = normalize(document)
     report = validate(
         doc.flags,
@@ -53,7 +57,20 @@ def build_snapshot(document: Mapping[str, Any], source: str = "memory") -> Snaps
         rules = compile_rules(doc.flags, doc.segments, doc.rule_based_segments, doc.version)
     except Exception as exc:  # a validation gap must refuse the snapshot, never crash
         raise SnapshotError([Issue(None, "$", f"could not compile: {exc!r}")]) from exc
-    return Snapshot(doc.version, rules, source=source, kind=doc.kind, warnings=report.warnings)
+    native = {
+        "version": doc.version,
+        "flags": doc.flags,
+        "segments": doc.segments,
+        "ruleBasedSegments": doc.rule_based_segments,
+    }
+    return Snapshot(
+        doc.version,
+        rules,
+        source=source,
+        kind=doc.kind,
+        warnings=report.warnings,
+        document=native,
+    )
 
 
 def load_bytes(data: bytes, fmt: str, source: str) -> Snapshot:

@@ -25,6 +25,7 @@ class Snapshot:
         "_flags",
         "_names",
         "_rules",
+        "document",
         "evaluate",
         "kind",
         "loaded_at",
@@ -49,8 +50,12 @@ class Snapshot:
         kind: str = "fader",
         warnings: Iterable[Issue] = (),
         loaded_at: float | None = None,
+        document: Mapping[str, Any] | None = None,
     ) -> None:
         self.version = version
+        # The native-form document it was built from: what the last-known-good cache
+        # persists and what a resync re-sends. Never mutated.
+        self.document: Mapping[str, Any] = document or {"version": version, "flags": []}
         self._rules = rules
         self._flags: Mapping[str, CompiledFlag] = rules.flags
         self._names = tuple(sorted(rules.flags))

@@ -1,0 +1,114 @@
+"""The last-known-good cache: the last applied snapshot, on disk, verified before use.
+
+A sidecar restarting while its control plane is unreachable serves this file at once
+(OPA's persisted bundles are the model). It is written atomically (temporary file,
+fsync, rename, fsync of the directory) so a crash leaves the old file or the new one,
+never half of one, and it carries a SHA-256 of its payload so that a corrupt file is
+refused rather than served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from sidecar.snapshot.issues import Issue, SnapshotError
+from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.snapshot import Snapshot
+
+FILE_NAME: Final = "last-known-good.fader"
+FORMAT: Final = 1
+
+
+class CacheError(SnapshotError):
+    """The cache file exists but cannot be trusted; it is refused, never served."""
+
+
+def path_in(cache_dir: Path) -> Path:
+    return cache_dir / FILE_NAME
+
+
+def save(cache_dir: Path, snapshot: Snapshot) -> Path:
+    """Atomically replace the cache with ``snapshot``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    payload = msgpack.packb(dict(snapshot.document), use_bin_type=True)
+    envelope = msgpack.packb(
+        {
+            "format": FORMAT,
+            "version": snapshot.version,
+            "source": snapshot.source,
+            "saved_from_loaded_at": snapshot.loaded_at,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload": payload,
+        },
+        use_bin_type=True,
+    )
+    target = path_in(cache_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=".lkg-", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(envelope)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(cache_dir)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(cache_dir: Path) -> Snapshot | None:
+    """The cached snapshot, None when there is none; raises CacheError when it is corrupt."""
+    target = path_in(cache_dir)
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _corrupt(target, f"cannot read: {exc.strerror}") from None
+    envelope = _envelope(target, data)
+    payload = envelope["payload"]
+    if hashlib.sha256(payload).hexdigest() != envelope["sha256"]:
+        raise _corrupt(target, "checksum mismatch")
+    try:
+        document = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise _corrupt(target, f"payload does not decode: {exc}") from None
+    original = envelope.get("source")
+    source = f"cache:{target}" + (f" (from {original})" if isinstance(original, str) else "")
+    try:
+        return build_snapshot(document, source)
+    except SnapshotError as exc:
+        raise CacheError(exc.issues) from None
+
+
+def _envelope(target: Path, data: bytes) -> dict[str, Any]:
+    try:
+        envelope = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise _corrupt(target, f"not a cache file: {exc}") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
+        raise _corrupt(target, "not a cache file of format 1")
+    if not isinstance(envelope.get("payload"), bytes) or not isinstance(
+        envelope.get("sha256"), str
+    ):
+        raise _corrupt(target, "payload or checksum missing")
+    return envelope
+
+
+def _corrupt(target: Path, message: str) -> CacheError:
+    return CacheError([Issue(None, str(target), f"last-known-good cache refused: {message}")])
