@@ -1,11 +1,8 @@
 """A snapshot file, watched: every new valid content is applied, anything else refused.
 
-The *directory* is watched, not the file: that is what survives an editor's atomic
-rename, a Kubernetes ConfigMap update (the ``..data`` symlink is swapped to a new
-timestamped directory) and delete-then-restore, all of which replace the inode a
-file watch would be attached to (flagd#42, #1876). Each event triggers a re-read of
-the path through its symlinks; identical content is ignored by digest, and a file
-still being written is read again until two reads agree.
+Each change re-reads the path through its symlinks; identical content is ignored by
+digest, and a file still being written is read again until two reads agree, so half
+a write is never offered as a snapshot.
 """
 
 from __future__ import annotations
@@ -13,18 +10,38 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
-import watchfiles
-
 from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.codec import format_for
+from sidecar.snapshot.sources.watch import PathWatcher
 
 log = logging.getLogger(__name__)
 
 _SETTLE_ROUNDS = 20
+
+
+def read_settled(path: Path, settle_seconds: float) -> bytes | None:
+    """Read ``path`` until two reads ``settle_seconds`` apart agree; None when missing."""
+    previous = _read(path)
+    for _ in range(_SETTLE_ROUNDS):
+        time.sleep(settle_seconds)
+        current = _read(path)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        log.warning("cannot read snapshot file %s: %s", path, exc.strerror)
+        return None
 
 
 class FileSource:
@@ -36,22 +53,18 @@ class FileSource:
         applier: Applier,
         *,
         settle_seconds: float = 0.05,
-        debounce_ms: int = 50,
         recheck_ms: int = 2000,
         force_polling: bool | None = None,
     ) -> None:
         self.path = Path(os.path.abspath(path))
         self.applier = applier
         self.settle_seconds = settle_seconds
-        self.debounce_ms = debounce_ms
-        self.recheck_ms = recheck_ms
-        self.force_polling = force_polling
         self._seen: bytes | None = None
         self._applied: bytes | None = None
-        self._signature: tuple[int, int, int] | None = None
         self._missing_logged = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher = PathWatcher(
+            self.path, self._on_change, recheck_ms=recheck_ms, force_polling=force_polling
+        )
 
     @property
     def source(self) -> str:
@@ -59,7 +72,7 @@ class FileSource:
 
     def load(self) -> Outcome | None:
         """Apply the file's content if it is new; None when missing or unchanged."""
-        data = self._read_settled()
+        data = read_settled(self.path, self.settle_seconds)
         if data is None:
             if not self._missing_logged:
                 log.warning(
@@ -80,67 +93,12 @@ class FileSource:
             self._applied = digest
         return outcome
 
-    def _read(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            log.warning("cannot read snapshot file %s: %s", self.path, exc.strerror)
-            return None
-
-    def _read_settled(self) -> bytes | None:
-        """Read until two reads ``settle_seconds`` apart agree: half a write is no snapshot."""
-        previous = self._read()
-        for _ in range(_SETTLE_ROUNDS):
-            time.sleep(self.settle_seconds)
-            current = self._read()
-            if current == previous:
-                return current
-            previous = current
-        return previous
-
-    def _stat_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    def _on_change(self) -> None:
+        self.load()
 
     def start(self) -> None:
         """Watch in a daemon thread until ``stop``."""
-        self._signature = self._stat_signature()
-        self._thread = threading.Thread(target=self._run, name="fader-file-source", daemon=True)
-        self._thread.start()
+        self._watcher.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._watch()
-            except Exception:
-                # e.g. the directory itself vanished; keep serving and try again
-                log.exception("watching %s failed; retrying in 1 s", self.path.parent)
-                self._stop.wait(1.0)
-
-    def _watch(self) -> None:
-        for changes in watchfiles.watch(
-            self.path.parent,
-            watch_filter=None,
-            debounce=self.debounce_ms,
-            stop_event=self._stop,
-            rust_timeout=self.recheck_ms,
-            yield_on_timeout=True,
-            raise_interrupt=False,
-            force_polling=self.force_polling,
-        ):
-            signature = self._stat_signature()
-            # An event, or a periodic re-check that finds the file changed (covers
-            # anything the event backend missed).
-            if changes or signature != self._signature:
-                self._signature = signature
-                self.load()
+        self._watcher.stop(timeout)

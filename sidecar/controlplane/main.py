@@ -1,0 +1,169 @@
+"""`fader controlplane` (serve snapshots to sidecars) and `fader status` (what they serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from google.protobuf import json_format
+
+from sidecar.config import Address, ConfigError, parse_address
+from sidecar.controlplane.offer import OfferSource
+from sidecar.controlplane.registry import Registry
+from sidecar.controlplane.service import ControlPlaneServicer
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    """The reference control plane: offers, Sync streams, fleet status."""
+
+    def __init__(self, snapshot: Path, listen: Address, *, max_sidecars: int = 64) -> None:
+        self.offers = OfferSource(snapshot)
+        self.registry = Registry()
+        self.servicer = ControlPlaneServicer(self.offers, self.registry)
+        # One thread per open Sync stream, plus a few for ListSidecars.
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_sidecars + 4),
+            options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=max_sidecars + 4,
+        )
+        controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port(str(listen))
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {listen}")
+
+    def status(self) -> dict[str, Any]:
+        response = self.servicer.fleet()
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+    def start(self) -> None:
+        self.offers.start()
+        self.server.start()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.offers.stop()
+        self.server.stop(grace).wait()
+
+
+def _status_server(address: Address, plane: ControlPlane) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/status":
+                body, code = json.dumps(plane.status(), indent=2).encode(), 200
+            elif self.path == "/healthz":
+                body, code = b"ok\n", 200
+            else:
+                body, code = b"not found\n", 404
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json" if code == 200 else "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("status http: " + format, *args)
+
+    httpd = ThreadingHTTPServer((address.host, address.port), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
+    return httpd
+
+
+def controlplane_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fader controlplane",
+        description="Reference control plane: pushes the snapshot in FILE (or the newest in DIR) "
+        "to every connected sidecar and shows which version each ACKed or NACKed.",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8017", help="gRPC HOST:PORT (default %(default)s)"
+    )
+    parser.add_argument("--snapshot", required=True, type=Path, metavar="FILE|DIR")
+    parser.add_argument(
+        "--status-listen", default="127.0.0.1:8018", help="HTTP /status HOST:PORT or 'off'"
+    )
+    parser.add_argument("--max-sidecars", type=int, default=64, help="concurrent Sync streams")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.snapshot.exists():
+        print(f"fader controlplane: {args.snapshot} does not exist", file=sys.stderr)
+        return 2
+    try:
+        listen = parse_address(args.listen)
+        status_listen = parse_address(args.status_listen)
+        if listen is None:
+            raise ConfigError("--listen cannot be off")
+        plane = ControlPlane(args.snapshot, listen, max_sidecars=args.max_sidecars)
+    except ConfigError as exc:
+        print(f"fader controlplane: {exc}", file=sys.stderr)
+        return 2
+    plane.start()
+    httpd = _status_server(status_listen, plane) if status_listen else None
+    log.info(
+        "control plane listening on %s:%d (status %s)",
+        listen.host,
+        plane.port,
+        status_listen or "off",
+    )
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    if httpd is not None:
+        httpd.shutdown()
+    plane.stop()
+    return 0
+
+
+def status_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fader status", description="Which version each sidecar serves."
+    )
+    parser.add_argument("--control-plane", default="127.0.0.1:8017", metavar="ADDR")
+    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    with grpc.insecure_channel(args.control_plane) as channel:
+        stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
+        try:
+            response = stub.ListSidecars(
+                controlplane_pb2.ListSidecarsRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(
+                f"fader status: {args.control_plane}: {exc.code().name}: {exc.details()}",
+                file=sys.stderr,
+            )
+            return 1
+    if args.json:
+        print(
+            json.dumps(
+                json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2
+            )
+        )
+        return 0
+    print(f"offered: version {response.offered_version} from {response.offered_source or '-'}")
+    print(f"{'SIDECAR':24} {'STATE':13} {'ACKED':>8} {'NACKED':>8}  LABELS / ERRORS")
+    for item in response.sidecars:
+        state = "connected" if item.connected else "disconnected"
+        acked = str(item.acked_version) if item.has_acked else "-"
+        nacked = str(item.nacked_version) if item.has_nacked else "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(item.identity.labels.items()))
+        print(f"{item.identity.id:24} {state:13} {acked:>8} {nacked:>8}  {labels}")
+        for error in item.nack_errors:
+            print(f"{'':24} {'':13} {'':>8} {'':>8}  ! {error}")
+    return 0

@@ -1,0 +1,152 @@
+"""Control plane <-> sidecar stream with real gRPC on loopback: ACK, NACK, resync, restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import Address
+from sidecar.controlplane.main import ControlPlane
+from sidecar.snapshot.apply import Applier
+from sidecar.snapshot.sources.controlplane import Backoff, ControlPlaneSource, Identity
+from sidecar.snapshot.store import Store
+from tests.rules.builders import condition, flag, snapshot_doc
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def _write(path: Path, version: int, treatment: str = "on", **fields: object) -> None:
+    doc = snapshot_doc(flag("f", condition(partitions={treatment: 100}), **fields), version=version)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def snapshot_file(tmp_path: Path) -> Path:
+    path = tmp_path / "snapshot.json"
+    _write(path, 1)
+    return path
+
+
+@pytest.fixture
+def plane(snapshot_file: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane(snapshot_file, Address("127.0.0.1", 0))
+    cp.start()
+    yield cp
+    cp.stop(0)
+
+
+def _sidecar(port: int, store: Store, name: str = "pod-a") -> ControlPlaneSource:
+    source = ControlPlaneSource(
+        f"127.0.0.1:{port}", Applier(store), Identity(name, {"app": "shop"}), backoff=FAST
+    )
+    source.start()
+    return source
+
+
+def _acked(cp: ControlPlane, name: str) -> int | None:
+    for item in cp.servicer.fleet().sidecars:
+        if item.identity.id == name and item.has_acked:
+            return item.acked_version
+    return None
+
+
+def test_change_reaches_the_sidecar_and_is_acked(plane: ControlPlane, snapshot_file: Path) -> None:
+    store = Store()
+    source = _sidecar(plane.port, store)
+    try:
+        _wait(lambda: _acked(plane, "pod-a") == 1)
+        assert store.current is not None and store.current.source.startswith("controlplane:")
+        _write(snapshot_file, 2, "v2")
+        _wait(lambda: _acked(plane, "pod-a") == 2)
+        assert store.current is not None and store.current.evaluate("k", "f").treatment == "v2"
+        status = plane.status()
+        assert status["offered_version"] == "2"
+        assert status["sidecars"][0]["identity"]["labels"] == {"app": "shop"}
+        assert status["sidecars"][0]["connected"] is True
+    finally:
+        source.stop()
+
+
+def test_invalid_snapshot_is_nacked_and_old_keeps_serving(
+    plane: ControlPlane, snapshot_file: Path
+) -> None:
+    store = Store()
+    source = _sidecar(plane.port, store)
+    try:
+        _wait(lambda: _acked(plane, "pod-a") == 1)
+        _write(snapshot_file, 2, algo=9)
+        _wait(lambda: any(s.has_nacked for s in plane.servicer.fleet().sidecars))
+        status = plane.servicer.fleet().sidecars[0]
+        assert status.nacked_version == 2
+        assert any("$.flags[0].algo" in e for e in status.nack_errors)
+        assert status.acked_version == 1
+        assert store.current is not None and store.current.version == 1
+    finally:
+        source.stop()
+
+
+def test_sidecar_reconnects_and_resyncs_after_control_plane_restart(
+    snapshot_file: Path,
+) -> None:
+    first = ControlPlane(snapshot_file, Address("127.0.0.1", 0))
+    first.start()
+    port = first.port
+    store = Store()
+    source = _sidecar(port, store)
+    try:
+        _wait(lambda: _acked(first, "pod-a") == 1)
+        first.stop(0)
+        _wait(lambda: not source.connected)
+        assert store.current is not None and store.current.version == 1  # keeps serving
+        _write(snapshot_file, 2)
+        second = ControlPlane(snapshot_file, Address("127.0.0.1", port))
+        second.start()
+        try:
+            _wait(lambda: _acked(second, "pod-a") == 2)
+            assert source.connected and source.reconnects >= 1
+        finally:
+            second.stop(0)
+    finally:
+        source.stop()
+
+
+def test_folder_offers_the_newest_version(tmp_path: Path) -> None:
+    folder = tmp_path / "snaps"
+    folder.mkdir()
+    _write(folder / "a.json", 3)
+    _write(folder / "b.json", 7, "seven")
+    (folder / "notes.txt").write_text("ignored")
+    cp = ControlPlane(folder, Address("127.0.0.1", 0))
+    cp.start()
+    store = Store()
+    source = _sidecar(cp.port, store)
+    try:
+        _wait(lambda: _acked(cp, "pod-a") == 7)
+        _write(folder / "c.json", 9, "nine")
+        _wait(lambda: _acked(cp, "pod-a") == 9)
+    finally:
+        source.stop()
+        cp.stop(0)
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(initial=1, maximum=8, multiplier=2, jitter=0.25)
+    delays = [backoff.delay(n) for n in range(10)]
+    assert all(0.75 <= d <= 10 for d in delays)
+    assert max(delays[5:]) <= 8 * 1.25
+    assert len({round(backoff.delay(3), 6) for _ in range(20)}) > 1
