@@ -9,9 +9,13 @@ The input must already have passed ``sidecar.snapshot.validate``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from sidecar.rules.hashing import BucketFn, bucket_fn
 from sidecar.rules.matchers import MatcherContext, compile_matcher
@@ -38,20 +42,46 @@ class CompiledRules:
     segments: Mapping[str, frozenset[str]]
 
 
+class FlagTable(dict[str, CompiledFlag]):
+    """The flags of one snapshot. Closures that look flags up (dependencies, prerequisites)
+    hold it through a weak reference, so compiled rules contain no reference cycle and
+    reference counting alone frees a retired snapshot: snapshots are frozen out of the
+    cyclic collector (``sidecar.snapshot.loader.collector_paused``). It keeps the
+    rule-based segments alive for the closures that refer to them the same way."""
+
+    __slots__ = ("__weakref__", "rule_based")
+
+    rule_based: RuleBasedTable
+
+
+class RuleBasedTable(dict[str, CompiledRuleBasedSegment]):
+    """The rule-based segments of one snapshot, weakly referenced like FlagTable."""
+
+    __slots__ = ("__weakref__",)
+
+
 def is_active(raw: Mapping[str, Any]) -> bool:
     """Split drops non-ACTIVE flags and RBS at ingestion (an unknown status counts as archived)."""
     return bool(raw.get("status", ACTIVE) == ACTIVE)
 
 
 def compile_rules(
-    flags: Sequence[Mapping[str, Any]],
+    flags: list[Any],
     segments: Mapping[str, Sequence[str]],
     rule_based_segments: Sequence[Mapping[str, Any]],
     default_change_number: int = 0,
+    *,
+    consume: bool = False,
 ) -> CompiledRules:
-    """Compile validated flags, segments and rule-based segments."""
-    compiled_flags: dict[str, CompiledFlag] = {}
-    compiled_rbs: dict[str, CompiledRuleBasedSegment] = {}
+    """Compile validated flags, segments and rule-based segments.
+
+    With ``consume``, each flag's JSON is dropped from ``flags`` as soon as it is compiled,
+    so that a large snapshot never holds its whole JSON and its whole compiled form at once
+    (the peak memory of a 10,000-flag load).
+    """
+    compiled_flags = FlagTable()
+    compiled_rbs = RuleBasedTable()
+    compiled_flags.rule_based = compiled_rbs
     segment_sets = {name: frozenset(keys) for name, keys in segments.items()}
     ctx = MatcherContext(
         segment_sets,
@@ -61,55 +91,75 @@ def compile_rules(
     for raw in rule_based_segments:
         if is_active(raw):
             compiled_rbs[raw["name"]] = _compile_rule_based_segment(raw, ctx)
-    for raw in flags:
+    for index, raw in enumerate(flags):
         if is_active(raw):
             compiled_flags[raw["name"]] = _compile_flag(
                 raw, ctx, compiled_flags, default_change_number
             )
+        if consume:
+            flags[index] = None
     return CompiledRules(compiled_flags, compiled_rbs, segment_sets)
 
 
-def _treatment_of(flags: Mapping[str, CompiledFlag]) -> Any:
+def _treatment_of(flags: FlagTable) -> Any:
     """IN_SPLIT_TREATMENT and prerequisites: evaluate another flag of the same snapshot.
 
-    ``flags`` is filled after the closures are built; the lookup happens at request time.
+    ``flags`` is filled after the closures are built; the lookup happens at request time,
+    while the evaluation in progress holds the table.
     """
+    table_ref = weakref.ref(flags)
 
     def treatment_of(name: str, key: str, bk: str, attrs: Attributes | None) -> str:
-        flag = flags.get(name)
+        table = table_ref()
+        flag = None if table is None else table.get(name)
         return CONTROL if flag is None else flag.run(key, bk, attrs).treatment
 
     return treatment_of
 
 
-def _rule_based_member(
-    rbs: Mapping[str, CompiledRuleBasedSegment], segments: Mapping[str, frozenset[str]]
-) -> Any:
-    """IN_RULE_BASED_SEGMENT with the Python SDK's exclusion walk, quirks included."""
-    empty: frozenset[str] = frozenset()
+_EMPTY: frozenset[str] = frozenset()
 
-    def excluded_by(excluded: Sequence[tuple[bool, str]], key: str, bk: str, attrs: Any) -> bool:
-        # Mirrors RuleBasedSegmentMatcher._match_dep_rb_segments: a key listed in a nested
-        # segment's excluded keys ends the walk with "not excluded".
-        for is_rule_based, name in excluded:
-            if not is_rule_based:
-                if key in segments.get(name, empty):
-                    return True
-                continue
-            nested = rbs[name]
-            if key in nested.excluded_keys:
-                return False
-            if excluded_by(nested.excluded_segments, key, bk, attrs) or any(
-                condition(key, bk, attrs) for condition in nested.conditions
-            ):
+
+def _excluded_by(
+    rbs: Mapping[str, CompiledRuleBasedSegment],
+    segments: Mapping[str, frozenset[str]],
+    excluded: Sequence[tuple[bool, str]],
+    key: str,
+    bk: str,
+    attrs: Attributes | None,
+) -> bool:
+    """RuleBasedSegmentMatcher._match_dep_rb_segments, quirk included: a key listed in a
+    nested segment's excluded keys ends the walk with "not excluded".
+
+    Module-level on purpose: a recursive closure is a reference cycle (see FlagTable).
+    """
+    for is_rule_based, name in excluded:
+        if not is_rule_based:
+            if key in segments.get(name, _EMPTY):
                 return True
-        return False
+            continue
+        nested = rbs[name]
+        if key in nested.excluded_keys:
+            return False
+        if _excluded_by(rbs, segments, nested.excluded_segments, key, bk, attrs) or any(
+            condition(key, bk, attrs) for condition in nested.conditions
+        ):
+            return True
+    return False
+
+
+def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, frozenset[str]]) -> Any:
+    """IN_RULE_BASED_SEGMENT with the Python SDK's exclusion walk."""
+    table_ref = weakref.ref(rbs)
 
     def member(name: str, key: str, bk: str, attrs: Attributes | None) -> bool:
+        rbs = table_ref()
+        if rbs is None:  # only if the snapshot died mid-evaluation, which the caller prevents
+            raise LookupError("rule-based segments released")
         segment = rbs[name]
         if key in segment.excluded_keys:
             return False
-        if excluded_by(segment.excluded_segments, key, bk, attrs):
+        if _excluded_by(rbs, segments, segment.excluded_segments, key, bk, attrs):
             return False
         return any(condition(key, bk, attrs) for condition in segment.conditions)
 
@@ -177,8 +227,10 @@ class _Results:
 class _Condition:
     rollout: bool
     match: MatchFn
-    # None when one treatment covers every bucket; else results indexed by bucket - 1.
-    table: tuple[Result, ...] | None
+    # None when one treatment covers every bucket; else ``results[table[bucket - 1]]``.
+    # 100 bytes of indexes instead of 100 pointers: 7x less memory on 10,000 flags.
+    table: bytes | None
+    results: tuple[Result, ...]
     fixed: Result
 
 
@@ -190,31 +242,27 @@ def _compile_condition(
     rollout = raw.get("conditionType", "WHITELIST") == "ROLLOUT"
     match = _compile_match(raw, ctx)
     if not partitions:
-        fixed = results.make(CONTROL, label)
-        return _Condition(rollout, match, None, fixed)
+        return _Condition(rollout, match, None, (), results.make(CONTROL, label))
     if len(partitions) == 1 and partitions[0]["size"] == 100:
-        return _Condition(rollout, match, None, results.make(partitions[0]["treatment"], label))
-    by_treatment: dict[str, Result] = {}
-    table: list[Result] = []
-    covered = 0
+        fixed = results.make(partitions[0]["treatment"], label)
+        return _Condition(rollout, match, None, (), fixed)
+    index_of: dict[str, int] = {}
+    table = bytearray()
     for partition in partitions:
-        covered += partition["size"]
-        treatment = partition["treatment"]
-        result = by_treatment.setdefault(treatment, results.make(treatment, label))
-        while len(table) < min(covered, 100):
-            table.append(result)
-    control = results.make(CONTROL, label)
-    table.extend([control] * (100 - len(table)))
-    distinct = set(table)
-    if len(distinct) == 1:
-        return _Condition(rollout, match, None, table[0])
-    return _Condition(rollout, match, tuple(table), table[0])
+        index = index_of.setdefault(partition["treatment"], len(index_of))
+        table.extend([index] * min(partition["size"], 100 - len(table)))
+    if len(table) < 100:  # sizes short of 100: Split answers control for the rest
+        table.extend([index_of.setdefault(CONTROL, len(index_of))] * (100 - len(table)))
+    answers = tuple(results.make(treatment, label) for treatment in index_of)
+    if len(set(table)) == 1:
+        return _Condition(rollout, match, None, (), answers[table[0]])
+    return _Condition(rollout, match, bytes(table), answers, answers[table[0]])
 
 
 def _compile_flag(
     raw: Mapping[str, Any],
     ctx: MatcherContext,
-    flags: Mapping[str, CompiledFlag],
+    flags: FlagTable,
     default_change_number: int,
 ) -> CompiledFlag:
     change_number = raw.get("changeNumber", default_change_number)
@@ -255,8 +303,27 @@ def _compile_flag(
         has_targeting=_has_targeting(raw, conditions),
         run=run,
         exception_result=Result(CONTROL, LABEL_EXCEPTION, None, change_number),
-        source=raw,
+        digest=definition_digest(raw),
+        segment_names=frozenset(_segment_names(raw)),
     )
+
+
+def definition_digest(raw: Mapping[str, Any]) -> bytes:
+    """A short hash of a flag's JSON definition."""
+    return hashlib.blake2b(msgpack.packb(raw, use_bin_type=True), digest_size=16).digest()
+
+
+def _segment_names(raw: Any) -> Iterator[str]:
+    """Segment names mentioned anywhere in a flag's JSON."""
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            if key in ("segmentName", "largeSegmentName") and isinstance(value, str):
+                yield value
+            else:
+                yield from _segment_names(value)
+    elif isinstance(raw, list):
+        for item in raw:
+            yield from _segment_names(item)
 
 
 def _has_targeting(raw: Mapping[str, Any], conditions: Sequence[_Condition]) -> bool:
@@ -284,7 +351,7 @@ def _build_run(
     prerequisites: tuple[tuple[str, frozenset[str]], ...],
     prerequisites_result: Result,
     check_prerequisites: bool,
-    flags: Mapping[str, CompiledFlag],
+    flags: FlagTable,
     conditions: tuple[_Condition, ...],
     traffic_allocation: int,
     traffic_seed: int,
@@ -302,7 +369,9 @@ def _build_run(
     if killed_result is not None:
         return lambda key, bk, attrs: killed_result
     check_traffic = traffic_allocation < 100
-    steps: tuple[_Step, ...] = tuple((c.rollout, c.match, c.table, c.fixed) for c in conditions)
+    steps: tuple[_Step, ...] = tuple(
+        (c.rollout, c.match, c.table, c.results, c.fixed) for c in conditions
+    )
 
     if len(steps) == 1 and not (check_traffic and steps[0][0]):
         run = _single_condition(steps[0], seed, bucket, default_result)
@@ -320,9 +389,12 @@ def _build_run(
     if not check_prerequisites:
         return run
 
+    table_ref = weakref.ref(flags)
+
     def run_after_prerequisites(key: str, bk: str, attrs: Attributes | None) -> Result:
+        table = table_ref()
         for name, allowed in prerequisites:
-            flag = flags.get(name)
+            flag = None if table is None else table.get(name)
             treatment = CONTROL if flag is None else flag.run(key, bk, attrs).treatment
             if treatment not in allowed:
                 return prerequisites_result
@@ -331,12 +403,12 @@ def _build_run(
     return run_after_prerequisites
 
 
-_Step = tuple[bool, MatchFn, "tuple[Result, ...] | None", Result]
+_Step = tuple[bool, MatchFn, "bytes | None", "tuple[Result, ...]", Result]
 
 
 def _single_condition(step: _Step, seed: int, bucket: BucketFn, default_result: Result) -> EvalFn:
     """The most common shape: one condition and no traffic-allocation cut to make."""
-    _, match, table, fixed = step
+    _, match, table, answers, fixed = step
     if table is None:
 
         def fixed_answer(key: str, bk: str, attrs: Attributes | None) -> Result:
@@ -346,7 +418,9 @@ def _single_condition(step: _Step, seed: int, bucket: BucketFn, default_result: 
     buckets = table
 
     def rollout(key: str, bk: str, attrs: Attributes | None) -> Result:
-        return buckets[bucket(bk, seed) - 1] if match(key, bk, attrs) else default_result
+        if match(key, bk, attrs):
+            return answers[buckets[bucket(bk, seed) - 1]]
+        return default_result
 
     return rollout
 
@@ -365,13 +439,13 @@ def _conditions(
 
     def run(key: str, bk: str, attrs: Attributes | None) -> Result:
         pending_traffic = check_traffic
-        for rollout, match, table, fixed in steps:
+        for rollout, match, table, answers, fixed in steps:
             if rollout and pending_traffic:
                 if bucket(bk, traffic_seed) > traffic_allocation:
                     return not_in_split
                 pending_traffic = False
             if match(key, bk, attrs):
-                return fixed if table is None else table[bucket(bk, seed) - 1]
+                return fixed if table is None else answers[table[bucket(bk, seed) - 1]]
         return default_result
 
     return run

@@ -20,7 +20,7 @@ MatchFn = Callable[[str, str, "Attributes | None"], bool]
 EvalFn = Callable[[str, str, "Attributes | None"], Result]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CompiledFlag:
     """A flag ready to evaluate; ``run`` holds the whole decision procedure."""
 
@@ -35,7 +35,10 @@ class CompiledFlag:
     has_targeting: bool
     run: EvalFn
     exception_result: Result
-    source: Mapping[str, Any]
+    # Identifies the definition (to tell which flags a new snapshot changed) without
+    # keeping the flag's JSON alive: a large snapshot's raw JSON costs more than its rules.
+    digest: bytes
+    segment_names: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from sidecar.snapshot import cache
-from sidecar.snapshot.codec import decode
+from sidecar.snapshot.codec import MSGPACK, decode, normalize
 from sidecar.snapshot.issues import Issue, SnapshotError
-from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import StaleVersionError, Store
 
@@ -58,28 +60,24 @@ class Applier:
     def apply_bytes(self, data: bytes, fmt: str, source: str, *, force: bool = False) -> Outcome:
         """Decode ``data`` (json or msgpack) and apply it."""
         try:
-            document = decode(data, fmt)
+            snapshot = load_bytes(data, fmt, source)
         except SnapshotError as exc:
-            return self._refused(source, None, exc.issues, "invalid")
-        return self.apply_document(document, source, force=force)
+            return self._refused(source, _offered_version(data, fmt), exc.issues, "invalid")
+        return self._apply(snapshot, fmt, data, force=force)
 
     def apply_document(
         self, document: Mapping[str, Any], source: str, *, force: bool = False
     ) -> Outcome:
         """Validate, compile and apply a decoded document."""
-        try:
-            snapshot = build_snapshot(document, source)
-        except SnapshotError as exc:
-            version = document.get("version") if isinstance(document, Mapping) else None
-            return self._refused(
-                source, version if isinstance(version, int) else None, exc.issues, "invalid"
-            )
-        for warning in snapshot.warnings:
-            log.warning("snapshot version %d from %s: %s", snapshot.version, source, warning)
-        return self.apply_snapshot(snapshot, force=force)
+        data = msgpack.packb(document, use_bin_type=True)
+        return self.apply_bytes(data, MSGPACK, source, force=force)
 
-    def apply_snapshot(self, snapshot: Snapshot, *, force: bool = False) -> Outcome:
-        """Swap ``snapshot`` in (forward-only unless forced) and persist it."""
+    def _apply(self, snapshot: Snapshot, fmt: str, data: bytes, *, force: bool) -> Outcome:
+        """Swap ``snapshot`` in (forward-only unless forced) and persist its bytes."""
+        for warning in snapshot.warnings:
+            log.warning(
+                "snapshot version %d from %s: %s", snapshot.version, snapshot.source, warning
+            )
         with self._lock:
             try:
                 self.store.swap(snapshot, force=force)
@@ -87,7 +85,7 @@ class Applier:
                 issue = Issue(None, "$.version", str(exc))
                 return self._refused(snapshot.source, snapshot.version, [issue], "stale")
             if self.cache_dir is not None:
-                self._persist(snapshot)
+                self._persist(snapshot, fmt, data)
         log.info(
             "applied snapshot version %d from %s (%d flags)",
             snapshot.version,
@@ -96,10 +94,10 @@ class Applier:
         )
         return Outcome(True, snapshot.version, snapshot.source)
 
-    def _persist(self, snapshot: Snapshot) -> None:
+    def _persist(self, snapshot: Snapshot, fmt: str, data: bytes) -> None:
         assert self.cache_dir is not None
         try:
-            cache.save(self.cache_dir, snapshot)
+            cache.save(self.cache_dir, snapshot, fmt, data)
         except OSError as exc:
             # Serving goes on: the cache is a restart aid, not a reason to refuse a snapshot.
             log.error("could not write the last-known-good cache in %s: %s", self.cache_dir, exc)
@@ -118,3 +116,11 @@ class Applier:
         for hook in self.on_refused:
             hook(outcome)
         return outcome
+
+
+def _offered_version(data: bytes, fmt: str) -> int | None:
+    """The version a refused snapshot claimed, for the NACK; None when unreadable."""
+    try:
+        return normalize(decode(data, fmt)).version
+    except SnapshotError:
+        return None

@@ -1,7 +1,8 @@
 """The last-known-good cache: the last applied snapshot, on disk, verified before use.
 
 A sidecar restarting while its control plane is unreachable serves this file at once
-(OPA's persisted bundles are the model). It is written atomically (temporary file,
+(OPA's persisted bundles are the model). It holds the bytes the snapshot was decoded
+from, with their encoding, and is written atomically (temporary file,
 fsync, rename, fsync of the directory) so a crash leaves the old file or the new one,
 never half of one, and it carries a SHA-256 of its payload so that a corrupt file is
 refused rather than served.
@@ -18,7 +19,7 @@ from typing import Any, Final
 import msgpack
 
 from sidecar.snapshot.issues import Issue, SnapshotError
-from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.snapshot import Snapshot
 
 FILE_NAME: Final = "last-known-good.fader"
@@ -33,13 +34,13 @@ def path_in(cache_dir: Path) -> Path:
     return cache_dir / FILE_NAME
 
 
-def save(cache_dir: Path, snapshot: Snapshot) -> Path:
-    """Atomically replace the cache with ``snapshot``."""
+def save(cache_dir: Path, snapshot: Snapshot, encoding: str, payload: bytes) -> Path:
+    """Atomically replace the cache with ``snapshot``, whose bytes were ``payload``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    payload = msgpack.packb(dict(snapshot.document), use_bin_type=True)
     envelope = msgpack.packb(
         {
             "format": FORMAT,
+            "encoding": encoding,
             "version": snapshot.version,
             "source": snapshot.source,
             "saved_from_loaded_at": snapshot.loaded_at,
@@ -84,14 +85,10 @@ def load(cache_dir: Path) -> Snapshot | None:
     payload = envelope["payload"]
     if hashlib.sha256(payload).hexdigest() != envelope["sha256"]:
         raise _corrupt(target, "checksum mismatch")
-    try:
-        document = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise _corrupt(target, f"payload does not decode: {exc}") from None
     original = envelope.get("source")
     source = f"cache:{target}" + (f" (from {original})" if isinstance(original, str) else "")
     try:
-        return build_snapshot(document, source)
+        return load_bytes(payload, envelope["encoding"], source)
     except SnapshotError as exc:
         raise CacheError(exc.issues) from None
 

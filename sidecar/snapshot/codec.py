@@ -42,12 +42,29 @@ def format_for(path: str | Path) -> str:
     return MSGPACK if suffix in (".msgpack", ".mpk") else JSON
 
 
+def _yield_point(value: Any) -> Any:
+    """Called by the decoders for every object (and msgpack array) they build.
+
+    Decoding a large snapshot is one long C call that holds the GIL; lookups served by
+    other threads would stall for its whole length. A Python-level hook gives the
+    interpreter a point to hand the GIL over at every JSON object / msgpack container, so
+    a lookup waits at most one switch interval instead of the whole decode.
+    """
+    return value
+
+
 def decode(data: bytes, fmt: str) -> Any:
     """Bytes -> Python objects; a syntax error is a SnapshotError with its position."""
     try:
         if fmt == MSGPACK:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
-        return json.loads(data)
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                object_hook=_yield_point,
+                list_hook=_yield_point,
+            )
+        return json.loads(data, object_hook=_yield_point)
     except json.JSONDecodeError as exc:
         raise SnapshotError(
             [Issue(None, "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]

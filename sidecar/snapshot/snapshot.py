@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
 
 from sidecar.rules.compile import CompiledRules
 from sidecar.rules.evaluate import evaluate
@@ -22,10 +21,10 @@ class Snapshot:
     """One complete, versioned set of flags and segments, compiled and ready to evaluate."""
 
     __slots__ = (
+        "__weakref__",
         "_flags",
         "_names",
         "_rules",
-        "document",
         "evaluate",
         "kind",
         "loaded_at",
@@ -50,12 +49,8 @@ class Snapshot:
         kind: str = "fader",
         warnings: Iterable[Issue] = (),
         loaded_at: float | None = None,
-        document: Mapping[str, Any] | None = None,
     ) -> None:
         self.version = version
-        # The native-form document it was built from: what the last-known-good cache
-        # persists and what a resync re-sends. Never mutated.
-        self.document: Mapping[str, Any] = document or {"version": version, "flags": []}
         self._rules = rules
         self._flags: Mapping[str, CompiledFlag] = rules.flags
         self._names = tuple(sorted(rules.flags))
@@ -93,43 +88,37 @@ class Snapshot:
     def changed_flags(self, previous: Snapshot | None) -> tuple[str, ...]:
         """Flags added, removed or whose definition changed since ``previous``, sorted.
 
-        Definitions are compared as JSON values, so a flag counts as changed only if its
-        rules really differ; segment changes are reported for the flags that use them.
+        A flag counts as changed when its JSON definition differs, or when a segment it
+        names has different keys.
         """
         if previous is None:
             return self._names
         changed = set(self._flags).symmetric_difference(previous.flags)
+        ours, theirs = self._rules.segments, previous._rules.segments
         changed_segments = {
-            name
-            for name in set(self._rules.segments) | set(previous._rules.segments)
-            if self._rules.segments.get(name) != previous._rules.segments.get(name)
+            name for name in set(ours) | set(theirs) if ours.get(name) != theirs.get(name)
         }
         for name, flag in self._flags.items():
             before = previous.flags.get(name)
             if before is None:
                 continue
-            if before.source != flag.source or _uses_any(flag.source, changed_segments):
+            if before.digest != flag.digest or not changed_segments.isdisjoint(flag.segment_names):
                 changed.add(name)
         return tuple(sorted(changed))
 
+    def release_step(self, batch: int = 200) -> bool:
+        """Free a bounded part of a retired snapshot; True while something is left.
+
+        Only for the Reaper, once nothing else references this snapshot: afterwards it
+        answers every flag as "definition not found".
+        """
+        for table in (self._rules.segments, self._flags, self._rules.rule_based_segments):
+            if table:
+                assert isinstance(table, dict)
+                for _ in range(min(batch, len(table))):
+                    table.popitem()
+                return True
+        return False
+
     def __repr__(self) -> str:
         return f"Snapshot(version={self.version}, flags={self.flag_count}, source={self.source!r})"
-
-
-def _uses_any(raw: Mapping[str, Any], segments: set[str]) -> bool:
-    if not segments:
-        return False
-    return any(name in segments for name in _segment_names(raw))
-
-
-def _segment_names(raw: Any) -> Iterable[str]:
-    """Segment names mentioned anywhere in a flag's JSON."""
-    if isinstance(raw, Mapping):
-        for key, value in raw.items():
-            if key in ("segmentName", "largeSegmentName") and isinstance(value, str):
-                yield value
-            else:
-                yield from _segment_names(value)
-    elif isinstance(raw, list):
-        for item in raw:
-            yield from _segment_names(item)

@@ -2,7 +2,8 @@
 
 Readers do ``store.current`` once per request: a single attribute read, atomic under
 the GIL, no lock on the hot path. Writers serialise on a lock so that the version check
-and the swap cannot interleave.
+and the swap cannot interleave. Replaced snapshots go to the Reaper, which frees them in
+small steps once no request uses them any more.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from sidecar.snapshot.reaper import Reaper
 from sidecar.snapshot.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,11 @@ class StaleVersionError(ValueError):
 class Store:
     """Holds the active snapshot and notifies listeners after each swap."""
 
-    def __init__(self) -> None:
+    def __init__(self, reaper: Reaper | None = None) -> None:
         self.current: Snapshot | None = None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._reaper = reaper or Reaper()
 
     def swap(self, snapshot: Snapshot, *, force: bool = False) -> Snapshot | None:
         """Make ``snapshot`` active and return the previous one.
@@ -55,6 +58,8 @@ class Store:
                 listener(previous, snapshot)
             except Exception:
                 log.exception("snapshot listener failed after swap to version %d", snapshot.version)
+        if previous is not None:
+            self._reaper.retire(previous)
         return previous
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

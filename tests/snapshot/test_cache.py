@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,23 +10,28 @@ import msgpack
 import pytest
 
 from sidecar.snapshot import cache
-from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.snapshot import Snapshot
 from tests.rules.builders import condition, flag, snapshot_doc
 
 
-def _snap(version: int = 3) -> Snapshot:
+def _encoded(version: int = 3) -> bytes:
     doc = snapshot_doc(
         flag("f", condition(partitions={"on": 50, "off": 50})),
         version=version,
         segments={"s": ["a", "b"]},
     )
-    return build_snapshot(doc, "file:/x.json")
+    return json.dumps(doc).encode()
+
+
+def _save(directory: Path, version: int = 3) -> tuple[Path, Snapshot]:
+    data = _encoded(version)
+    snapshot = load_bytes(data, "json", "file:/x.json")
+    return cache.save(directory, snapshot, "json", data), snapshot
 
 
 def test_round_trip_answers_identically(tmp_path: Path) -> None:
-    original = _snap()
-    cache.save(tmp_path, original)
+    _, original = _save(tmp_path)
     loaded = cache.load(tmp_path)
     assert loaded is not None
     assert loaded.version == 3
@@ -40,8 +46,8 @@ def test_no_cache_is_none(tmp_path: Path) -> None:
 
 
 def test_newer_save_replaces(tmp_path: Path) -> None:
-    cache.save(tmp_path, _snap(3))
-    cache.save(tmp_path, _snap(4))
+    _save(tmp_path, 3)
+    _save(tmp_path, 4)
     loaded = cache.load(tmp_path)
     assert loaded is not None and loaded.version == 4
 
@@ -56,14 +62,14 @@ def test_newer_save_replaces(tmp_path: Path) -> None:
 def test_corrupt_cache_is_refused(
     tmp_path: Path, corrupt: Callable[[bytes], bytes], message: str
 ) -> None:
-    path = cache.save(tmp_path, _snap())
+    path, _ = _save(tmp_path)
     path.write_bytes(corrupt(path.read_bytes()))
     with pytest.raises(cache.CacheError, match=message):
         cache.load(tmp_path)
 
 
 def test_flipped_payload_byte_fails_the_checksum(tmp_path: Path) -> None:
-    path = cache.save(tmp_path, _snap())
+    path, _ = _save(tmp_path)
     envelope = msgpack.unpackb(path.read_bytes(), raw=False)
     payload = bytearray(envelope["payload"])
     index = payload.index(b"off")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -108,3 +109,56 @@ def test_concurrent_readers_never_see_a_mix() -> None:
         t.join()
     assert mixed == []
     assert store.current is not None and store.current.version == 199
+
+
+def test_a_retired_snapshot_is_freed_without_the_cyclic_collector() -> None:
+    """Snapshots are frozen out of the GC; their dependency cycles must be cut on release."""
+    import gc
+    import weakref
+
+    dependency = {
+        "matcherType": "IN_SPLIT_TREATMENT",
+        "dependencyMatcherData": {"split": "b", "treatments": ["on"]},
+    }
+    in_rbs = {
+        "matcherType": "IN_RULE_BASED_SEGMENT",
+        "userDefinedSegmentMatcherData": {"segmentName": "r"},
+    }
+    rbs = {
+        "name": "r",
+        "conditions": [{"matcherGroup": {"combiner": "AND", "matchers": [dependency]}}],
+        "excluded": {"keys": [], "segments": [{"name": "r2", "type": "rule-based"}]},
+    }
+    rbs2 = {"name": "r2", "conditions": [], "excluded": {"keys": ["x"], "segments": []}}
+    doc = snapshot_doc(
+        flag("a", condition(dependency, in_rbs), prerequisites=[{"n": "b", "ts": ["on"]}]),
+        flag("b"),
+        version=1,
+        rbs=[rbs, rbs2],
+    )
+    store = Store()
+    store.swap(build_snapshot(doc))
+    assert store.current is not None
+    assert store.current.evaluate("k", "a").label == "rule"
+    compiled = weakref.ref(store.current.flags["a"])
+    gc.disable()
+    try:
+        store.swap(_snap(2))
+        deadline = time.monotonic() + 5
+        while compiled() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reaper frees it in the background
+        assert compiled() is None
+    finally:
+        gc.enable()
+
+
+def test_a_snapshot_in_use_is_not_released() -> None:
+    """The reaper waits until no request holds the old snapshot."""
+    store = Store()
+    store.swap(_snap(1, "old"))
+    in_flight = store.current
+    assert in_flight is not None
+    store.swap(_snap(2, "new"))
+    time.sleep(0.3)
+    assert in_flight.evaluate("k", "f").treatment == "old"
+    del in_flight

@@ -1,0 +1,190 @@
+"""Snapshot load benchmark: 10,000 flags and 1,000,000 segment keys.
+
+Run: ``python -m benchmarks.snapshot_bench``. Measures, in fresh child processes:
+
+* time to decode + validate + compile + swap the snapshot (msgpack and JSON files);
+* the longest gap between two consecutive lookups of a thread that evaluates flags
+  non-stop while the snapshot is loaded and swapped in, against the longest gap of the
+  same thread while nothing is loading (the baseline, measured in the same run);
+* the process RSS once the snapshot is loaded (and the RSS of an empty sidecar process).
+
+The snapshot has 100 segments of 10,000 keys; each flag has a whitelist condition, a
+segment condition with a 50/50 split and a two-attribute condition with a 10/90 split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+FLAGS = 10_000
+SEGMENTS = 100
+KEYS_PER_SEGMENT = 10_000
+
+
+def _flag(i: int) -> dict[str, Any]:
+    def matcher(matcher_type: str, attribute: str | None, **data: Any) -> dict[str, Any]:
+        return {
+            "keySelector": {"trafficType": "user", "attribute": attribute},
+            "matcherType": matcher_type,
+            "negate": False,
+            **data,
+        }
+
+    def condition(kind: str, matchers: list[dict[str, Any]], parts: dict[str, int], label: str) -> dict[str, Any]:
+        return {
+            "conditionType": kind,
+            "matcherGroup": {"combiner": "AND", "matchers": matchers},
+            "partitions": [{"treatment": t, "size": s} for t, s in parts.items()],
+            "label": label,
+        }
+
+    return {
+        "name": f"flag-{i}",
+        "trafficTypeName": "user",
+        "seed": (i * 7919) % 2**31,
+        "trafficAllocation": 100,
+        "trafficAllocationSeed": i,
+        "algo": 2,
+        "status": "ACTIVE",
+        "killed": False,
+        "defaultTreatment": "off",
+        "changeNumber": i,
+        "sets": [f"set_{i % 10}"],
+        "configurations": {"on": '{"a":1}'},
+        "conditions": [
+            condition("WHITELIST", [matcher("WHITELIST", None, whitelistMatcherData={"whitelist": [f"u{j}" for j in range(5)]})], {"on": 100}, "whitelisted"),
+            condition("ROLLOUT", [matcher("IN_SEGMENT", None, userDefinedSegmentMatcherData={"segmentName": f"seg-{i % SEGMENTS}"})], {"on": 50, "off": 50}, "in segment"),
+            condition(
+                "ROLLOUT",
+                [
+                    matcher("WHITELIST", "plan", whitelistMatcherData={"whitelist": ["pro"]}),
+                    matcher("GREATER_THAN_OR_EQUAL_TO", "age", unaryNumericMatcherData={"dataType": "NUMBER", "value": 18}),
+                ],
+                {"on": 10, "off": 90},
+                "pro adults",
+            ),
+        ],
+    }
+
+
+def document(version: int) -> dict[str, Any]:
+    return {
+        "version": version,
+        "flags": [_flag(i) for i in range(FLAGS)],
+        "segments": {f"seg-{s}": [f"key-{s}-{k}" for k in range(KEYS_PER_SEGMENT)] for s in range(SEGMENTS)},
+        "ruleBasedSegments": [],
+    }
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(small: str, big: str) -> None:
+    """Runs in a fresh process: load ``small``, start a lookup thread, then load ``big``."""
+    from sidecar.snapshot.loader import load_file
+    from sidecar.snapshot.store import Store
+
+    store = Store()
+    store.swap(load_file(small))
+    rss_empty = rss_mb()
+    gaps: list[float] = []
+    window = {"on": False}
+    stop = threading.Event()
+
+    def lookups() -> None:
+        attrs = {"plan": "pro", "age": 30}
+        last = time.perf_counter()
+        i = 0
+        while not stop.is_set():
+            snap = store.current
+            assert snap is not None
+            snap.evaluate(f"key-{i % SEGMENTS}-{i}", "flag-1", None, attrs)
+            now = time.perf_counter()
+            if window["on"]:
+                gaps.append(now - last)
+            last = now
+            i += 1
+
+    thread = threading.Thread(target=lookups, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    window["on"] = True
+    time.sleep(1.0)  # baseline: lookups with nothing loading
+    baseline = max(gaps)
+    gaps.clear()
+    start = time.perf_counter()
+    snapshot = load_file(big)
+    store.swap(snapshot)
+    elapsed = time.perf_counter() - start
+    load_gaps = list(gaps)
+    window["on"] = False
+    stop.set()
+    thread.join()
+    del snapshot
+    print(json.dumps({
+        "load_seconds": elapsed,
+        "max_gap_ms_loading": max(load_gaps) * 1000,
+        "max_gap_ms_idle": baseline * 1000,
+        "lookups_during_load": len(load_gaps),
+        "rss_mb_loaded": rss_mb(),
+        "rss_mb_small": rss_empty,
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(prefix="fader-bench-") as tmp:
+        folder = Path(tmp)
+        doc = document(2)
+        small = {"version": 1, "flags": doc["flags"][:1], "segments": {}, "ruleBasedSegments": []}
+        (folder / "small.json").write_text(json.dumps(small))
+        (folder / "big.msgpack").write_bytes(msgpack.packb(doc))
+        (folder / "big.json").write_text(json.dumps(doc))
+        del doc
+        sizes = {name: (folder / name).stat().st_size / 1e6 for name in ("big.msgpack", "big.json")}
+        print(f"snapshot: {FLAGS} flags, {SEGMENTS * KEYS_PER_SEGMENT} segment keys; "
+              f"msgpack {sizes['big.msgpack']:.1f} MB, JSON {sizes['big.json']:.1f} MB; "
+              f"{args.rounds} rounds, medians; {os.cpu_count()} cores")
+        print(f"{'encoding':9} {'load s':>7} {'max stall ms':>13} {'idle max gap ms':>16} {'RSS MB':>7} {'RSS before':>11}")
+        for name in ("big.msgpack", "big.json"):
+            runs = [
+                json.loads(subprocess.run(
+                    [sys.executable, "-m", "benchmarks.snapshot_bench", "--child",
+                     str(folder / "small.json"), str(folder / name)],
+                    check=True, capture_output=True, text=True,
+                ).stdout)
+                for _ in range(args.rounds)
+            ]
+
+            def med(key: str, runs: list[dict[str, float]] = runs) -> float:
+                return statistics.median(r[key] for r in runs)
+
+            print(f"{name.split('.')[1]:9} {med('load_seconds'):7.2f} {med('max_gap_ms_loading'):13.1f} "
+                  f"{med('max_gap_ms_idle'):16.1f} {med('rss_mb_loaded'):7.0f} {med('rss_mb_small'):11.0f}")
+
+
+if __name__ == "__main__":
+    main()
