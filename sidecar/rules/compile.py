@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from sidecar.rules.hashing import BucketFn, bucket_fn
+from sidecar.rules.hashing import is_murmur, legacy_index, murmur32
 from sidecar.rules.matchers import MatcherContext, compile_matcher
 from sidecar.rules.model import Attributes, CompiledFlag, CompiledRuleBasedSegment, EvalFn, MatchFn
 from sidecar.rules.result import (
@@ -181,9 +181,28 @@ def _compile_rule_based_segment(
     )
 
 
+def _matchers(raw_condition: Mapping[str, Any], ctx: MatcherContext) -> tuple[MatchFn, ...]:
+    """A condition's matchers; plain ALL_KEYS ones are left out (they always match)."""
+    return tuple(
+        compile_matcher(m, ctx)
+        for m in raw_condition["matcherGroup"]["matchers"]
+        if not (m["matcherType"] == "ALL_KEYS" and not m.get("negate"))
+    )
+
+
 def _compile_match(raw_condition: Mapping[str, Any], ctx: MatcherContext) -> MatchFn:
-    """AND of a condition's matchers, unrolled for the common small sizes."""
-    matchers = [compile_matcher(m, ctx) for m in raw_condition["matcherGroup"]["matchers"]]
+    """AND of a condition's matchers as one callable (rule-based segment conditions)."""
+    return _all_of(_matchers(raw_condition, ctx)) or _always
+
+
+def _always(key: str, bk: str, attrs: Attributes | None) -> bool:
+    return True
+
+
+def _all_of(matchers: tuple[MatchFn, ...]) -> MatchFn | None:
+    """AND of ``matchers`` unrolled for the common small sizes; None when there are none."""
+    if not matchers:
+        return None
     if len(matchers) == 1:
         return matchers[0]
     if len(matchers) == 2:
@@ -200,10 +219,9 @@ def _compile_match(raw_condition: Mapping[str, Any], ctx: MatcherContext) -> Mat
             return one(key, bk, attrs) and two(key, bk, attrs) and three(key, bk, attrs)
 
         return three_of
-    group = tuple(matchers)
 
     def all_of(key: str, bk: str, attrs: Attributes | None) -> bool:
-        for matcher in group:  # noqa: SIM110 - a plain loop beats all(<genexpr>) here
+        for matcher in matchers:  # noqa: SIM110 - a plain loop beats all(<genexpr>) here
             if not matcher(key, bk, attrs):
                 return False
         return True
@@ -226,7 +244,7 @@ class _Results:
 @dataclass(frozen=True, slots=True)
 class _Condition:
     rollout: bool
-    match: MatchFn
+    matchers: tuple[MatchFn, ...]  # empty: every key matches
     # None when one treatment covers every bucket; else ``results[table[bucket - 1]]``.
     # 100 bytes of indexes instead of 100 pointers: 7x less memory on 10,000 flags.
     table: bytes | None
@@ -240,7 +258,7 @@ def _compile_condition(
     label = raw.get("label")
     partitions = raw.get("partitions") or []
     rollout = raw.get("conditionType", "WHITELIST") == "ROLLOUT"
-    match = _compile_match(raw, ctx)
+    match = _matchers(raw, ctx)
     if not partitions:
         return _Condition(rollout, match, None, (), results.make(CONTROL, label))
     if len(partitions) == 1 and partitions[0]["size"] == 100:
@@ -284,7 +302,7 @@ def _compile_flag(
         traffic_allocation=100 if traffic_allocation is None else traffic_allocation,
         traffic_seed=raw.get("trafficAllocationSeed") or 0,
         seed=raw["seed"],
-        bucket=bucket_fn(raw.get("algo")),
+        murmur=is_murmur(raw.get("algo")),
         not_in_split=results.make(default, LABEL_NOT_IN_SPLIT),
         default_result=results.make(default, LABEL_DEFAULT_RULE),
     )
@@ -337,9 +355,7 @@ def _has_targeting(raw: Mapping[str, Any], conditions: Sequence[_Condition]) -> 
         return True
     if not conditions:
         return False
-    first = raw["conditions"][0]
-    matchers = first["matcherGroup"]["matchers"]
-    everyone = all(m["matcherType"] == "ALL_KEYS" and not m.get("negate") for m in matchers)
+    everyone = not conditions[0].matchers
     allocation = raw.get("trafficAllocation")
     cut = conditions[0].rollout and allocation is not None and allocation < 100
     return not (everyone and conditions[0].table is None and not cut)
@@ -356,7 +372,7 @@ def _build_run(
     traffic_allocation: int,
     traffic_seed: int,
     seed: int,
-    bucket: BucketFn,
+    murmur: bool,
     not_in_split: Result,
     default_result: Result,
 ) -> EvalFn:
@@ -368,24 +384,14 @@ def _build_run(
     """
     if killed_result is not None:
         return lambda key, bk, attrs: killed_result
-    check_traffic = traffic_allocation < 100
-    steps: tuple[_Step, ...] = tuple(
-        (c.rollout, c.match, c.table, c.results, c.fixed) for c in conditions
-    )
-
-    if len(steps) == 1 and not (check_traffic and steps[0][0]):
-        run = _single_condition(steps[0], seed, bucket, default_result)
+    hashing = _Hashing(murmur, seed, traffic_seed)
+    single = len(conditions) == 1 and not (traffic_allocation < 100 and conditions[0].rollout)
+    if single and conditions[0].table is None:
+        run = _fixed_answer(conditions[0], default_result)
+    elif single:
+        run = _rollout(conditions[0], hashing, default_result)
     else:
-        run = _conditions(
-            steps,
-            check_traffic,
-            traffic_seed,
-            traffic_allocation,
-            seed,
-            bucket,
-            not_in_split,
-            default_result,
-        )
+        run = _conditions(conditions, hashing, traffic_allocation, not_in_split, default_result)
     if not check_prerequisites:
         return run
 
@@ -403,49 +409,112 @@ def _build_run(
     return run_after_prerequisites
 
 
-_Step = tuple[bool, MatchFn, "bytes | None", "tuple[Result, ...]", Result]
+@dataclass(frozen=True, slots=True)
+class _Hashing:
+    """How a flag buckets: ``index = bucket - 1`` in 0..99.
+
+    Murmur (``algo: 2``, what Split emits today) is computed inline in the closures below
+    as ``murmur32(bk, seed & 0xFFFFFFFF, False) % 100``: one C call, no Python frame.
+    """
+
+    murmur: bool
+    seed: int
+    traffic_seed: int
+
+    @property
+    def seed_u32(self) -> int:
+        return self.seed & 0xFFFFFFFF
+
+    @property
+    def traffic_seed_u32(self) -> int:
+        return self.traffic_seed & 0xFFFFFFFF
 
 
-def _single_condition(step: _Step, seed: int, bucket: BucketFn, default_result: Result) -> EvalFn:
-    """The most common shape: one condition and no traffic-allocation cut to make."""
-    _, match, table, answers, fixed = step
-    if table is None:
+def _fixed_answer(condition: _Condition, default_result: Result) -> EvalFn:
+    """One condition answering one treatment: the matchers decide, nothing is hashed.
 
-        def fixed_answer(key: str, bk: str, attrs: Attributes | None) -> Result:
-            return fixed if match(key, bk, attrs) else default_result
+    Unrolled for up to three matchers, the most common shape of a targeted flag.
+    """
+    fixed, matchers = condition.fixed, condition.matchers
+    if not matchers:
+        return lambda key, bk, attrs: fixed
+    if len(matchers) == 1:
+        (one,) = matchers
 
-        return fixed_answer
-    buckets = table
+        def one_matcher(key: str, bk: str, attrs: Attributes | None) -> Result:
+            return fixed if one(key, bk, attrs) else default_result
+
+        return one_matcher
+    if len(matchers) == 2:
+        one, two = matchers
+
+        def two_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+            return fixed if one(key, bk, attrs) and two(key, bk, attrs) else default_result
+
+        return two_matchers
+    if len(matchers) == 3:
+        one, two, three = matchers
+
+        def three_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+            if one(key, bk, attrs) and two(key, bk, attrs) and three(key, bk, attrs):
+                return fixed
+            return default_result
+
+        return three_matchers
+    match = _all_of(matchers)
+    assert match is not None
+
+    def many_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+        return fixed if match(key, bk, attrs) else default_result
+
+    return many_matchers
+
+
+def _rollout(condition: _Condition, hashing: _Hashing, default_result: Result) -> EvalFn:
+    """One condition split between treatments by bucket, no traffic-allocation cut."""
+    match = _all_of(condition.matchers)
+    table, answers = condition.table, condition.results
+    assert table is not None
+    murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
 
     def rollout(key: str, bk: str, attrs: Attributes | None) -> Result:
-        if match(key, bk, attrs):
-            return answers[buckets[bucket(bk, seed) - 1]]
+        if match is None or match(key, bk, attrs):
+            index = murmur32(bk, seed_u32, False) % 100 if murmur else legacy_index(bk, seed)
+            return answers[table[index]]
         return default_result
 
     return rollout
 
 
 def _conditions(
-    steps: tuple[_Step, ...],
-    check_traffic: bool,
-    traffic_seed: int,
+    conditions: tuple[_Condition, ...],
+    hashing: _Hashing,
     traffic_allocation: int,
-    seed: int,
-    bucket: BucketFn,
     not_in_split: Result,
     default_result: Result,
 ) -> EvalFn:
     """The general shape: conditions in order, traffic allocation before the first ROLLOUT."""
+    steps = tuple((c.rollout, _all_of(c.matchers), c.table, c.results, c.fixed) for c in conditions)
+    check_traffic = traffic_allocation < 100
+    murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
+    traffic_seed, traffic_seed_u32 = hashing.traffic_seed, hashing.traffic_seed_u32
 
     def run(key: str, bk: str, attrs: Attributes | None) -> Result:
         pending_traffic = check_traffic
         for rollout, match, table, answers, fixed in steps:
             if rollout and pending_traffic:
-                if bucket(bk, traffic_seed) > traffic_allocation:
+                if murmur:
+                    index = murmur32(bk, traffic_seed_u32, False) % 100
+                else:
+                    index = legacy_index(bk, traffic_seed)
+                if index >= traffic_allocation:  # bucket (index + 1) > allocation
                     return not_in_split
                 pending_traffic = False
-            if match(key, bk, attrs):
-                return fixed if table is None else answers[table[bucket(bk, seed) - 1]]
+            if match is None or match(key, bk, attrs):
+                if table is None:
+                    return fixed
+                index = murmur32(bk, seed_u32, False) % 100 if murmur else legacy_index(bk, seed)
+                return answers[table[index]]
         return default_result
 
     return run

@@ -8,7 +8,6 @@ Java-``hashCode``-style hash, as the Python SDK does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final
 
 import mmh3
@@ -18,8 +17,6 @@ LEGACY: Final = 1
 
 _UINT32: Final = 0xFFFFFFFF
 _INT32_SIGN: Final = 0x80000000
-
-BucketFn = Callable[[str, int], int]
 
 
 def murmur_hash(key: str, seed: int) -> int:
@@ -62,11 +59,20 @@ def legacy_bucket(key: str, seed: int) -> int:
     return abs(legacy_hash(key, seed)) % 100 + 1
 
 
-def bucket_fn(algo: object) -> BucketFn:
-    """The bucket function for a flag's ``algo``; anything but 2 is legacy, as in the Python SDK."""
-    return murmur_bucket if algo == MURMUR and not isinstance(algo, bool) else legacy_bucket
+def legacy_index(key: str, seed: int) -> int:
+    """``legacy_bucket - 1``: the index into a condition's 100-entry table."""
+    return abs(legacy_hash(key, seed)) % 100
+
+
+# The raw C function, for hot paths that inline ``murmur32(key, seed_u32, False) % 100``.
+murmur32: Final = mmh3.hash
+
+
+def is_murmur(algo: object) -> bool:
+    """Only ``algo: 2`` is murmur; anything else is legacy, as in the Python SDK."""
+    return algo == MURMUR and not isinstance(algo, bool)
 
 
 def bucket(key: str, seed: int, algo: object = MURMUR) -> int:
     """Public bucketing entry point: the bucket (1..100) of ``key`` for ``seed`` under ``algo``."""
-    return bucket_fn(algo)(key, seed)
+    return murmur_bucket(key, seed) if is_murmur(algo) else legacy_bucket(key, seed)

@@ -168,7 +168,7 @@ def test_control_treatment_from_a_partition_carries_no_config() -> None:
 
 def test_exception_inside_rules_is_control_exception() -> None:
     from sidecar.rules.compile import compile_rules
-    from sidecar.rules.evaluate import evaluate
+    from sidecar.rules.evaluate import make_evaluate
 
     raw = flag(
         "f",
@@ -177,7 +177,8 @@ def test_exception_inside_rules_is_control_exception() -> None:
         ),
     )
     rules = compile_rules([raw], {}, [])  # unvalidated: the RBS does not exist
-    assert evaluate(rules.flags, "u", "f") == Result("control", "exception", None, 7)
+    evaluate = make_evaluate(rules.flags, {name: f.run for name, f in rules.flags.items()})
+    assert evaluate("u", "f") == Result("control", "exception", None, 7)
 
 
 def test_whole_answer_is_from_one_snapshot_version() -> None:
