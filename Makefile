@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 
 $(GEN): $(STAMP) tools/genproto.py $(shell find proto -name '*.proto' 2>/dev/null)
 	$(BIN)/python tools/genproto.py
+	touch $@
 
 proto: $(GEN)
 
 run: $(GEN)
 	@echo "Fader is starting on the embedded demo snapshot."
-	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, flagd v1/v2, health, reflection)"
+	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, grpc.health.v1, reflection)"
 	@echo "  management:  http://127.0.0.1:8014/status  /metrics  /healthz  /readyz"
 	@echo "  try:         $(BIN)/python -c \"from fader import Client; print(Client('127.0.0.1:8013').get_treatment('user-1', 'new-checkout'))\""
 	$(BIN)/fader serve --demo
@@ -41,6 +42,7 @@ format: $(STAMP)
 
 bench: $(GEN)
 	$(BIN)/python -m benchmarks.engine_bench
+	$(BIN)/python -m benchmarks.snapshot_bench
 	$(BIN)/python -m benchmarks.grpc_bench
 
 clean:

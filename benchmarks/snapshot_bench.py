@@ -42,7 +42,9 @@ def _flag(i: int) -> dict[str, Any]:
             **data,
         }
 
-    def condition(kind: str, matchers: list[dict[str, Any]], parts: dict[str, int], label: str) -> dict[str, Any]:
+    def condition(
+        kind: str, matchers: list[dict[str, Any]], parts: dict[str, int], label: str
+    ) -> dict[str, Any]:
         return {
             "conditionType": kind,
             "matcherGroup": {"combiner": "AND", "matchers": matchers},
@@ -64,13 +66,39 @@ def _flag(i: int) -> dict[str, Any]:
         "sets": [f"set_{i % 10}"],
         "configurations": {"on": '{"a":1}'},
         "conditions": [
-            condition("WHITELIST", [matcher("WHITELIST", None, whitelistMatcherData={"whitelist": [f"u{j}" for j in range(5)]})], {"on": 100}, "whitelisted"),
-            condition("ROLLOUT", [matcher("IN_SEGMENT", None, userDefinedSegmentMatcherData={"segmentName": f"seg-{i % SEGMENTS}"})], {"on": 50, "off": 50}, "in segment"),
+            condition(
+                "WHITELIST",
+                [
+                    matcher(
+                        "WHITELIST",
+                        None,
+                        whitelistMatcherData={"whitelist": [f"u{j}" for j in range(5)]},
+                    )
+                ],
+                {"on": 100},
+                "whitelisted",
+            ),
+            condition(
+                "ROLLOUT",
+                [
+                    matcher(
+                        "IN_SEGMENT",
+                        None,
+                        userDefinedSegmentMatcherData={"segmentName": f"seg-{i % SEGMENTS}"},
+                    )
+                ],
+                {"on": 50, "off": 50},
+                "in segment",
+            ),
             condition(
                 "ROLLOUT",
                 [
                     matcher("WHITELIST", "plan", whitelistMatcherData={"whitelist": ["pro"]}),
-                    matcher("GREATER_THAN_OR_EQUAL_TO", "age", unaryNumericMatcherData={"dataType": "NUMBER", "value": 18}),
+                    matcher(
+                        "GREATER_THAN_OR_EQUAL_TO",
+                        "age",
+                        unaryNumericMatcherData={"dataType": "NUMBER", "value": 18},
+                    ),
                 ],
                 {"on": 10, "off": 90},
                 "pro adults",
@@ -83,7 +111,9 @@ def document(version: int) -> dict[str, Any]:
     return {
         "version": version,
         "flags": [_flag(i) for i in range(FLAGS)],
-        "segments": {f"seg-{s}": [f"key-{s}-{k}" for k in range(KEYS_PER_SEGMENT)] for s in range(SEGMENTS)},
+        "segments": {
+            f"seg-{s}": [f"key-{s}-{k}" for k in range(KEYS_PER_SEGMENT)] for s in range(SEGMENTS)
+        },
         "ruleBasedSegments": [],
     }
 
@@ -138,14 +168,18 @@ def child(small: str, big: str) -> None:
     stop.set()
     thread.join()
     del snapshot
-    print(json.dumps({
-        "load_seconds": elapsed,
-        "max_gap_ms_loading": max(load_gaps) * 1000,
-        "max_gap_ms_idle": baseline * 1000,
-        "lookups_during_load": len(load_gaps),
-        "rss_mb_loaded": rss_mb(),
-        "rss_mb_small": rss_empty,
-    }))
+    print(
+        json.dumps(
+            {
+                "load_seconds": elapsed,
+                "max_gap_ms_loading": max(load_gaps) * 1000,
+                "max_gap_ms_idle": baseline * 1000,
+                "lookups_during_load": len(load_gaps),
+                "rss_mb_loaded": rss_mb(),
+                "rss_mb_small": rss_empty,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -165,25 +199,26 @@ def main() -> None:
         (folder / "big.json").write_text(json.dumps(doc))
         del doc
         sizes = {name: (folder / name).stat().st_size / 1e6 for name in ("big.msgpack", "big.json")}
-        print(f"snapshot: {FLAGS} flags, {SEGMENTS * KEYS_PER_SEGMENT} segment keys; "
-              f"msgpack {sizes['big.msgpack']:.1f} MB, JSON {sizes['big.json']:.1f} MB; "
-              f"{args.rounds} rounds, medians; {os.cpu_count()} cores")
-        print(f"{'encoding':9} {'load s':>7} {'max stall ms':>13} {'idle max gap ms':>16} {'RSS MB':>7} {'RSS before':>11}")
+        print(
+            f"snapshot: {FLAGS} flags, {SEGMENTS * KEYS_PER_SEGMENT} segment keys; "
+            f"msgpack {sizes['big.msgpack']:.1f} MB, JSON {sizes['big.json']:.1f} MB; "
+            f"{args.rounds} rounds, medians; {os.cpu_count()} cores"
+        )
+        header = ("encoding", "load s", "max stall ms", "idle max gap ms", "RSS MB", "RSS before")
+        print("{:9} {:>7} {:>13} {:>16} {:>7} {:>11}".format(*header))
+        keys = ("load_seconds", "max_gap_ms_loading", "max_gap_ms_idle", "rss_mb_loaded")
         for name in ("big.msgpack", "big.json"):
-            runs = [
-                json.loads(subprocess.run(
-                    [sys.executable, "-m", "benchmarks.snapshot_bench", "--child",
-                     str(folder / "small.json"), str(folder / name)],
-                    check=True, capture_output=True, text=True,
-                ).stdout)
-                for _ in range(args.rounds)
-            ]
+            runs = [_run_child(folder / "small.json", folder / name) for _ in range(args.rounds)]
+            load, stall, idle, rss = (statistics.median(r[k] for r in runs) for k in keys)
+            before = statistics.median(r["rss_mb_small"] for r in runs)
+            encoding = name.split(".")[1]
+            print(f"{encoding:9} {load:7.2f} {stall:13.1f} {idle:16.1f} {rss:7.0f} {before:11.0f}")
 
-            def med(key: str, runs: list[dict[str, float]] = runs) -> float:
-                return statistics.median(r[key] for r in runs)
 
-            print(f"{name.split('.')[1]:9} {med('load_seconds'):7.2f} {med('max_gap_ms_loading'):13.1f} "
-                  f"{med('max_gap_ms_idle'):16.1f} {med('rss_mb_loaded'):7.0f} {med('rss_mb_small'):11.0f}")
+def _run_child(small: Path, big: Path) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.snapshot_bench", "--child", str(small), str(big)]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return dict(json.loads(result.stdout))
 
 
 if __name__ == "__main__":

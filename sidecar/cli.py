@@ -1,4 +1,4 @@
-"""The ``fader`` command: serve, evaluate, validate.
+"""The ``fader`` command: serve, evaluate, validate, push, controlplane, status.
 
 ``evaluate`` and ``validate`` are script-facing contracts (DESIGN.md §4): one JSON
 result line per input line, and exit status 0 only for a valid snapshot.
@@ -25,12 +25,24 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fader`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    # Commands with long option lists own their parsers; imported lazily so that the
+    # offline commands start fast and need no gRPC runtime.
     if args and args[0] == "serve":
-        # The server owns its (long) option list; imported lazily so that the offline
-        # commands start fast and need no gRPC runtime.
         from sidecar.api.server import serve_main
 
         return serve_main(args[1:])
+    if args and args[0] == "controlplane":
+        from sidecar.controlplane.main import controlplane_main
+
+        return controlplane_main(args[1:])
+    if args and args[0] == "status":
+        from sidecar.controlplane.main import status_main
+
+        return status_main(args[1:])
+    if args and args[0] == "push":
+        from sidecar.push import push_main
+
+        return push_main(args[1:])
     parser = _parser()
     ns = parser.parse_args(args)
     if ns.command == "evaluate":
@@ -47,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the sidecar (see 'fader serve --help')")
+    sub.add_parser("controlplane", help="run the reference control plane")
+    sub.add_parser("status", help="which snapshot version each sidecar serves")
+    sub.add_parser("push", help="push one snapshot file to a sidecar's admin listener")
     evaluate = sub.add_parser(
         "evaluate",
         help="evaluate JSONL cases from stdin against a snapshot, JSONL results on stdout",

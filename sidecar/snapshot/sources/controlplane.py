@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
@@ -50,13 +51,23 @@ class Identity:
 
 @dataclass(frozen=True)
 class ChannelSecurity:
-    """TLS (optionally mutual) and a bearer token for the control-plane channel."""
+    """TLS (optionally mutual) and a bearer token for the control-plane channel.
+
+    The token is read from its file at every (re)connect, so a rotated token is picked up
+    without a restart.
+    """
 
     root_certificates: bytes | None = None
     private_key: bytes | None = None
     certificate_chain: bytes | None = None
-    token: str | None = None
+    token_file: Path | None = None
     tls: bool = False
+
+    def metadata(self) -> list[tuple[str, str]] | None:
+        if self.token_file is None:
+            return None
+        token = self.token_file.read_text(encoding="utf-8").strip()
+        return [("authorization", f"Bearer {token}")]
 
 
 class ControlPlaneSource:
@@ -140,9 +151,11 @@ class ControlPlaneSource:
         received = False
         outbox: queue.Queue[controlplane_pb2.SyncRequest | None] = queue.Queue()
         outbox.put(controlplane_pb2.SyncRequest(hello=self._hello()))
-        metadata = (
-            [("authorization", f"Bearer {self.security.token}")] if self.security.token else None
-        )
+        try:
+            metadata = self.security.metadata()
+        except OSError as exc:
+            self.last_error = f"cannot read the token file: {exc.strerror}"
+            return False
         with self._channel() as channel:
             stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
             try:

@@ -1,0 +1,134 @@
+"""The asyncio client: `fader.aio.Client`, the twin of `fader.Client` with awaitable methods.
+
+Create it inside a running event loop (gRPC's asyncio channel belongs to the loop it is
+created on). It answers "control" on failure exactly like the sync client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+import grpc
+
+from fader import _wire
+from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._wire import Attributes
+from fader.result import Result
+
+__all__ = ["Client", "Result"]
+
+
+class Client:
+    """`Client("127.0.0.1:8013")` or `Client("unix:///run/fader/fader.sock")`."""
+
+    def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _wire.DEFAULT_TIMEOUT):
+        self._channel = grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
+        self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        self._timeout = timeout
+        self._fallbacks = _wire.Fallbacks()
+
+    @property
+    def fallback_count(self) -> int:
+        return self._fallbacks.count
+
+    async def get_treatment(
+        self,
+        key: str,
+        flag: str,
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> str:
+        result = await self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)
+        return result.treatment
+
+    async def get_treatment_with_config(
+        self,
+        key: str,
+        flag: str,
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> tuple[str, str | None]:
+        result = await self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)
+        return result.treatment, result.config
+
+    async def get_treatments(
+        self,
+        key: str,
+        flags: Iterable[str],
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> dict[str, str]:
+        names = _wire.flag_list(flags)
+        request = pb.GetTreatmentsRequest(
+            key=key,
+            flags=names,
+            bucketing_key=bucketing_key or "",
+            attributes=_wire.attribute_map(attributes),
+        )
+        try:
+            response = await self._stub.GetTreatments(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            control = self._fallbacks.record("GetTreatments", err).treatment
+            return dict.fromkeys(names, control)
+        return {e.flag: e.treatment for e in response.evaluations}
+
+    async def evaluate(
+        self,
+        key: str,
+        flag: str,
+        *,
+        bucketing_key: str | None = None,
+        attributes: Attributes | None = None,
+    ) -> Result:
+        request = pb.GetTreatmentRequest(
+            key=key,
+            flag=flag,
+            bucketing_key=bucketing_key or "",
+            attributes=_wire.attribute_map(attributes),
+        )
+        try:
+            response = await self._stub.GetTreatment(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            return self._fallbacks.record("GetTreatment", err)
+        return _wire.result(response.evaluation, response.version)
+
+    async def track(
+        self,
+        key: str,
+        traffic_type: str,
+        event_type: str,
+        value: float | None = None,
+        properties: Attributes | None = None,
+    ) -> bool:
+        request = pb.TrackRequest(
+            key=key,
+            traffic_type=traffic_type,
+            event_type=event_type,
+            value=None if value is None else float(value),
+            properties=_wire.property_map(properties),
+        )
+        try:
+            await self._stub.Track(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            self._fallbacks.record("Track", err)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

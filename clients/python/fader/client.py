@@ -1,0 +1,138 @@
+"""The synchronous client: `fader.Client`.
+
+Lookups never raise because of the sidecar: when it is unreachable, too slow or refuses a
+call, they answer "control" (as Split's SDKs do), count it in `fallback_count` and log it.
+One channel is opened per Client and reused by every call; share the Client across threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+import grpc
+
+from fader import _wire
+from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._wire import Attributes
+from fader.result import Result
+
+
+class Client:
+    """`Client("127.0.0.1:8013")` or `Client("unix:///run/fader/fader.sock")`.
+
+    `timeout` is the deadline of every call, in seconds.
+    """
+
+    def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _wire.DEFAULT_TIMEOUT):
+        self._channel = grpc.insecure_channel(target, options=_wire.channel_options(target))
+        self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        self._timeout = timeout
+        self._fallbacks = _wire.Fallbacks()
+
+    @property
+    def fallback_count(self) -> int:
+        """Lookups and track calls answered locally because the call to the sidecar failed."""
+        return self._fallbacks.count
+
+    def get_treatment(
+        self,
+        key: str,
+        flag: str,
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> str:
+        return self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)[0]
+
+    def get_treatment_with_config(
+        self,
+        key: str,
+        flag: str,
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> tuple[str, str | None]:
+        result = self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)
+        return result.treatment, result.config
+
+    def get_treatments(
+        self,
+        key: str,
+        flags: Iterable[str],
+        attributes: Attributes | None = None,
+        *,
+        bucketing_key: str | None = None,
+    ) -> dict[str, str]:
+        """Treatments of `flags` for `key`; an empty list asks for every flag."""
+        names = _wire.flag_list(flags)
+        request = pb.GetTreatmentsRequest(
+            key=key,
+            flags=names,
+            bucketing_key=bucketing_key or "",
+            attributes=_wire.attribute_map(attributes),
+        )
+        try:
+            response = self._stub.GetTreatments(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            control = self._fallbacks.record("GetTreatments", err).treatment
+            return dict.fromkeys(names, control)
+        return {e.flag: e.treatment for e in response.evaluations}
+
+    def evaluate(
+        self,
+        key: str,
+        flag: str,
+        *,
+        bucketing_key: str | None = None,
+        attributes: Attributes | None = None,
+    ) -> Result:
+        request = pb.GetTreatmentRequest(
+            key=key,
+            flag=flag,
+            bucketing_key=bucketing_key or "",
+            attributes=_wire.attribute_map(attributes),
+        )
+        try:
+            response = self._stub.GetTreatment(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            return self._fallbacks.record("GetTreatment", err)
+        return _wire.result(response.evaluation, response.version)
+
+    def track(
+        self,
+        key: str,
+        traffic_type: str,
+        event_type: str,
+        value: float | None = None,
+        properties: Attributes | None = None,
+    ) -> bool:
+        """Queues an event in the sidecar; False when it was not accepted."""
+        request = pb.TrackRequest(
+            key=key,
+            traffic_type=traffic_type,
+            event_type=event_type,
+            value=None if value is None else float(value),
+            properties=_wire.property_map(properties),
+        )
+        try:
+            self._stub.Track(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            self._fallbacks.record("Track", err)
+            return False
+        return True
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

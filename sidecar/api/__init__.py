@@ -1,0 +1,1 @@
+"""The sidecar's network surface: gRPC servicers, server assembly, management HTTP."""

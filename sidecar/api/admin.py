@@ -1,0 +1,68 @@
+"""SnapshotAdminService: direct push of one snapshot, with the stream's validation and answer.
+
+Whoever can push a snapshot controls production, so the admin listener is off unless
+configured, and on any address but loopback it requires a bearer token (or mTLS).
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
+
+from sidecar.api.auth import TokenFile
+from sidecar.config import Address
+from sidecar.snapshot.apply import Applier
+from sidecar.snapshot.wire import WireError, ack_for, format_of
+
+
+class SnapshotAdminServicer(controlplane_pb2_grpc.SnapshotAdminServiceServicer):
+    def __init__(self, applier: Applier, tokens: TokenFile | None) -> None:
+        self._applier = applier
+        self._tokens = tokens
+
+    def PushSnapshot(
+        self, request: controlplane_pb2.PushSnapshotRequest, context: grpc.ServicerContext
+    ) -> snapshot_pb2.SnapshotAck:
+        if self._tokens is not None and not self._tokens.allows(context.invocation_metadata()):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        if not request.HasField("snapshot") or not request.snapshot.document:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "snapshot.document is empty")
+        try:
+            fmt = format_of(request.snapshot)
+        except WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        outcome = self._applier.apply_bytes(
+            request.snapshot.document, fmt, f"push:{context.peer()}", force=request.force
+        )
+        return ack_for(outcome)
+
+
+class AdminServer:
+    """The admin listener: its own small thread-pool gRPC server, apart from lookups.
+
+    Pushes are rare and each one validates and compiles a whole snapshot; a separate
+    server keeps them off the lookup event loop and lets the admin port have its own
+    address and authentication.
+    """
+
+    def __init__(self, address: Address, applier: Applier, tokens: TokenFile | None) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fader-admin"),
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)],
+        )
+        controlplane_pb2_grpc.add_SnapshotAdminServiceServicer_to_server(
+            SnapshotAdminServicer(applier, tokens), self._server
+        )
+        try:
+            port = self._server.add_insecure_port(str(address))
+        except RuntimeError:
+            raise OSError(f"cannot listen on {address} for the admin API") from None
+        self.address = Address(address.host, port)
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait()

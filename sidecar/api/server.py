@@ -1,0 +1,282 @@
+"""Server assembly and `fader serve`: one process, gRPC on TCP and/or a Unix socket.
+
+Stack: grpc.aio on a uvloop event loop, chosen by measurement (benchmarks/RESULTS.md). An empty
+handler is cheaper on the thread-pool server, but with the sidecar's real handlers that server
+fell further behind its own floor (0.64-0.85 at 64 calls in flight in most runs: its worker
+threads and gRPC's poller contend for the GIL for every microsecond of handler work), while
+grpc.aio stayed at 0.85-0.96 and served 10-40 % more batch evaluations. Streams (WatchChanges,
+health Watch, reflection) cost a coroutine each, not a thread. Lookups run inline on the loop:
+evaluation is ~1 % of a call, so a thread hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sidecar.api import instrument, uds
+from sidecar.api.evaluation_service import SERVICE, EvaluationService
+from sidecar.api.health import Health
+from sidecar.api.lookups import Limits, Lookups
+from sidecar.api.management import ManagementServer
+from sidecar.api.sources import SnapshotSources, SourcesCollector
+from sidecar.api.sources import StartupError as SourceError
+from sidecar.api.track import EventQueue
+from sidecar.api.watch import ChangeFeed
+from sidecar.config import Address, ConfigError, Settings, load_settings
+from sidecar.snapshot.store import Store
+from sidecar.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# gRPC core sheds calls it has not handed to the application yet beyond these limits
+# (CANCELLED before the handler runs: 5-10 % of a 2,000-call burst with the defaults).
+MAX_PENDING_REQUESTS = 10_000
+MAX_PENDING_REQUESTS_HARD = 20_000
+
+
+class StartupError(RuntimeError):
+    """The sidecar cannot start as configured; the message says why."""
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        # gRPC sets SO_REUSEPORT by default: a second sidecar on the same port would bind
+        # silently and take a share of the connections. Off, it fails loudly.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.server.max_pending_requests", MAX_PENDING_REQUESTS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_REQUESTS_HARD),
+    ]
+
+
+class Sidecar:
+    """The serving parts of one process; `start` and `stop` run on its event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        instrumented: bool = True,
+        sources: SnapshotSources | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sources = sources
+        self.metrics = Metrics(lambda: store.current)
+        if sources is not None:
+            self.metrics.registry.register(SourcesCollector(sources))
+        self.events = EventQueue(self.metrics)
+        self.grpc_address: Address | None = None
+        self.uds_path: Path | None = None
+        self._instrumented = instrumented
+        self._socket: uds.SocketFile | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: Health | None = None
+        self._feed: ChangeFeed | None = None
+        self._mgmt: ManagementServer | None = None
+        self._started_at = time.time()
+
+    @property
+    def mgmt_address(self) -> Address | None:
+        return self._mgmt.address if self._mgmt else None
+
+    async def start(self) -> None:
+        """Binds every listener or none: on any failure what was opened is closed again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        gid = uds.resolve_group(settings.uds_group) if settings.uds_group else None
+        server = grpc.aio.server(
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        self._server = server
+        self._add_services(server)
+        if settings.grpc_listen is not None:
+            self.grpc_address = self._bind_tcp(server, settings.grpc_listen)
+        if settings.uds is not None:
+            self._bind_uds(server, settings.uds, gid)
+        await server.start()
+        assert self._health is not None
+        await self._health.start()
+        if settings.mgmt_listen is not None:
+            self._mgmt = self._management(settings.mgmt_listen)
+            self._mgmt.start()
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        settings = self.settings
+        self._feed = ChangeFeed(self.store)
+        self.metrics.watch_event_queue(lambda: len(self.events))
+        limits = Limits(settings.max_attributes, settings.max_batch_items)
+        service = EvaluationService(
+            Lookups(self.store, limits, self.metrics),
+            self.events,
+            self._feed,
+            self.metrics,
+            settings.max_attributes,
+        )
+        instrument.register(server, service, SERVICE, self.metrics if self._instrumented else None)
+        self._health = Health(self.store)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            (SERVICE.full_name, health_name, reflection.SERVICE_NAME), server
+        )
+
+    def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
+        try:
+            port = server.add_insecure_port(str(address))
+        except RuntimeError:
+            raise StartupError(
+                f"cannot listen on {address}: the port is in use or the address is not local"
+            ) from None
+        return Address(address.host, port)
+
+    def _bind_uds(self, server: grpc.aio.Server, path: Path, gid: int | None) -> None:
+        uds.check_path(path)
+        if uds.claim_path(path):
+            log.warning("removed stale socket %s (no server was answering on it)", path)
+        try:
+            self._socket = uds.bind_socket(path, gid, server.add_insecure_port)
+        except RuntimeError as err:
+            raise StartupError(f"cannot listen on unix:{path}: {err}") from None
+        self.uds_path = path
+
+    def _management(self, address: Address) -> ManagementServer:
+        try:
+            fresh = self.sources.fresh if self.sources is not None else None
+            return ManagementServer(
+                address, self.store, self.metrics, self._status_extra, fresh=fresh
+            )
+        except OSError as err:
+            raise StartupError(f"cannot listen on {address} for management HTTP: {err}") from None
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {
+            "uptime_seconds": round(time.time() - self._started_at, 3),
+            "listeners": {
+                "grpc": str(self.grpc_address) if self.grpc_address else None,
+                "uds": str(self.uds_path) if self.uds_path else None,
+                "mgmt": str(self.mgmt_address) if self.mgmt_address else None,
+            },
+            "track_events_queued": len(self.events),
+            **(self.sources.status() if self.sources is not None else {}),
+        }
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING, end watch streams, stop accepting, drain within `grace`
+        seconds, flush, then release the socket and the management port."""
+        if self._mgmt is not None:
+            self._mgmt.draining = True
+        if self._health is not None:
+            await self._health.shutdown()
+        if self._feed is not None:
+            self._feed.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+        self._flush()
+        if self._socket is not None and self._socket.remove():
+            log.info("removed socket %s", self._socket.path)
+        if self._mgmt is not None:
+            self._mgmt.stop()
+
+    async def cut_drain_short(self) -> None:
+        """Cancels the calls still in flight (a second signal during the drain)."""
+        if self._server is not None:
+            await self._server.stop(0)
+
+    def _flush(self) -> None:
+        """Where buffered telemetry is flushed on shutdown; until the upload pipeline exists,
+        undelivered Track events can only be reported."""
+        if len(self.events):
+            log.warning(
+                "%d track event(s) not uploaded: no collector is configured", len(self.events)
+            )
+
+
+async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
+    """Serves until SIGTERM or SIGINT, then drains; a second signal cuts the drain short."""
+    sidecar = Sidecar(settings, store, sources=sources)
+    try:
+        await sidecar.start()
+        sources.start()
+    except (StartupError, uds.SocketError, OSError, ValueError) as err:
+        log.error("%s", err)
+        sources.stop()
+        await sidecar.stop(0)
+        return 1
+    log.info(
+        "listening grpc=%s uds=%s mgmt=%s",
+        sidecar.grpc_address or "off",
+        sidecar.uds_path or "off",
+        sidecar.mgmt_address or "off",
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stopping, sidecar, signum)
+    await stopping.wait()
+    sources.stop()
+    log.info("draining for up to %.1f s", settings.shutdown_grace)
+    await sidecar.stop(settings.shutdown_grace)
+    log.info("stopped")
+    return 0
+
+
+def _on_signal(stopping: asyncio.Event, sidecar: Sidecar, signum: int) -> None:
+    name = signal.Signals(signum).name
+    if not stopping.is_set():
+        log.info("%s received: shutting down", name)
+        stopping.set()
+        return
+    log.warning("%s received again: cancelling the calls still in flight", name)
+    asyncio.get_running_loop().create_task(sidecar.cut_drain_short())
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve_main(argv: list[str]) -> int:
+    """`fader serve ARGS`: returns the process exit code (0 after a clean shutdown)."""
+    try:
+        settings = load_settings(argv)
+    except SystemExit as exit_:  # --help, or a flag argparse does not know
+        return exit_.code if isinstance(exit_.code, int) else 2
+    except ConfigError as err:
+        print(f"fader serve: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    store = Store()
+    sources = SnapshotSources(settings, store)
+    try:
+        sources.load_initial()
+    except SourceError as err:
+        log.error("%s", err)
+        return 1
+    if store.current is None:
+        log.warning("no snapshot yet: not ready until one arrives (push, control plane)")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(settings, store, sources))

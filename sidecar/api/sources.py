@@ -1,0 +1,219 @@
+"""Where the serving sidecar's snapshots come from, wired together for `fader serve`.
+
+One of: the embedded demo, a watched file (`--snapshot`), or the control-plane stream
+(`--control-plane`); plus, with any of them, direct push on the admin listener and the
+last-known-good cache (`--cache-dir`), which is served at once at start when the control
+plane cannot be reached. Every path goes through one Applier. This module also answers
+how stale the active snapshot is, for `/status`, `/readyz` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.api.admin import AdminServer
+from sidecar.api.auth import TokenFile
+from sidecar.config import Settings
+from sidecar.snapshot import cache
+from sidecar.snapshot.apply import Applier, Outcome
+from sidecar.snapshot.loader import load_bytes
+from sidecar.snapshot.snapshot import Snapshot
+from sidecar.snapshot.sources.controlplane import ChannelSecurity, ControlPlaneSource, Identity
+from sidecar.snapshot.sources.file import FileSource
+from sidecar.snapshot.store import Store
+
+log = logging.getLogger(__name__)
+
+SOFTWARE_VERSION = "fader/0.1.0"
+
+
+class StartupError(RuntimeError):
+    """No snapshot source can be set up as configured."""
+
+
+def demo_bytes() -> bytes:
+    """The embedded demo snapshot (`--demo`, `make run`)."""
+    return (importlib.resources.files("sidecar") / "demo" / "demo.json").read_bytes()
+
+
+def demo_snapshot() -> Snapshot:
+    return load_bytes(demo_bytes(), "json", "demo")
+
+
+class SnapshotSources:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.refusals: Counter[str] = Counter()
+        self.applier = Applier(store, cache_dir=settings.cache_dir, on_refused=[self._refused])
+        self.file: FileSource | None = None
+        self.control_plane: ControlPlaneSource | None = None
+        self.admin: AdminServer | None = None
+        self._started_at = time.time()
+
+    def _refused(self, outcome: Outcome) -> None:
+        self.refusals[outcome.reason] += 1
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def load_initial(self) -> None:
+        """Load what can be served right away; StartupError when a given file is unusable."""
+        settings = self.settings
+        if settings.demo:
+            self.applier.apply_bytes(demo_bytes(), "json", "demo")
+            return
+        self._load_cache()
+        if settings.snapshot is not None:
+            self.file = FileSource(settings.snapshot, self.applier)
+            outcome = self.file.load()
+            if self.store.current is None:
+                reason = "the file is missing" if outcome is None else "refused (errors above)"
+                raise StartupError(f"cannot load the snapshot {settings.snapshot}: {reason}")
+        if settings.control_plane is not None:
+            self.control_plane = ControlPlaneSource(
+                settings.control_plane,
+                self.applier,
+                self._identity(),
+                security=self._security(),
+            )
+
+    def _load_cache(self) -> None:
+        if self.settings.cache_dir is None:
+            return
+        try:
+            snapshot = cache.load(self.settings.cache_dir)
+        except cache.CacheError as exc:
+            self.refusals["corrupt_cache"] += 1
+            log.error("%s", exc)
+            return
+        if snapshot is None:
+            return
+        self.store.swap(snapshot)
+        log.info("serving the cached snapshot version %d until a source answers", snapshot.version)
+
+    def _identity(self) -> Identity:
+        settings = self.settings
+        sidecar_id = settings.sidecar_id or os.environ.get("POD_NAME") or socket.gethostname()
+        return Identity(sidecar_id, dict(settings.sidecar_labels), SOFTWARE_VERSION)
+
+    def _security(self) -> ChannelSecurity:
+        ca = self.settings.control_plane_ca
+        return ChannelSecurity(
+            root_certificates=ca.read_bytes() if ca else None,
+            token_file=self.settings.control_plane_token_file,
+            tls=ca is not None,
+        )
+
+    # --- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        settings = self.settings
+        if self.file is not None:
+            self.file.start()
+        if self.control_plane is not None:
+            self.control_plane.start()
+        if settings.admin_listen is not None:
+            tokens = TokenFile(settings.admin_token_file) if settings.admin_token_file else None
+            self.admin = AdminServer(settings.admin_listen, self.applier, tokens)
+            self.admin.start()
+            log.info("admin API (PushSnapshot) on %s", self.admin.address)
+
+    def stop(self) -> None:
+        """Stop taking snapshots in (first thing on shutdown)."""
+        if self.admin is not None:
+            self.admin.stop()
+        if self.control_plane is not None:
+            self.control_plane.stop()
+        if self.file is not None:
+            self.file.stop()
+
+    # --- freshness -----------------------------------------------------------------------
+
+    def stale_seconds(self) -> float:
+        """Seconds since the snapshot's source was last known to agree with it.
+
+        The control plane agrees while its stream is up; a file or the demo always does.
+        """
+        source = self.control_plane
+        if source is None or source.connected:
+            return 0.0
+        since = source.disconnected_since or self._started_at
+        return max(0.0, time.time() - since)
+
+    def fresh(self) -> bool:
+        """False once stale beyond --max-staleness (never when it is 0)."""
+        limit = self.settings.max_staleness
+        return limit <= 0 or self.stale_seconds() <= limit
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "stale_seconds": round(self.stale_seconds(), 3),
+            "max_staleness_seconds": self.settings.max_staleness or None,
+            "refusals": dict(self.refusals),
+            "last_refusal": None,
+        }
+        last = self.applier.last_refusal
+        if last is not None:
+            body["last_refusal"] = {
+                "source": last.source,
+                "version": last.version,
+                "reason": last.reason,
+                "errors": [str(issue) for issue in last.errors[:20]],
+            }
+        source = self.control_plane
+        if source is not None:
+            body["control_plane"] = {
+                "target": source.target,
+                "sidecar_id": source.identity.id,
+                "connected": source.connected,
+                "reconnects": source.reconnects,
+                "last_error": source.last_error,
+            }
+        if self.admin is not None:
+            body["listeners_admin"] = str(self.admin.address)
+        return body
+
+
+class SourcesCollector(Collector):
+    """Prometheus view of the sources: staleness, refusals, control-plane connection."""
+
+    def __init__(self, sources: SnapshotSources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        sources = self._sources
+        yield GaugeMetricFamily(
+            "fader_snapshot_stale_seconds",
+            "Seconds since the snapshot's source was last known to agree with it.",
+            value=sources.stale_seconds(),
+        )
+        refused = CounterMetricFamily(
+            "fader_snapshot_refusals",
+            "Snapshots refused, by reason: invalid, stale, corrupt_cache.",
+            labels=("reason",),
+        )
+        for reason in ("invalid", "stale", "corrupt_cache"):
+            refused.add_metric((reason,), sources.refusals.get(reason, 0))
+        yield refused
+        source = sources.control_plane
+        if source is not None:
+            yield GaugeMetricFamily(
+                "fader_controlplane_connected",
+                "1 while the control-plane stream is up.",
+                value=1 if source.connected else 0,
+            )
+            yield CounterMetricFamily(
+                "fader_controlplane_reconnects",
+                "Control-plane stream reconnects.",
+                value=source.reconnects,
+            )

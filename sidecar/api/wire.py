@@ -1,0 +1,93 @@
+"""Translation between fader.v1 messages and the engine's plain Python arguments.
+
+Validation lives here too, because "malformed" is a property of the wire form: every error
+names the request field it is about, so that an INVALID_ARGUMENT is actionable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fader._gen.fader.v1 import evaluation_pb2 as pb
+
+from sidecar.rules.result import Result
+
+# Split's SDKs refuse keys longer than this; so do we, instead of answering differently.
+MAX_KEY_LENGTH = 250
+MAX_NAME_LENGTH = 1024
+
+
+class BadRequest(ValueError):
+    """A request the sidecar refuses with INVALID_ARGUMENT; the message names the field."""
+
+
+def check_key(key: str, where: str) -> None:
+    if not key:
+        raise BadRequest(f"{where}: must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"{where}: {len(key)} characters, at most {MAX_KEY_LENGTH} allowed")
+
+
+def optional_key(key: str, where: str) -> str | None:
+    """An optional key field (empty on the wire means absent); same length rule as a key."""
+    if not key:
+        return None
+    check_key(key, where)
+    return key
+
+
+def check_name(name: str, where: str) -> None:
+    if not name:
+        raise BadRequest(f"{where}: must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadRequest(f"{where}: {len(name)} characters, at most {MAX_NAME_LENGTH} allowed")
+
+
+def attributes(
+    values: Mapping[str, pb.AttributeValue], limit: int, where: str
+) -> dict[str, object] | None:
+    """Engine attributes from the typed wire map (None when there are none).
+
+    int64 stays int and double stays float: Split's numeric matchers accept only ints, so
+    collapsing both into one number type would change answers. A timestamp becomes whole
+    seconds since the epoch, the unit of Split's DATETIME matchers.
+    """
+    if not values:
+        return None
+    if len(values) > limit:
+        raise BadRequest(f"{where}: {len(values)} entries, at most {limit} allowed")
+    converted: dict[str, object] = {}
+    for name, value in values.items():
+        kind = value.WhichOneof("kind")
+        if kind in SCALAR_KINDS and name:
+            converted[name] = getattr(value, kind)
+        else:
+            converted[name] = _special(name, value, kind, where)
+    return converted
+
+
+SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
+
+
+def _special(name: str, value: pb.AttributeValue, kind: str | None, where: str) -> object:
+    """The uncommon attribute forms, and the errors, out of the common path."""
+    if kind is None:
+        raise BadRequest(f"{where}[{name!r}]: no value set")
+    if not name:
+        raise BadRequest(f"{where}: an attribute name is empty")
+    if kind == "string_list_value":
+        return list(value.string_list_value.values)
+    return value.timestamp_value.seconds
+
+
+def fill_evaluation(message: pb.Evaluation, flag: str, result: Result) -> None:
+    """Writes `result` into a message already in its response: setting fields in place costs
+    half of building an Evaluation and copying it in, and absent fields stay unset."""
+    message.flag = flag
+    message.treatment = result.treatment
+    if result.label is not None:
+        message.label = result.label
+    if result.config is not None:
+        message.config = result.config
+    if result.change_number is not None:
+        message.change_number = result.change_number

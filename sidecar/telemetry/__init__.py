@@ -1,0 +1,1 @@
+"""Telemetry: metrics now; impressions, events and their upload in later issues."""
