@@ -154,13 +154,18 @@ def serve_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve_process(
-    args: list[str], log_dir: Path, env: dict[str, str] | None = None
+    args: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    command: str = "serve",
+    log_name: str = "serve.log",
 ) -> Iterator[ServeProcess]:
-    """Starts `fader serve ARGS` (umask 022, the usual default); kills it if a test fails."""
-    log_path = log_dir / "serve.log"
+    """Starts `fader COMMAND ARGS` (umask 022, the usual default); kills it if a test fails."""
+    log_path = log_dir / log_name
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", *args],
+            [sys.executable, "-m", "sidecar", command, *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env or serve_env(),
