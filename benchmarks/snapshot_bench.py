@@ -2,11 +2,13 @@
 
 Run: ``python -m benchmarks.snapshot_bench``. Measures, in fresh child processes:
 
-* time to decode + validate + compile + swap the snapshot (msgpack and JSON files);
-* the longest gap between two consecutive lookups of a thread that evaluates flags
-  non-stop while the snapshot is loaded and swapped in, against the longest gap of the
-  same thread while nothing is loading (the baseline, measured in the same run);
-* the process RSS once the snapshot is loaded (and the RSS of an empty sidecar process).
+* time to decode + validate + compile + swap the snapshot (msgpack and JSON files), with
+  nothing else running;
+* the worst lateness of lookups made once per millisecond (as requests would arrive) while
+  a second copy is loaded and swapped in and the first one is freed, against the worst
+  lateness of the same lookups while nothing is loading (the baseline, same run);
+* the process RSS with the snapshot loaded (and before; and after it was replaced by a
+  second copy and freed, which leaves the allocator's high-water mark behind).
 
 The snapshot has 100 segments of 10,000 keys; each flag has a whitelist condition, a
 segment condition with a 50/50 split and a two-attribute condition with a 10/90 split.
@@ -126,57 +128,69 @@ def rss_mb() -> float:
     return float("nan")
 
 
+class PacedLookups(threading.Thread):
+    """One lookup every millisecond, like requests arriving at random times; records how
+    late each one completes against its due time (the stall a caller would see)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.stop = threading.Event()
+        self.lateness: list[float] = []
+
+    def run(self) -> None:
+        attrs = {"plan": "pro", "age": 30}
+        due = time.perf_counter()
+        i = 0
+        while not self.stop.is_set():
+            due += 0.001
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            snap = self.store.current
+            snap.evaluate(f"key-{i % SEGMENTS}-{i}", f"flag-{i % FLAGS}", None, attrs)
+            done = time.perf_counter()
+            self.lateness.append(done - due)
+            due = max(due, done)  # a late lookup does not make the next ones "late" too
+            i += 1
+
+    def worst_ms(self) -> float:
+        worst = max(self.lateness) * 1000
+        self.lateness.clear()
+        return worst
+
+
 def child(small: str, big: str) -> None:
-    """Runs in a fresh process: load ``small``, start a lookup thread, then load ``big``."""
+    """Runs in a fresh process: time a load with nothing else running, then measure lookup
+    stalls while a second load is swapped in and the first one is freed."""
     from sidecar.snapshot.loader import load_file
     from sidecar.snapshot.store import Store
 
     store = Store()
     store.swap(load_file(small))
-    rss_empty = rss_mb()
-    gaps: list[float] = []
-    window = {"on": False}
-    stop = threading.Event()
-
-    def lookups() -> None:
-        attrs = {"plan": "pro", "age": 30}
-        last = time.perf_counter()
-        i = 0
-        while not stop.is_set():
-            snap = store.current
-            assert snap is not None
-            snap.evaluate(f"key-{i % SEGMENTS}-{i}", "flag-1", None, attrs)
-            now = time.perf_counter()
-            if window["on"]:
-                gaps.append(now - last)
-            last = now
-            i += 1
-
-    thread = threading.Thread(target=lookups, daemon=True)
-    thread.start()
-    time.sleep(0.3)
-    window["on"] = True
-    time.sleep(1.0)  # baseline: lookups with nothing loading
-    baseline = max(gaps)
-    gaps.clear()
+    rss_before = rss_mb()
     start = time.perf_counter()
-    snapshot = load_file(big)
-    store.swap(snapshot)
-    elapsed = time.perf_counter() - start
-    load_gaps = list(gaps)
-    window["on"] = False
-    stop.set()
-    thread.join()
-    del snapshot
+    store.swap(load_file(big))
+    load_seconds = time.perf_counter() - start
+    rss_loaded = rss_mb()
+    lookups = PacedLookups(store)
+    lookups.start()
+    time.sleep(1.0)
+    idle = lookups.worst_ms()
+    store.swap(load_file(big), force=True)
+    time.sleep(1.0)  # the reaper frees the replaced snapshot meanwhile
+    loading = lookups.worst_ms()
+    lookups.stop.set()
+    lookups.join()
     print(
         json.dumps(
             {
-                "load_seconds": elapsed,
-                "max_gap_ms_loading": max(load_gaps) * 1000,
-                "max_gap_ms_idle": baseline * 1000,
-                "lookups_during_load": len(load_gaps),
-                "rss_mb_loaded": rss_mb(),
-                "rss_mb_small": rss_empty,
+                "load_seconds": load_seconds,
+                "max_gap_ms_loading": loading,
+                "max_gap_ms_idle": idle,
+                "rss_mb_loaded": rss_loaded,
+                "rss_mb_replaced": rss_mb(),
+                "rss_mb_small": rss_before,
             }
         )
     )
@@ -204,15 +218,26 @@ def main() -> None:
             f"msgpack {sizes['big.msgpack']:.1f} MB, JSON {sizes['big.json']:.1f} MB; "
             f"{args.rounds} rounds, medians; {os.cpu_count()} cores"
         )
-        header = ("encoding", "load s", "max stall ms", "idle max gap ms", "RSS MB", "RSS before")
-        print("{:9} {:>7} {:>13} {:>16} {:>7} {:>11}".format(*header))
-        keys = ("load_seconds", "max_gap_ms_loading", "max_gap_ms_idle", "rss_mb_loaded")
+        header = ("encoding", "load s", "stall ms", "idle stall ms", "RSS MB", "before", "replaced")
+        print("{:9} {:>7} {:>9} {:>14} {:>7} {:>7} {:>9}".format(*header))
+        keys = (
+            "load_seconds",
+            "max_gap_ms_loading",
+            "max_gap_ms_idle",
+            "rss_mb_loaded",
+            "rss_mb_small",
+            "rss_mb_replaced",
+        )
         for name in ("big.msgpack", "big.json"):
             runs = [_run_child(folder / "small.json", folder / name) for _ in range(args.rounds)]
-            load, stall, idle, rss = (statistics.median(r[k] for r in runs) for k in keys)
-            before = statistics.median(r["rss_mb_small"] for r in runs)
+            load, stall, idle, rss, before, after = (
+                statistics.median(r[k] for r in runs) for k in keys
+            )
             encoding = name.split(".")[1]
-            print(f"{encoding:9} {load:7.2f} {stall:13.1f} {idle:16.1f} {rss:7.0f} {before:11.0f}")
+            print(
+                f"{encoding:9} {load:7.2f} {stall:9.1f} {idle:14.1f} {rss:7.0f} {before:7.0f}"
+                f" {after:9.0f}"
+            )
 
 
 def _run_child(small: Path, big: Path) -> dict[str, float]:

@@ -9,17 +9,25 @@ The input must already have passed ``sidecar.snapshot.validate``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from sidecar.rules.hashing import is_murmur, legacy_index, murmur32
 from sidecar.rules.matchers import MatcherContext, compile_matcher
-from sidecar.rules.model import Attributes, CompiledFlag, CompiledRuleBasedSegment, EvalFn, MatchFn
+from sidecar.rules.model import (
+    Attributes,
+    CompiledFlag,
+    CompiledRuleBasedSegment,
+    EvalFn,
+    MatchFn,
+    Members,
+)
 from sidecar.rules.result import (
     CONTROL,
     LABEL_DEFAULT_RULE,
@@ -39,7 +47,7 @@ class CompiledRules:
 
     flags: Mapping[str, CompiledFlag]
     rule_based_segments: Mapping[str, CompiledRuleBasedSegment]
-    segments: Mapping[str, frozenset[str]]
+    segments: Mapping[str, Members]
 
 
 class FlagTable(dict[str, CompiledFlag]):
@@ -82,7 +90,9 @@ def compile_rules(
     compiled_flags = FlagTable()
     compiled_rbs = RuleBasedTable()
     compiled_flags.rule_based = compiled_rbs
-    segment_sets = {name: frozenset(keys) for name, keys in segments.items()}
+    segment_sets: dict[str, Members] = {
+        name: dict.fromkeys(keys) for name, keys in segments.items()
+    }
     ctx = MatcherContext(
         segment_sets,
         _treatment_of(compiled_flags),
@@ -117,12 +127,12 @@ def _treatment_of(flags: FlagTable) -> Any:
     return treatment_of
 
 
-_EMPTY: frozenset[str] = frozenset()
+_EMPTY: Members = {}
 
 
 def _excluded_by(
     rbs: Mapping[str, CompiledRuleBasedSegment],
-    segments: Mapping[str, frozenset[str]],
+    segments: Mapping[str, Members],
     excluded: Sequence[tuple[bool, str]],
     key: str,
     bk: str,
@@ -148,7 +158,7 @@ def _excluded_by(
     return False
 
 
-def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, frozenset[str]]) -> Any:
+def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, Members]) -> Any:
     """IN_RULE_BASED_SEGMENT with the Python SDK's exclusion walk."""
     table_ref = weakref.ref(rbs)
 
@@ -241,8 +251,7 @@ class _Results:
         return Result(treatment, label, config, self._change_number)
 
 
-@dataclass(frozen=True, slots=True)
-class _Condition:
+class _Condition(NamedTuple):
     rollout: bool
     matchers: tuple[MatchFn, ...]  # empty: every key matches
     # None when one treatment covers every bucket; else ``results[table[bucket - 1]]``.
@@ -265,16 +274,29 @@ def _compile_condition(
         fixed = results.make(partitions[0]["treatment"], label)
         return _Condition(rollout, match, None, (), fixed)
     index_of: dict[str, int] = {}
-    table = bytearray()
-    for partition in partitions:
-        index = index_of.setdefault(partition["treatment"], len(index_of))
-        table.extend([index] * min(partition["size"], 100 - len(table)))
-    if len(table) < 100:  # sizes short of 100: Split answers control for the rest
-        table.extend([index_of.setdefault(CONTROL, len(index_of))] * (100 - len(table)))
+    layout = tuple(
+        (index_of.setdefault(p["treatment"], len(index_of)), p["size"]) for p in partitions
+    )
+    if sum(size for _, size in layout) < 100:  # Split answers control for the rest
+        layout += ((index_of.setdefault(CONTROL, len(index_of)), 100),)
+    table = _table(layout)
     answers = tuple(results.make(treatment, label) for treatment in index_of)
-    if len(set(table)) == 1:
+    if table.count(table[0]) == 100:
         return _Condition(rollout, match, None, (), answers[table[0]])
-    return _Condition(rollout, match, bytes(table), answers, answers[table[0]])
+    return _Condition(rollout, match, table, answers, answers[table[0]])
+
+
+@functools.lru_cache(maxsize=4096)
+def _table(layout: tuple[tuple[int, int], ...]) -> bytes:
+    """Bucket -> answer index for partitions given as (answer index, size) pairs.
+
+    Cached: the same few layouts (50/50, 10/90...) recur across thousands of flags, and
+    equal tables are then one shared object.
+    """
+    table = bytearray()
+    for index, size in layout:
+        table += bytes((index,)) * min(size, 100 - len(table))
+    return bytes(table)
 
 
 def _compile_flag(
@@ -322,7 +344,7 @@ def _compile_flag(
         run=run,
         exception_result=Result(CONTROL, LABEL_EXCEPTION, None, change_number),
         digest=definition_digest(raw),
-        segment_names=frozenset(_segment_names(raw)),
+        segment_names=frozenset(_segments_named(raw)),
     )
 
 
@@ -331,17 +353,16 @@ def definition_digest(raw: Mapping[str, Any]) -> bytes:
     return hashlib.blake2b(msgpack.packb(raw, use_bin_type=True), digest_size=16).digest()
 
 
-def _segment_names(raw: Any) -> Iterator[str]:
-    """Segment names mentioned anywhere in a flag's JSON."""
-    if isinstance(raw, Mapping):
-        for key, value in raw.items():
-            if key in ("segmentName", "largeSegmentName") and isinstance(value, str):
-                yield value
-            else:
-                yield from _segment_names(value)
-    elif isinstance(raw, list):
-        for item in raw:
-            yield from _segment_names(item)
+def _segments_named(raw: Mapping[str, Any]) -> Iterator[str]:
+    """Segments a flag's own matchers test (IN_SEGMENT, IN_LARGE_SEGMENT)."""
+    for condition in raw.get("conditions") or ():
+        for matcher in condition["matcherGroup"]["matchers"]:
+            data = matcher.get("userDefinedSegmentMatcherData")
+            if matcher["matcherType"] == "IN_SEGMENT" and data:
+                yield data["segmentName"]
+            large = matcher.get("userDefinedLargeSegmentMatcherData")
+            if matcher["matcherType"] == "IN_LARGE_SEGMENT" and large:
+                yield large["largeSegmentName"]
 
 
 def _has_targeting(raw: Mapping[str, Any], conditions: Sequence[_Condition]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Final
 import re2
 
 from sidecar.rules import semver
-from sidecar.rules.model import Attributes, MatchFn
+from sidecar.rules.model import Attributes, MatchFn, Members
 
 ValueFn = Callable[[Any], bool]
 # Evaluates another flag by name for IN_SPLIT_TREATMENT: (flag, key, bk, attrs) -> treatment
@@ -39,7 +39,7 @@ class MatcherContext:
 
     def __init__(
         self,
-        segments: Mapping[str, frozenset[str]],
+        segments: Mapping[str, Members],
         treatment_of: TreatmentOf,
         rule_based_member: RuleBasedMember,
     ) -> None:
@@ -411,7 +411,7 @@ def _in_segment(raw: Mapping[str, Any], ctx: MatcherContext) -> MatchFn:
     data = raw.get("userDefinedSegmentMatcherData") or raw.get("userDefinedLargeSegmentMatcherData")
     assert isinstance(data, Mapping)
     name = data.get("segmentName") or data.get("largeSegmentName")
-    members = ctx.segments.get(str(name), frozenset())
+    members: Members = ctx.segments.get(str(name), {})
     attribute = attribute_of(raw)
     if attribute is None:
 

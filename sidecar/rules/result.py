@@ -7,7 +7,7 @@ allocating one per request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CONTROL = "control"
 
@@ -21,9 +21,12 @@ LABEL_EXCEPTION = "exception"
 LABEL_PREREQUISITES_NOT_MET = "prerequisites not met"
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """Treatment, the label that explains it, its dynamic config and the flag's change number."""
+class Result(NamedTuple):
+    """Treatment, the label that explains it, its dynamic config and the flag's change number.
+
+    A NamedTuple: immutable, and several times cheaper to build than a frozen dataclass,
+    which matters when a 10,000-flag snapshot builds 100,000 of them.
+    """
 
     treatment: str
     label: str | None

@@ -52,8 +52,10 @@ class Reaper:
             self._wake.clear()
             for snapshot in self._unreferenced():
                 try:
-                    while snapshot.release_step():
-                        time.sleep(0)  # let lookup threads have the GIL between steps
+                    # One object per step, then the GIL is offered: freeing the last flag
+                    # that uses a segment frees that segment's keys, the longest single step.
+                    while snapshot.release_step(1):
+                        time.sleep(0)
                 except Exception:
                     log.exception("could not release snapshot version %d", snapshot.version)
 

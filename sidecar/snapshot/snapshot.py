@@ -53,7 +53,7 @@ class Snapshot:
         self.version = version
         self._rules = rules
         self._flags: Mapping[str, CompiledFlag] = rules.flags
-        self._names = tuple(sorted(rules.flags))
+        self._names: tuple[str, ...] | None = None  # sorted on first use, not while loading
         self.source = source
         self.kind = kind
         self.warnings = tuple(warnings)
@@ -79,12 +79,16 @@ class Snapshot:
 
     def flag_names(self) -> tuple[str, ...]:
         """Every active flag, sorted."""
-        return self._names
+        names = self._names
+        if names is None:
+            names = self._names = tuple(sorted(self._flags))
+        return names
 
     def flags_in_sets(self, sets: Iterable[str]) -> tuple[str, ...]:
         """Active flags belonging to any of ``sets``, sorted."""
         wanted = frozenset(sets)
-        return tuple(name for name in self._names if not wanted.isdisjoint(self._flags[name].sets))
+        flags = self._flags
+        return tuple(name for name in self.flag_names() if not wanted.isdisjoint(flags[name].sets))
 
     def changed_flags(self, previous: Snapshot | None) -> tuple[str, ...]:
         """Flags added, removed or whose definition changed since ``previous``, sorted.
@@ -93,7 +97,7 @@ class Snapshot:
         names has different keys.
         """
         if previous is None:
-            return self._names
+            return self.flag_names()
         changed = set(self._flags).symmetric_difference(previous.flags)
         ours, theirs = self._rules.segments, previous._rules.segments
         changed_segments = {

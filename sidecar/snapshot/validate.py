@@ -6,6 +6,8 @@ Fader refuses them). Rules are stricter than Split's SDKs where an SDK would sil
 change meaning (an out-of-range traffic allocation, an unknown ``algo``, partitions
 not summing to 100) and exactly as permissive where Split's own feed relies on it
 (missing optional fields, a segment named but not supplied, which only warns).
+Decoded JSON and msgpack objects are dicts, so the checks test for ``dict``: an ABC
+check on ``Mapping`` is a noticeable part of a 10,000-flag load.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class _Walker:
 
     def flag(self, raw: Any, path: str) -> None:
         self.owner = None
-        if not self.expect(isinstance(raw, Mapping), path, "a flag must be an object"):
+        if not self.expect(isinstance(raw, dict), path, "a flag must be an object"):
             return
         name = raw.get("name")
         if not self.expect(
@@ -198,7 +200,7 @@ class _Walker:
     def _configurations(self, configs: Any, path: str) -> None:
         if configs is None:
             return
-        if not self.expect(isinstance(configs, Mapping), path, "configurations must be an object"):
+        if not self.expect(isinstance(configs, dict), path, "configurations must be an object"):
             return
         for treatment, config in configs.items():
             self.expect(
@@ -214,9 +216,7 @@ class _Walker:
             return
         for i, item in enumerate(prerequisites):
             where = f"{path}[{i}]"
-            if not self.expect(
-                isinstance(item, Mapping), where, "a prerequisite must be an object"
-            ):
+            if not self.expect(isinstance(item, dict), where, "a prerequisite must be an object"):
                 continue
             name = item.get("n")
             if self.expect(isinstance(name, str), f"{where}.n", "n must be a flag name"):
@@ -228,7 +228,7 @@ class _Walker:
     # --- conditions and matchers ---------------------------------------------------
 
     def condition(self, raw: Any, path: str, *, with_partitions: bool) -> None:
-        if not self.expect(isinstance(raw, Mapping), path, "a condition must be an object"):
+        if not self.expect(isinstance(raw, dict), path, "a condition must be an object"):
             return
         condition_type = raw.get("conditionType")
         self.expect(
@@ -242,7 +242,7 @@ class _Walker:
         )
         group = raw.get("matcherGroup")
         if self.expect(
-            isinstance(group, Mapping), f"{path}.matcherGroup", "matcherGroup must be an object"
+            isinstance(group, dict), f"{path}.matcherGroup", "matcherGroup must be an object"
         ):
             self.expect(
                 group.get("combiner") == "AND",
@@ -270,9 +270,7 @@ class _Walker:
         total = 0
         for i, partition in enumerate(partitions):
             where = f"{path}[{i}]"
-            if not self.expect(
-                isinstance(partition, Mapping), where, "a partition must be an object"
-            ):
+            if not self.expect(isinstance(partition, dict), where, "a partition must be an object"):
                 return
             treatment = partition.get("treatment")
             self.expect(
@@ -291,7 +289,7 @@ class _Walker:
         self.expect(total == 100, path, f"partition sizes sum to {total}, not 100")
 
     def matcher(self, raw: Any, path: str) -> None:
-        if not self.expect(isinstance(raw, Mapping), path, "a matcher must be an object"):
+        if not self.expect(isinstance(raw, dict), path, "a matcher must be an object"):
             return
         matcher_type = raw.get("matcherType")
         if not self.expect(
@@ -306,7 +304,7 @@ class _Walker:
         )
         selector = raw.get("keySelector")
         if selector is not None and self.expect(
-            isinstance(selector, Mapping), f"{path}.keySelector", "keySelector must be an object"
+            isinstance(selector, dict), f"{path}.keySelector", "keySelector must be an object"
         ):
             attribute = selector.get("attribute")
             self.expect(
@@ -327,7 +325,7 @@ def _no_data(w: _Walker, raw: Mapping[str, Any], path: str) -> None:
 
 def _data(w: _Walker, raw: Mapping[str, Any], path: str, key: str) -> Any:
     data = raw.get(key)
-    if not w.expect(isinstance(data, Mapping), f"{path}.{key}", f"{key} must be an object"):
+    if not w.expect(isinstance(data, dict), f"{path}.{key}", f"{key} must be an object"):
         return None
     return data
 
@@ -481,7 +479,7 @@ _MATCHER_CHECKS: Final[dict[str, Callable[[_Walker, Mapping[str, Any], str], Non
 
 def _rule_based_segment(w: _Walker, raw: Any, path: str) -> None:
     w.owner = None
-    if not w.expect(isinstance(raw, Mapping), path, "a rule-based segment must be an object"):
+    if not w.expect(isinstance(raw, dict), path, "a rule-based segment must be an object"):
         return
     name = raw.get("name")
     if not w.expect(
@@ -502,7 +500,7 @@ def _rule_based_segment(w: _Walker, raw: Any, path: str) -> None:
             w.condition(condition, f"{path}.conditions[{i}]", with_partitions=False)
     excluded = raw.get("excluded")
     if excluded is None or not w.expect(
-        isinstance(excluded, Mapping), f"{path}.excluded", "excluded must be an object"
+        isinstance(excluded, dict), f"{path}.excluded", "excluded must be an object"
     ):
         return
     keys = excluded.get("keys")
@@ -519,7 +517,7 @@ def _rule_based_segment(w: _Walker, raw: Any, path: str) -> None:
     for i, item in enumerate(segments):
         where = f"{path}.excluded.segments[{i}]"
         if not w.expect(
-            isinstance(item, Mapping) and isinstance(item.get("name"), str),
+            isinstance(item, dict) and isinstance(item.get("name"), str),
             where,
             "must be {name, type}",
         ):
@@ -546,7 +544,7 @@ def validate(
     report = Report()
     refs = _Refs()
     walker = _Walker(report, refs)
-    if walker.expect(isinstance(segments, Mapping), segments_path, "segments must be an object"):
+    if walker.expect(isinstance(segments, dict), segments_path, "segments must be an object"):
         for name, keys in segments.items():
             walker.expect(
                 _is_str_list(keys), f"{segments_path}.{name}", "a segment must be a list of keys"
@@ -569,7 +567,7 @@ def _collect_names(
         (rbs, rbs_path, w.refs.all_rbs),
     ):
         for i, raw in enumerate(items):
-            name = raw.get("name") if isinstance(raw, Mapping) else None
+            name = raw.get("name") if isinstance(raw, dict) else None
             if not isinstance(name, str):
                 continue
             if name in names:
