@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from sidecar.snapshot.apply import Applier
 from sidecar.snapshot.sources.controlplane import Backoff, ControlPlaneSource, Identity
 from sidecar.snapshot.store import Store
 from tests.rules.builders import condition, flag, snapshot_doc
+from tests.waiting import wait_for
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 
@@ -24,15 +24,6 @@ def _write(path: Path, version: int, treatment: str = "on", **fields: object) ->
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
@@ -69,10 +60,10 @@ def test_change_reaches_the_sidecar_and_is_acked(plane: ControlPlane, snapshot_f
     store = Store()
     source = _sidecar(plane.port, store)
     try:
-        _wait(lambda: _acked(plane, "pod-a") == 1)
+        wait_for(lambda: _acked(plane, "pod-a") == 1)
         assert store.current is not None and store.current.source.startswith("controlplane:")
         _write(snapshot_file, 2, "v2")
-        _wait(lambda: _acked(plane, "pod-a") == 2)
+        wait_for(lambda: _acked(plane, "pod-a") == 2)
         assert store.current is not None and store.current.evaluate("k", "f").treatment == "v2"
         status = plane.status()
         assert status["offered_version"] == "2"
@@ -88,9 +79,9 @@ def test_invalid_snapshot_is_nacked_and_old_keeps_serving(
     store = Store()
     source = _sidecar(plane.port, store)
     try:
-        _wait(lambda: _acked(plane, "pod-a") == 1)
+        wait_for(lambda: _acked(plane, "pod-a") == 1)
         _write(snapshot_file, 2, algo=9)
-        _wait(lambda: any(s.has_nacked for s in plane.servicer.fleet().sidecars))
+        wait_for(lambda: any(s.has_nacked for s in plane.servicer.fleet().sidecars))
         status = plane.servicer.fleet().sidecars[0]
         assert status.nacked_version == 2
         assert any("$.flags[0].algo" in e for e in status.nack_errors)
@@ -109,15 +100,15 @@ def test_sidecar_reconnects_and_resyncs_after_control_plane_restart(
     store = Store()
     source = _sidecar(port, store)
     try:
-        _wait(lambda: _acked(first, "pod-a") == 1)
+        wait_for(lambda: _acked(first, "pod-a") == 1)
         first.stop(0)
-        _wait(lambda: not source.connected)
+        wait_for(lambda: not source.connected)
         assert store.current is not None and store.current.version == 1  # keeps serving
         _write(snapshot_file, 2)
         second = ControlPlane(snapshot_file, Address("127.0.0.1", port))
         second.start()
         try:
-            _wait(lambda: _acked(second, "pod-a") == 2)
+            wait_for(lambda: _acked(second, "pod-a") == 2)
             assert source.connected and source.reconnects >= 1
         finally:
             second.stop(0)
@@ -136,9 +127,9 @@ def test_folder_offers_the_newest_version(tmp_path: Path) -> None:
     store = Store()
     source = _sidecar(cp.port, store)
     try:
-        _wait(lambda: _acked(cp, "pod-a") == 7)
+        wait_for(lambda: _acked(cp, "pod-a") == 7)
         _write(folder / "c.json", 9, "nine")
-        _wait(lambda: _acked(cp, "pod-a") == 9)
+        wait_for(lambda: _acked(cp, "pod-a") == 9)
     finally:
         source.stop()
         cp.stop(0)

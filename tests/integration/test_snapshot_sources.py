@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tests.integration.harness import (
     short_tmp,
 )
 from tests.rules.builders import condition, flag, snapshot_doc
+from tests.waiting import wait_for
 
 SIDECAR_ARGS = ["--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0"]
 
@@ -54,15 +55,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 def treatment(target: str) -> str | None:

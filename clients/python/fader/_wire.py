@@ -94,6 +94,41 @@ def result(evaluation: pb.Evaluation, version: int) -> Result:
     )
 
 
+def treatment_request(
+    key: str, flag: str, bucketing_key: str | None, attributes: Attributes | None
+) -> pb.GetTreatmentRequest:
+    return pb.GetTreatmentRequest(
+        key=key, flag=flag, bucketing_key=bucketing_key or "", attributes=attribute_map(attributes)
+    )
+
+
+def treatments_request(
+    key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
+) -> pb.GetTreatmentsRequest:
+    return pb.GetTreatmentsRequest(
+        key=key,
+        flags=names,
+        bucketing_key=bucketing_key or "",
+        attributes=attribute_map(attributes),
+    )
+
+
+def track_request(
+    key: str,
+    traffic_type: str,
+    event_type: str,
+    value: float | None,
+    properties: Attributes | None,
+) -> pb.TrackRequest:
+    return pb.TrackRequest(
+        key=key,
+        traffic_type=traffic_type,
+        event_type=event_type,
+        value=None if value is None else float(value),
+        properties=property_map(properties),
+    )
+
+
 def flag_list(flags: Iterable[str]) -> list[str]:
     if isinstance(flags, str):
         raise TypeError("flags must be a list of flag names, not one string")

@@ -13,7 +13,6 @@ from types import TracebackType
 import grpc
 
 from fader import _wire
-from fader._gen.fader.v1 import evaluation_pb2 as pb
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader._wire import Attributes
 from fader.result import Result
@@ -67,12 +66,7 @@ class Client:
     ) -> dict[str, str]:
         """Treatments of `flags` for `key`; an empty list asks for every flag."""
         names = _wire.flag_list(flags)
-        request = pb.GetTreatmentsRequest(
-            key=key,
-            flags=names,
-            bucketing_key=bucketing_key or "",
-            attributes=_wire.attribute_map(attributes),
-        )
+        request = _wire.treatments_request(key, names, bucketing_key, attributes)
         try:
             response = self._stub.GetTreatments(request, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -88,12 +82,7 @@ class Client:
         bucketing_key: str | None = None,
         attributes: Attributes | None = None,
     ) -> Result:
-        request = pb.GetTreatmentRequest(
-            key=key,
-            flag=flag,
-            bucketing_key=bucketing_key or "",
-            attributes=_wire.attribute_map(attributes),
-        )
+        request = _wire.treatment_request(key, flag, bucketing_key, attributes)
         try:
             response = self._stub.GetTreatment(request, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -109,13 +98,7 @@ class Client:
         properties: Attributes | None = None,
     ) -> bool:
         """Queues an event in the sidecar; False when it was not accepted."""
-        request = pb.TrackRequest(
-            key=key,
-            traffic_type=traffic_type,
-            event_type=event_type,
-            value=None if value is None else float(value),
-            properties=_wire.property_map(properties),
-        )
+        request = _wire.track_request(key, traffic_type, event_type, value, properties)
         try:
             self._stub.Track(request, timeout=self._timeout)
         except grpc.RpcError as err:

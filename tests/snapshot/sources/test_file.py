@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,21 +15,13 @@ from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.sources.file import FileSource
 from sidecar.snapshot.store import Store
 from tests.rules.builders import condition, flag, snapshot_doc
+from tests.waiting import wait_for
 
 
 def _doc(version: int, treatment: str = "on") -> str:
     return json.dumps(
         snapshot_doc(flag("f", condition(partitions={treatment: 100})), version=version)
     )
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 class Watched:
@@ -58,7 +50,7 @@ def watched(tmp_path: Path) -> Iterator[Watched]:
 
 def test_in_place_write_reloads(watched: Watched) -> None:
     watched.source.path.write_text(_doc(2, "v2"))
-    _wait(lambda: watched.version() == 2)
+    wait_for(lambda: watched.version() == 2)
     assert watched.store.current is not None
     assert watched.store.current.evaluate("k", "f").treatment == "v2"
 
@@ -67,20 +59,20 @@ def test_atomic_rename_reloads(watched: Watched, tmp_path: Path) -> None:
     tmp = tmp_path / ".snapshot.json.tmp"
     tmp.write_text(_doc(2))
     os.replace(tmp, watched.source.path)
-    _wait(lambda: watched.version() == 2)
+    wait_for(lambda: watched.version() == 2)
     tmp.write_text(_doc(3))
     os.replace(tmp, watched.source.path)
-    _wait(lambda: watched.version() == 3)
+    wait_for(lambda: watched.version() == 3)
 
 
 def test_invalid_content_is_refused_and_old_keeps_serving(watched: Watched) -> None:
     watched.source.path.write_text('{"version": 2, "flags": [{"name": "f"}]}')
-    _wait(lambda: len(watched.refused) == 1)
+    wait_for(lambda: len(watched.refused) == 1)
     assert watched.version() == 1
     assert watched.refused[0].reason == "invalid"
     assert any("defaultTreatment" in str(issue) for issue in watched.refused[0].errors)
     watched.source.path.write_text(_doc(3))
-    _wait(lambda: watched.version() == 3)
+    wait_for(lambda: watched.version() == 3)
 
 
 def test_delete_then_restore(watched: Watched) -> None:
@@ -88,7 +80,7 @@ def test_delete_then_restore(watched: Watched) -> None:
     time.sleep(0.5)
     assert watched.version() == 1  # still serving
     watched.source.path.write_text(_doc(4))
-    _wait(lambda: watched.version() == 4)
+    wait_for(lambda: watched.version() == 4)
 
 
 def test_half_written_file_is_not_applied(tmp_path: Path) -> None:
@@ -101,7 +93,7 @@ def test_half_written_file_is_not_applied(tmp_path: Path) -> None:
     try:
         with path.open("a") as handle:  # the writer finishes within the settle window
             handle.write(text[len(text) // 2 :])
-        _wait(lambda: w.version() == 1)
+        wait_for(lambda: w.version() == 1)
     finally:
         w.source.stop()
 
@@ -126,8 +118,8 @@ def test_configmap_symlink_swap(tmp_path: Path) -> None:
     w.source.start()
     try:
         publish("..2026_11_26_2", _doc(2, "v2"))
-        _wait(lambda: w.version() == 2)
+        wait_for(lambda: w.version() == 2)
         publish("..2026_11_26_3", _doc(3, "v3"))
-        _wait(lambda: w.version() == 3)
+        wait_for(lambda: w.version() == 3)
     finally:
         w.source.stop()

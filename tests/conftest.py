@@ -1,3 +1,5 @@
+"""Fixtures shared by the client and integration tests: one demo sidecar per module."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from tests.integration.harness import (
 
 @pytest.fixture(scope="module")
 def demo_sidecar() -> Iterator[RunningSidecar]:
+    """One sidecar per module, serving the demo snapshot on loopback TCP and a Unix socket."""
     with (
         short_tmp() as tmp,
         running_sidecar(loopback_settings(uds=tmp / "fader.sock"), demo_snapshot()) as running,
@@ -24,4 +27,5 @@ def demo_sidecar() -> Iterator[RunningSidecar]:
 
 @pytest.fixture(params=["tcp", "uds"])
 def target(request: pytest.FixtureRequest, demo_sidecar: RunningSidecar) -> str:
+    """The gRPC target of the module's sidecar, once over TCP and once over the socket."""
     return demo_sidecar.tcp_target if request.param == "tcp" else demo_sidecar.uds_target
