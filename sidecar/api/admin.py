@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
 
-from sidecar.api.auth import TokenFile
+from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.snapshot.apply import Applier
 from sidecar.snapshot.wire import WireError, ack_for, format_of

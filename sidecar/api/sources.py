@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.api.admin import AdminServer
-from sidecar.api.auth import TokenFile
+from sidecar.auth import TokenFile
 from sidecar.config import Settings
 from sidecar.snapshot import cache
 from sidecar.snapshot.apply import Applier, Outcome
@@ -60,6 +60,7 @@ class SnapshotSources:
         self.control_plane: ControlPlaneSource | None = None
         self.admin: AdminServer | None = None
         self._started_at = time.time()
+        self._was_fresh = True
 
     def _refused(self, outcome: Outcome) -> None:
         self.refusals[outcome.reason] += 1
@@ -151,9 +152,23 @@ class SnapshotSources:
         return max(0.0, time.time() - since)
 
     def fresh(self) -> bool:
-        """False once stale beyond --max-staleness (never when it is 0)."""
+        """False once stale beyond --max-staleness (never when it is 0); logs each change."""
         limit = self.settings.max_staleness
-        return limit <= 0 or self.stale_seconds() <= limit
+        stale = self.stale_seconds()
+        fresh = limit <= 0 or stale <= limit
+        if fresh != self._was_fresh:
+            self._was_fresh = fresh
+            if fresh:
+                log.info("snapshot source confirmed again: ready")
+            else:
+                log.warning(
+                    "no contact with the snapshot's source for %.0f s (--max-staleness %.0f s): "
+                    "not ready; still serving version %s",
+                    stale,
+                    limit,
+                    self.store.current.version if self.store.current else "none",
+                )
+        return fresh
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -17,10 +17,12 @@ import grpc
 from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
 from google.protobuf import json_format
 
+from sidecar.auth import TokenFile
 from sidecar.config import Address, ConfigError, parse_address
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.service import ControlPlaneServicer
+from sidecar.snapshot.sources.controlplane import ChannelSecurity
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,18 @@ log = logging.getLogger(__name__)
 class ControlPlane:
     """The reference control plane: offers, Sync streams, fleet status."""
 
-    def __init__(self, snapshot: Path, listen: Address, *, max_sidecars: int = 64) -> None:
+    def __init__(
+        self,
+        snapshot: Path,
+        listen: Address,
+        *,
+        max_sidecars: int = 64,
+        credentials: grpc.ServerCredentials | None = None,
+        tokens: TokenFile | None = None,
+    ) -> None:
         self.offers = OfferSource(snapshot)
         self.registry = Registry()
-        self.servicer = ControlPlaneServicer(self.offers, self.registry)
+        self.servicer = ControlPlaneServicer(self.offers, self.registry, tokens)
         # One thread per open Sync stream, plus a few for ListSidecars.
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_sidecars + 4),
@@ -39,7 +49,10 @@ class ControlPlane:
             maximum_concurrent_rpcs=max_sidecars + 4,
         )
         controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(str(listen))
+        if credentials is None:
+            self.port = self.server.add_insecure_port(str(listen))
+        else:
+            self.port = self.server.add_secure_port(str(listen), credentials)
         if self.port == 0:
             raise ConfigError(f"cannot listen on {listen}")
 
@@ -94,6 +107,11 @@ def controlplane_main(argv: list[str]) -> int:
         "--status-listen", default="127.0.0.1:8018", help="HTTP /status HOST:PORT or 'off'"
     )
     parser.add_argument("--max-sidecars", type=int, default=64, help="concurrent Sync streams")
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    parser.add_argument(
+        "--token-file", type=Path, help="require one of these bearer tokens (one per line)"
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -107,8 +125,21 @@ def controlplane_main(argv: list[str]) -> int:
         status_listen = parse_address(args.status_listen)
         if listen is None:
             raise ConfigError("--listen cannot be off")
-        plane = ControlPlane(args.snapshot, listen, max_sidecars=args.max_sidecars)
-    except ConfigError as exc:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        credentials = None
+        if args.tls_cert is not None:
+            pair = (args.tls_key.read_bytes(), args.tls_cert.read_bytes())
+            credentials = grpc.ssl_server_credentials([pair])
+        tokens = TokenFile(args.token_file) if args.token_file else None
+        plane = ControlPlane(
+            args.snapshot,
+            listen,
+            max_sidecars=args.max_sidecars,
+            credentials=credentials,
+            tokens=tokens,
+        )
+    except (ConfigError, OSError, ValueError) as exc:
         print(f"fader controlplane: {exc}", file=sys.stderr)
         return 2
     plane.start()
@@ -136,12 +167,21 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--control-plane", default="127.0.0.1:8017", metavar="ADDR")
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--ca", type=Path, help="use TLS, verifying the control plane with this CA")
+    parser.add_argument("--token-file", type=Path, help="bearer token for the control plane")
     args = parser.parse_args(argv)
-    with grpc.insecure_channel(args.control_plane) as channel:
+    security = ChannelSecurity(
+        root_certificates=args.ca.read_bytes() if args.ca else None,
+        token_file=args.token_file,
+        tls=args.ca is not None,
+    )
+    with security.channel(args.control_plane) as channel:
         stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
         try:
             response = stub.ListSidecars(
-                controlplane_pb2.ListSidecarsRequest(), timeout=args.timeout
+                controlplane_pb2.ListSidecarsRequest(),
+                timeout=args.timeout,
+                metadata=security.metadata(),
             )
         except grpc.RpcError as exc:
             print(

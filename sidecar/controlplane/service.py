@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import grpc
 from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
 
+from sidecar.auth import TokenFile
 from sidecar.controlplane.offer import Offer, OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.snapshot.wire import to_message
@@ -26,15 +27,23 @@ _POLL_SECONDS = 0.5
 
 
 class ControlPlaneServicer(controlplane_pb2_grpc.ControlPlaneServiceServicer):
-    def __init__(self, offers: OfferSource, registry: Registry) -> None:
+    def __init__(
+        self, offers: OfferSource, registry: Registry, tokens: TokenFile | None = None
+    ) -> None:
         self._offers = offers
         self._registry = registry
+        self._tokens = tokens
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        if self._tokens is not None and not self._tokens.allows(context.invocation_metadata()):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
     def Sync(
         self,
         request_iterator: Iterator[controlplane_pb2.SyncRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[controlplane_pb2.SyncResponse]:
+        self._authorize(context)
         first = next(request_iterator, None)
         if first is None or not first.HasField("hello"):
             context.abort(
@@ -110,6 +119,7 @@ class ControlPlaneServicer(controlplane_pb2_grpc.ControlPlaneServiceServicer):
     def ListSidecars(
         self, request: controlplane_pb2.ListSidecarsRequest, context: grpc.ServicerContext
     ) -> controlplane_pb2.ListSidecarsResponse:
+        self._authorize(context)
         return self.fleet()
 
     def fleet(self) -> controlplane_pb2.ListSidecarsResponse:

@@ -147,6 +147,7 @@ def test_control_plane_push_ack_nack_and_restarts(tmp: Path) -> None:
         assert status["control_plane"]["connected"] is False
         # never reached its source: stale beyond --max-staleness, so not ready
         wait_for(lambda: http_get(sc_mgmt(sc) + "/readyz")[0] == 503, what="stale -> not ready")
+        assert "not ready; still serving version 4" in sc.log
         assert "fader_snapshot_stale_seconds" in http_get(sc_mgmt(sc) + "/metrics")[1]
 
     # A corrupt cache is refused, never served.

@@ -63,6 +63,14 @@ class ChannelSecurity:
     token_file: Path | None = None
     tls: bool = False
 
+    def channel(self, target: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+        return grpc.secure_channel(target, credentials, options=options)
+
     def metadata(self) -> list[tuple[str, str]] | None:
         if self.token_file is None:
             return None
@@ -138,13 +146,7 @@ class ControlPlaneSource:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         ]
-        sec = self.security
-        if not sec.tls:
-            return grpc.insecure_channel(self.target, options=options)
-        credentials = grpc.ssl_channel_credentials(
-            sec.root_certificates, sec.private_key, sec.certificate_chain
-        )
-        return grpc.secure_channel(self.target, credentials, options=options)
+        return self.security.channel(self.target, options)
 
     def _session(self) -> bool:
         """One stream, until it fails or we stop; True if anything was received."""
