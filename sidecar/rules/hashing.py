@@ -12,8 +12,7 @@ from typing import Final
 
 import mmh3
 
-MURMUR: Final = 2
-LEGACY: Final = 1
+MURMUR: Final = 2  # any other algo value means the legacy hash
 
 _UINT32: Final = 0xFFFFFFFF
 _INT32_SIGN: Final = 0x80000000

@@ -1,24 +1,22 @@
 """One way in for every snapshot source: build, swap, persist, report.
 
-File watcher, control-plane stream, direct push and the start-up cache all call the
+The demo, the file watcher, the control-plane stream and direct push all call the
 Applier, so they share validation, the forward-only version rule, the last-known-good
 cache and the outcome they report (ACK with the applied version, or NACK with every
-error). A refusal never touches the active snapshot.
+error). A refusal never touches the active snapshot. (The cache itself is read once at
+start, before any source, by ``sidecar.api.sources``.)
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import msgpack
 
 from sidecar.snapshot import cache
-from sidecar.snapshot.codec import MSGPACK, decode, normalize
+from sidecar.snapshot.codec import decode, normalize
 from sidecar.snapshot.issues import Issue, SnapshotError
 from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.snapshot import Snapshot
@@ -35,7 +33,7 @@ class Outcome:
     version: int | None
     source: str
     errors: tuple[Issue, ...] = ()
-    reason: str = "applied"  # applied | invalid | stale | unchanged
+    reason: str = "applied"  # applied | invalid | stale
 
     def summary(self) -> str:
         if self.applied:
@@ -64,13 +62,6 @@ class Applier:
         except SnapshotError as exc:
             return self._refused(source, _offered_version(data, fmt), exc.issues, "invalid")
         return self._apply(snapshot, fmt, data, force=force)
-
-    def apply_document(
-        self, document: Mapping[str, Any], source: str, *, force: bool = False
-    ) -> Outcome:
-        """Validate, compile and apply a decoded document."""
-        data = msgpack.packb(document, use_bin_type=True)
-        return self.apply_bytes(data, MSGPACK, source, force=force)
 
     def _apply(self, snapshot: Snapshot, fmt: str, data: bytes, *, force: bool) -> Outcome:
         """Swap ``snapshot`` in (forward-only unless forced) and persist its bytes."""

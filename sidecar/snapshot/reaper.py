@@ -41,11 +41,6 @@ class Reaper:
                 self._thread.start()
         self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._retired)
-
     def _run(self) -> None:
         while True:
             self._wake.wait(self.poll_seconds)
