@@ -7,6 +7,7 @@ result line per input line, and exit status 0 only for a valid snapshot.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fader", description="Fader: feature-flag edge evaluation sidecar."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"fader {importlib.metadata.version('fader')}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the sidecar (see 'fader serve --help')")

@@ -86,3 +86,8 @@ def test_validate_ok_and_errors(tmp_path: Path) -> None:
 
 def test_usage_error_exit_code() -> None:
     assert _fader("evaluate").returncode == 2
+
+
+def test_version() -> None:
+    proc = _fader("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("fader ")

@@ -9,6 +9,7 @@ how stale the active snapshot is, for `/status`, `/readyz` and `/metrics`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
 import logging
 import os
@@ -34,7 +35,7 @@ from sidecar.snapshot.store import Store
 
 log = logging.getLogger(__name__)
 
-SOFTWARE_VERSION = "fader/0.1.0"
+SOFTWARE_VERSION = f"fader/{importlib.metadata.version('fader')}"
 
 
 class StartupError(RuntimeError):
