@@ -1,9 +1,10 @@
 """Compile a validated snapshot document into evaluable flags.
 
 Everything that can be decided before a request is decided here: inactive flags are
-dropped, matchers become closures, a condition's partitions become a 100-entry table
-of prebuilt ``Result`` objects indexed by bucket, and each flag gets one ``run``
-closure specialised for its shape (killed, traffic allocation, prerequisites).
+dropped, matchers become closures, a condition's partitions become a 100-byte table
+from bucket to one of its prebuilt ``Result`` objects, and each flag gets one ``run``
+closure specialised for its shape (killed, one condition, traffic allocation,
+prerequisites).
 The input must already have passed ``sidecar.snapshot.validate``.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from sidecar.rules.hashing import is_murmur, legacy_index, murmur32
-from sidecar.rules.matchers import MatcherContext, compile_matcher
+from sidecar.rules.matchers import MatcherContext, RuleBasedMember, TreatmentOf, compile_matcher
 from sidecar.rules.model import (
     Attributes,
     CompiledFlag,
@@ -111,7 +112,7 @@ def compile_rules(
     return CompiledRules(compiled_flags, compiled_rbs, segment_sets)
 
 
-def _treatment_of(flags: FlagTable) -> Any:
+def _treatment_of(flags: FlagTable) -> TreatmentOf:
     """IN_SPLIT_TREATMENT and prerequisites: evaluate another flag of the same snapshot.
 
     ``flags`` is filled after the closures are built; the lookup happens at request time,
@@ -158,7 +159,7 @@ def _excluded_by(
     return False
 
 
-def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, Members]) -> Any:
+def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, Members]) -> RuleBasedMember:
     """IN_RULE_BASED_SEGMENT with the Python SDK's exclusion walk."""
     table_ref = weakref.ref(rbs)
 
