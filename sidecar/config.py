@@ -43,6 +43,7 @@ class Settings:
     grpc_listen: Address | None = Address("127.0.0.1", 8013)
     uds: Path | None = None
     uds_group: str | None = None
+    fastlane_uds: Path | None = None
     mgmt_listen: Address | None = Address("0.0.0.0", 8014)
     shutdown_grace: float = 5.0
     log_level: str = "info"
@@ -156,6 +157,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("uds", parse_optional_path, "also serve gRPC on this Unix socket (mode 0660)", "PATH"),
     Setting(
         "uds_group", parse_optional_str, "group (name or id) that owns the Unix socket", "GROUP"
+    ),
+    Setting(
+        "fastlane_uds",
+        parse_optional_path,
+        "serve the fast lane (msgpack frames, docs/fastlane.md) on this Unix socket (mode 0660)",
+        "PATH",
     ),
     Setting(
         "mgmt_listen",
@@ -328,8 +335,8 @@ def check_consistency(settings: Settings) -> None:
         raise ConfigError("nothing to serve on: --grpc-listen is 'off' and no --uds is given")
     if settings.snapshot is not None and settings.demo:
         raise ConfigError("--snapshot and --demo exclude each other")
-    if settings.uds_group is not None and settings.uds is None:
-        raise ConfigError("--uds-group needs --uds")
+    if settings.uds_group is not None and settings.uds is None and settings.fastlane_uds is None:
+        raise ConfigError("--uds-group needs --uds or --fastlane-uds")
     if settings.control_plane is not None and (settings.snapshot is not None or settings.demo):
         raise ConfigError("--control-plane excludes --snapshot and --demo: one source of truth")
     for option, value in (

@@ -1,4 +1,5 @@
-"""Server assembly and `fader serve`: one process, gRPC on TCP and/or a Unix socket.
+"""Server assembly and `fader serve`: one process, gRPC on TCP and/or a Unix socket, and the
+msgpack fast lane (sidecar.api.fastlane) on its own Unix socket, on the same event loop.
 
 Stack: grpc.aio on a uvloop event loop, chosen by measurement (benchmarks/RESULTS.md). An empty
 handler is cheaper on the thread-pool server, but with the sidecar's real handlers that server
@@ -26,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar.api import instrument, uds
 from sidecar.api.evaluation_service import SERVICE, EvaluationService
+from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
 from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.management import ManagementServer
@@ -81,9 +83,11 @@ class Sidecar:
         self.events = EventQueue(self.metrics)
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
+        self.fastlane_path: Path | None = None
         self._instrumented = instrumented
         self._socket: uds.SocketFile | None = None
         self._server: grpc.aio.Server | None = None
+        self._fastlane: FastLane | None = None
         self._health: Health | None = None
         self._feed: ChangeFeed | None = None
         self._mgmt: ManagementServer | None = None
@@ -115,6 +119,8 @@ class Sidecar:
         if settings.uds is not None:
             self._bind_uds(server, settings.uds, gid)
         await server.start()
+        if settings.fastlane_uds is not None:
+            await self._start_fastlane(settings.fastlane_uds, gid)
         assert self._health is not None
         await self._health.start()
         if settings.mgmt_listen is not None:
@@ -160,6 +166,19 @@ class Sidecar:
             raise StartupError(f"cannot listen on unix:{path}: {err}") from None
         self.uds_path = path
 
+    async def _start_fastlane(self, path: Path, gid: int | None) -> None:
+        settings = self.settings
+        handlers = Handlers(
+            self.store,
+            self.events,
+            self.metrics,
+            settings.max_attributes,
+            settings.max_batch_items,
+        )
+        self._fastlane = FastLane(handlers, settings.max_message_bytes)
+        await self._fastlane.start(path, gid)
+        self.fastlane_path = path
+
     def _management(self, address: Address) -> ManagementServer:
         try:
             fresh = self.sources.fresh if self.sources is not None else None
@@ -175,6 +194,8 @@ class Sidecar:
             "listeners": {
                 "grpc": str(self.grpc_address) if self.grpc_address else None,
                 "uds": str(self.uds_path) if self.uds_path else None,
+                # listed only when on, so the document stays as it was for gRPC-only sidecars
+                **({"fastlane": str(self.fastlane_path)} if self.fastlane_path else {}),
                 "mgmt": str(self.mgmt_address) if self.mgmt_address else None,
             },
             "track_events_queued": len(self.events),
@@ -190,6 +211,8 @@ class Sidecar:
             await self._health.shutdown()
         if self._feed is not None:
             self._feed.close()
+        if self._fastlane is not None:
+            await self._fastlane.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
         self._flush()
@@ -224,10 +247,11 @@ async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int
         await sidecar.stop(0)
         return 1
     log.info(
-        "listening grpc=%s uds=%s mgmt=%s",
+        "listening grpc=%s uds=%s mgmt=%s fastlane=%s",
         sidecar.grpc_address or "off",
         sidecar.uds_path or "off",
         sidecar.mgmt_address or "off",
+        sidecar.fastlane_path or "off",
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

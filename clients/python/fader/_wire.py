@@ -149,7 +149,10 @@ class Fallbacks:
         self._logged_at = float("-inf")
 
     def record(self, method: str, err: grpc.RpcError) -> Result:
-        code = err.code()
+        return self.record_code(method, err.code(), err.details())
+
+    def record_code(self, method: str, code: grpc.StatusCode | None, details: str) -> Result:
+        """`record` for transports other than gRPC (the fast lane), which name a status code."""
         with self._lock:
             self.count += 1
             self._unlogged += 1
@@ -163,7 +166,7 @@ class Fallbacks:
             "fader: %s failed (%s: %s); answering %r (%d such call(s) since the last message)",
             method,
             code.name if code else "?",
-            err.details(),
+            details,
             CONTROL,
             unlogged,
         )

@@ -11,8 +11,9 @@ from types import TracebackType
 
 import grpc
 
-from fader import _wire
+from fader import _fastlane, _wire
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._lane import AsyncLane, LaneError, socket_path
 from fader._wire import Attributes
 from fader.result import Result
 
@@ -20,11 +21,18 @@ __all__ = ["Client", "Result"]
 
 
 class Client:
-    """`Client("127.0.0.1:8013")` or `Client("unix:///run/fader/fader.sock")`."""
+    """`Client("127.0.0.1:8013")`, `Client("unix:///run/fader/fader.sock")` or, for the
+    msgpack fast lane, `Client("fastlane:///run/fader/fastlane.sock")`."""
 
     def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _wire.DEFAULT_TIMEOUT):
-        self._channel = grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
-        self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        path = socket_path(target)
+        self._lane = AsyncLane(path, timeout) if path is not None else None
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
+            if path is None
+            else None
+        )
+        self._stub = pb_grpc.EvaluationServiceStub(self._channel) if self._channel else None
         self._timeout = timeout
         self._fallbacks = _wire.Fallbacks()
 
@@ -63,6 +71,16 @@ class Client:
         bucketing_key: str | None = None,
     ) -> dict[str, str]:
         names = _wire.flag_list(flags)
+        if self._lane is not None:
+            try:
+                response = await self._lane.call(
+                    _fastlane.treatments_request(key, names, bucketing_key, attributes)
+                )
+            except LaneError as err:
+                fallback = self._fallbacks.record_code("treatments", err.code, err.details)
+                return dict.fromkeys(names, fallback.treatment)
+            return {e["flag"]: e["treatment"] for e in response["evaluations"]}
+        assert self._stub is not None
         request = _wire.treatments_request(key, names, bucketing_key, attributes)
         try:
             response = await self._stub.GetTreatments(request, timeout=self._timeout)
@@ -79,6 +97,15 @@ class Client:
         bucketing_key: str | None = None,
         attributes: Attributes | None = None,
     ) -> Result:
+        if self._lane is not None:
+            try:
+                response = await self._lane.call(
+                    _fastlane.treatment_request(key, flag, bucketing_key, attributes)
+                )
+            except LaneError as err:
+                return self._fallbacks.record_code("treatment", err.code, err.details)
+            return _fastlane.result(response)
+        assert self._stub is not None
         request = _wire.treatment_request(key, flag, bucketing_key, attributes)
         try:
             response = await self._stub.GetTreatment(request, timeout=self._timeout)
@@ -94,6 +121,16 @@ class Client:
         value: float | None = None,
         properties: Attributes | None = None,
     ) -> bool:
+        if self._lane is not None:
+            try:
+                await self._lane.call(
+                    _fastlane.track_request(key, traffic_type, event_type, value, properties)
+                )
+            except LaneError as err:
+                self._fallbacks.record_code("track", err.code, err.details)
+                return False
+            return True
+        assert self._stub is not None
         request = _wire.track_request(key, traffic_type, event_type, value, properties)
         try:
             await self._stub.Track(request, timeout=self._timeout)
@@ -103,7 +140,10 @@ class Client:
         return True
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._lane is not None:
+            await self._lane.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> Client:
         return self
