@@ -32,6 +32,7 @@ import uvloop
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader._lane import AsyncLane
 
+from benchmarks import processes
 from benchmarks.grpc_bench import announce, demo_store, lookup_request, percentile
 from sidecar.api.server import Sidecar
 from sidecar.config import Settings
@@ -92,16 +93,10 @@ class Server:
             raise RuntimeError("the sidecar did not start")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return processes.cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 async def measure(

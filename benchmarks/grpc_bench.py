@@ -42,6 +42,7 @@ import uvloop
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
+from benchmarks import processes
 from sidecar.api.lookups import Limits, Lookups, NotReady
 from sidecar.api.server import Sidecar, server_options
 from sidecar.api.sources import demo_snapshot
@@ -258,16 +259,10 @@ class ServerProcess:
         return self.tcp if transport == "tcp" else f"unix://{self.uds}"
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return processes.cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process)
 
 
 class Load:
