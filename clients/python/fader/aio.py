@@ -20,21 +20,119 @@ from fader.result import Result
 __all__ = ["Client", "Result"]
 
 
+class _Grpc:
+    """fader.v1 over one asyncio gRPC channel (TCP or unix://)."""
+
+    def __init__(self, target: str, timeout: float, fallbacks: _wire.Fallbacks) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
+        self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        self._timeout = timeout
+        self._fallbacks = fallbacks
+
+    async def evaluate(
+        self, key: str, flag: str, bucketing_key: str | None, attributes: Attributes | None
+    ) -> Result:
+        request = _wire.treatment_request(key, flag, bucketing_key, attributes)
+        try:
+            response = await self._stub.GetTreatment(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            return self._fallbacks.record("GetTreatment", err)
+        return _wire.result(response.evaluation, response.version)
+
+    async def treatments(
+        self, key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
+    ) -> dict[str, str]:
+        request = _wire.treatments_request(key, names, bucketing_key, attributes)
+        try:
+            response = await self._stub.GetTreatments(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            control = self._fallbacks.record("GetTreatments", err).treatment
+            return dict.fromkeys(names, control)
+        return {e.flag: e.treatment for e in response.evaluations}
+
+    async def track(
+        self,
+        key: str,
+        traffic_type: str,
+        event_type: str,
+        value: float | None,
+        properties: Attributes | None,
+    ) -> bool:
+        request = _wire.track_request(key, traffic_type, event_type, value, properties)
+        try:
+            await self._stub.Track(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            self._fallbacks.record("Track", err)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class _FastLane:
+    """The same operations as pipelined msgpack frames on the fast-lane socket."""
+
+    def __init__(self, path: str, timeout: float, fallbacks: _wire.Fallbacks) -> None:
+        self._lane = AsyncLane(path, timeout)
+        self._fallbacks = fallbacks
+
+    async def evaluate(
+        self, key: str, flag: str, bucketing_key: str | None, attributes: Attributes | None
+    ) -> Result:
+        try:
+            response = await self._lane.call(
+                _fastlane.treatment_request(key, flag, bucketing_key, attributes)
+            )
+        except LaneError as err:
+            return self._fallbacks.record_code("treatment", err.code, err.details)
+        return _fastlane.result(response)
+
+    async def treatments(
+        self, key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
+    ) -> dict[str, str]:
+        try:
+            response = await self._lane.call(
+                _fastlane.treatments_request(key, names, bucketing_key, attributes)
+            )
+        except LaneError as err:
+            fallback = self._fallbacks.record_code("treatments", err.code, err.details)
+            return dict.fromkeys(names, fallback.treatment)
+        return {e["flag"]: e["treatment"] for e in response["evaluations"]}
+
+    async def track(
+        self,
+        key: str,
+        traffic_type: str,
+        event_type: str,
+        value: float | None,
+        properties: Attributes | None,
+    ) -> bool:
+        try:
+            await self._lane.call(
+                _fastlane.track_request(key, traffic_type, event_type, value, properties)
+            )
+        except LaneError as err:
+            self._fallbacks.record_code("track", err.code, err.details)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._lane.close()
+
+
 class Client:
     """`Client("127.0.0.1:8013")`, `Client("unix:///run/fader/fader.sock")` or, for the
     msgpack fast lane, `Client("fastlane:///run/fader/fastlane.sock")`."""
 
     def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _wire.DEFAULT_TIMEOUT):
-        path = socket_path(target)
-        self._lane = AsyncLane(path, timeout) if path is not None else None
-        self._channel = (
-            grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
-            if path is None
-            else None
-        )
-        self._stub = pb_grpc.EvaluationServiceStub(self._channel) if self._channel else None
-        self._timeout = timeout
         self._fallbacks = _wire.Fallbacks()
+        path = socket_path(target)
+        self._transport: _Grpc | _FastLane = (
+            _Grpc(target, timeout, self._fallbacks)
+            if path is None
+            else _FastLane(path, timeout, self._fallbacks)
+        )
 
     @property
     def fallback_count(self) -> int:
@@ -71,23 +169,7 @@ class Client:
         bucketing_key: str | None = None,
     ) -> dict[str, str]:
         names = _wire.flag_list(flags)
-        if self._lane is not None:
-            try:
-                response = await self._lane.call(
-                    _fastlane.treatments_request(key, names, bucketing_key, attributes)
-                )
-            except LaneError as err:
-                fallback = self._fallbacks.record_code("treatments", err.code, err.details)
-                return dict.fromkeys(names, fallback.treatment)
-            return {e["flag"]: e["treatment"] for e in response["evaluations"]}
-        assert self._stub is not None
-        request = _wire.treatments_request(key, names, bucketing_key, attributes)
-        try:
-            response = await self._stub.GetTreatments(request, timeout=self._timeout)
-        except grpc.RpcError as err:
-            control = self._fallbacks.record("GetTreatments", err).treatment
-            return dict.fromkeys(names, control)
-        return {e.flag: e.treatment for e in response.evaluations}
+        return await self._transport.treatments(key, names, bucketing_key, attributes)
 
     async def evaluate(
         self,
@@ -97,21 +179,7 @@ class Client:
         bucketing_key: str | None = None,
         attributes: Attributes | None = None,
     ) -> Result:
-        if self._lane is not None:
-            try:
-                response = await self._lane.call(
-                    _fastlane.treatment_request(key, flag, bucketing_key, attributes)
-                )
-            except LaneError as err:
-                return self._fallbacks.record_code("treatment", err.code, err.details)
-            return _fastlane.result(response)
-        assert self._stub is not None
-        request = _wire.treatment_request(key, flag, bucketing_key, attributes)
-        try:
-            response = await self._stub.GetTreatment(request, timeout=self._timeout)
-        except grpc.RpcError as err:
-            return self._fallbacks.record("GetTreatment", err)
-        return _wire.result(response.evaluation, response.version)
+        return await self._transport.evaluate(key, flag, bucketing_key, attributes)
 
     async def track(
         self,
@@ -121,29 +189,10 @@ class Client:
         value: float | None = None,
         properties: Attributes | None = None,
     ) -> bool:
-        if self._lane is not None:
-            try:
-                await self._lane.call(
-                    _fastlane.track_request(key, traffic_type, event_type, value, properties)
-                )
-            except LaneError as err:
-                self._fallbacks.record_code("track", err.code, err.details)
-                return False
-            return True
-        assert self._stub is not None
-        request = _wire.track_request(key, traffic_type, event_type, value, properties)
-        try:
-            await self._stub.Track(request, timeout=self._timeout)
-        except grpc.RpcError as err:
-            self._fallbacks.record("Track", err)
-            return False
-        return True
+        return await self._transport.track(key, traffic_type, event_type, value, properties)
 
     async def close(self) -> None:
-        if self._lane is not None:
-            await self._lane.close()
-        if self._channel is not None:
-            await self._channel.close()
+        await self._transport.close()
 
     async def __aenter__(self) -> Client:
         return self
