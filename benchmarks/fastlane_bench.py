@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,25 +107,9 @@ async def measure(
 ) -> Cell:
     """Closed loop, `in_flight` calls at a time: QPS and latency in the client, server CPU
     from /proc."""
-    latencies: list[int] = []
-    recording = False
-    end = time.monotonic() + args.warmup + args.seconds
-
-    async def worker() -> None:
-        clock = time.perf_counter_ns
-        while time.monotonic() < end:
-            start = clock()
-            await call()
-            if recording:
-                latencies.append(clock() - start)
-
-    tasks = [asyncio.create_task(worker()) for _ in range(in_flight)]
-    await asyncio.sleep(args.warmup)
-    recording, cpu_start, started = True, server.cpu_seconds(), time.monotonic()
-    await asyncio.sleep(args.seconds)
-    recording = False
-    elapsed, cpu = time.monotonic() - started, server.cpu_seconds() - cpu_start
-    await asyncio.gather(*tasks)
+    latencies, elapsed, cpu = await processes.closed_loop(
+        call, in_flight, args.warmup, args.seconds, server.cpu_seconds
+    )
     latencies.sort()
     return Cell(
         lane,

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -299,25 +298,9 @@ class Load:
         else:
             batch = batch_request()
             call = lambda: stub.EvaluateBatch(batch, timeout=10)  # noqa: E731
-        latencies: list[int] = []
-        recording = False
-        end = time.monotonic() + warmup + window
-
-        async def worker() -> None:
-            clock = time.perf_counter_ns
-            while time.monotonic() < end:
-                start = clock()
-                await call()
-                if recording:
-                    latencies.append(clock() - start)
-
-        tasks = [asyncio.create_task(worker()) for _ in range(in_flight)]
-        await asyncio.sleep(warmup)
-        recording, cpu_start, started = True, server.cpu_seconds(), time.monotonic()
-        await asyncio.sleep(window)
-        recording = False
-        elapsed, cpu = time.monotonic() - started, server.cpu_seconds() - cpu_start
-        await asyncio.gather(*tasks)
+        latencies, elapsed, cpu = await processes.closed_loop(
+            call, in_flight, warmup, window, server.cpu_seconds
+        )
         return len(latencies), latencies, cpu * window / elapsed
 
 
