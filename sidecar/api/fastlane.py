@@ -26,11 +26,10 @@ from fader import _fastlane as fl
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api import uds, wire
-from sidecar.api.lookups import NOT_READY_MESSAGE, NotReady
+from sidecar.api.lookups import NotReady, active_snapshot, select_flags
 from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
-from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
 from sidecar.telemetry.metrics import Metrics
 
@@ -58,7 +57,7 @@ class Handlers:
 
     def treatment(self, request: dict[str, Any]) -> dict[str, Any]:
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         key = _text(request, "key")
         flag = _text(request, "flag")
         wire.check_key(key, "key")
@@ -73,10 +72,12 @@ class Handlers:
 
     def treatments(self, request: dict[str, Any]) -> dict[str, Any]:
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         key = _text(request, "key")
         wire.check_key(key, "key")
-        flags = self._selected_flags(snap, request)
+        flags = select_flags(
+            snap, _names(request, "flags"), _names(request, "flag_sets"), self._max_items
+        )
         attrs = self._attributes(request.get("attributes"), "attributes")
         bucketing_key = self._bucketing_key(request.get("bucketing_key"), "bucketing_key")
         shard = self._metrics.shard()
@@ -90,7 +91,7 @@ class Handlers:
 
     def batch(self, request: dict[str, Any]) -> dict[str, Any]:
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         items = request.get("items")
         if not isinstance(items, list):
             raise BadRequest("items: must be an array")
@@ -147,12 +148,6 @@ class Handlers:
             message.properties[name].CopyFrom(_attribute_value(item))
         return message
 
-    def _snapshot(self) -> Snapshot:
-        snap = self._store.current
-        if snap is None:
-            raise NotReady(NOT_READY_MESSAGE)
-        return snap
-
     def _bucketing_key(self, value: object, where: str) -> str | None:
         if value is None or value == "":
             return None
@@ -193,22 +188,6 @@ class Handlers:
                 )
         return converted
 
-    def _selected_flags(self, snap: Snapshot, request: dict[str, Any]) -> list[str]:
-        """Named flags in request order, then flag-set members by name; no duplicates."""
-        flags = _names(request, "flags")
-        sets = _names(request, "flag_sets")
-        if len(flags) + len(sets) > self._max_items:
-            raise BadRequest(
-                f"flags + flag_sets: {len(flags) + len(sets)} given, at most "
-                f"{self._max_items} allowed"
-            )
-        if not flags and not sets:
-            return list(snap.flag_names())
-        selected = dict.fromkeys(flags)
-        if sets:
-            selected.update(dict.fromkeys(sorted(snap.flags_in_sets(sets))))
-        return list(selected)
-
 
 def _text(request: dict[str, Any], field: str, where: str | None = None) -> str:
     value = request.get(field, "")
@@ -226,8 +205,7 @@ def _names(request: dict[str, Any], field: str) -> list[str]:
     for index, name in enumerate(values):
         if not isinstance(name, str):
             raise BadRequest(f"{field}[{index}]: must be a string")
-        wire.check_name(name, f"{field}[{index}]")
-    return values
+    return values  # names are checked by lookups.select_flags, as for gRPC
 
 
 def _evaluation(flag: str, result: Result) -> dict[str, Any]:

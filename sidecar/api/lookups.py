@@ -8,6 +8,7 @@ own shard.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -27,6 +28,34 @@ class NotReady(Exception):
     """No snapshot yet: UNAVAILABLE, which clients turn into "control"."""
 
 
+def active_snapshot(store: Store) -> Snapshot:
+    """The one snapshot a request reads; NotReady before the first one."""
+    snap = store.current
+    if snap is None:
+        raise NotReady(NOT_READY_MESSAGE)
+    return snap
+
+
+def select_flags(
+    snap: Snapshot, flags: Sequence[str], flag_sets: Sequence[str], max_items: int
+) -> list[str]:
+    """GetTreatments' selection, for every adapter: named flags in request order, then
+    flag-set members by name, no duplicates; none named means every flag."""
+    requested = len(flags) + len(flag_sets)
+    if requested > max_items:
+        raise BadRequest(f"flags + flag_sets: {requested} given, at most {max_items} allowed")
+    for index, flag in enumerate(flags):
+        wire.check_name(flag, f"flags[{index}]")
+    for index, name in enumerate(flag_sets):
+        wire.check_name(name, f"flag_sets[{index}]")
+    if not requested:
+        return list(snap.flag_names())
+    selected = dict.fromkeys(flags)
+    if flag_sets:
+        selected.update(dict.fromkeys(snap.flags_in_sets(flag_sets)))
+    return list(selected)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_attributes: int
@@ -41,7 +70,7 @@ class Lookups:
 
     def get_treatment(self, request: pb.GetTreatmentRequest) -> pb.GetTreatmentResponse:
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         key, flag = request.key, request.flag
         wire.check_key(key, "key")
         wire.check_name(flag, "flag")
@@ -57,10 +86,10 @@ class Lookups:
 
     def get_treatments(self, request: pb.GetTreatmentsRequest) -> pb.GetTreatmentsResponse:
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         key = request.key
         wire.check_key(key, "key")
-        flags = self._selected_flags(snap, request)
+        flags = select_flags(snap, request.flags, request.flag_sets, self._limits.max_batch_items)
         attrs = wire.attributes(request.attributes, self._limits.max_attributes, "attributes")
         bucketing_key = wire.optional_key(request.bucketing_key, "bucketing_key")
         response = pb.GetTreatmentsResponse(version=snap.version)
@@ -78,7 +107,7 @@ class Lookups:
         """The loop body is written for speed (~1.5 µs per item besides evaluation): fields are
         read once, error messages are only built on error, results are added in place."""
         start = perf_counter()
-        snap = self._snapshot()
+        snap = active_snapshot(self._store)
         items = request.items
         limits = self._limits
         if len(items) > limits.max_batch_items:
@@ -109,28 +138,3 @@ class Lookups:
             fill(add(), flag, result)
         shard.lookup("EvaluateBatch").observe(perf_counter() - start)
         return response
-
-    def _snapshot(self) -> Snapshot:
-        snap = self._store.current
-        if snap is None:
-            raise NotReady(NOT_READY_MESSAGE)
-        return snap
-
-    def _selected_flags(self, snap: Snapshot, request: pb.GetTreatmentsRequest) -> list[str]:
-        """Named flags in request order, then flag-set members by name; no duplicates."""
-        requested = len(request.flags) + len(request.flag_sets)
-        if requested > self._limits.max_batch_items:
-            raise BadRequest(
-                f"flags + flag_sets: {requested} given, at most "
-                f"{self._limits.max_batch_items} allowed"
-            )
-        for index, flag in enumerate(request.flags):
-            wire.check_name(flag, f"flags[{index}]")
-        for index, name in enumerate(request.flag_sets):
-            wire.check_name(name, f"flag_sets[{index}]")
-        if not requested:
-            return list(snap.flag_names())
-        selected = dict.fromkeys(request.flags)
-        if request.flag_sets:
-            selected.update(dict.fromkeys(sorted(snap.flags_in_sets(list(request.flag_sets)))))
-        return list(selected)
