@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 ENV_PREFIX = "FADER_"
 OFF = "off"
+IMPRESSIONS_MODES = ("optimized", "debug", "none")
 
 
 class ConfigError(ValueError):
@@ -60,6 +62,18 @@ class Settings:
     admin_listen: Address | None = None
     admin_token_file: Path | None = None
     max_staleness: float = 0.0
+    collector: str | None = None
+    collector_ca: Path | None = None
+    collector_token_file: Path | None = None
+    impressions_mode: str = "optimized"
+    impressions_observer_size: int = 100_000
+    telemetry_batch_records: int = 5_000
+    telemetry_batch_bytes: int = 1024 * 1024
+    telemetry_flush_interval: float = 10.0
+    telemetry_memory_bytes: int = 32 * 1024 * 1024
+    telemetry_flush_timeout: float = 5.0
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 256 * 1024 * 1024
 
 
 def parse_address(text: str) -> Address | None:
@@ -113,6 +127,20 @@ def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{item!r} is not KEY=VALUE")
         labels.append((key.strip(), value.strip()))
     return tuple(labels)
+
+
+def parse_impressions_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in IMPRESSIONS_MODES:
+        raise ConfigError(f"{text!r} is not one of {', '.join(IMPRESSIONS_MODES)}")
+    return mode
+
+
+def parse_interval(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ConfigError(f"{text!r} must be more than zero seconds")
+    return value
 
 
 def parse_optional_path(text: str) -> Path | None:
@@ -259,6 +287,81 @@ SETTINGS: tuple[Setting, ...] = (
         "(default 0: never)",
         "SECONDS",
     ),
+    Setting(
+        "collector",
+        parse_optional_str,
+        "where impressions and track events are uploaded (fader.v1 TelemetryService); "
+        "default: the --control-plane address; without either, nothing is recorded",
+        "HOST:PORT",
+    ),
+    Setting(
+        "collector_ca",
+        parse_optional_path,
+        "CA bundle: upload to --collector over TLS, verified against it",
+        "FILE",
+    ),
+    Setting(
+        "collector_token_file",
+        parse_optional_path,
+        "bearer token sent to --collector (re-read for every upload)",
+        "FILE",
+    ),
+    Setting(
+        "impressions_mode",
+        parse_impressions_mode,
+        "optimized (first per hour, plus counts), debug (every impression) or none "
+        "(counts and unique keys only) (default optimized)",
+        "MODE",
+    ),
+    Setting(
+        "impressions_observer_size",
+        parse_positive_int,
+        "impression hashes remembered to deduplicate (~150 bytes each; default 100000)",
+        "N",
+    ),
+    Setting(
+        "telemetry_batch_records",
+        parse_positive_int,
+        "most records in one upload (default 5000)",
+        "N",
+    ),
+    Setting(
+        "telemetry_batch_bytes",
+        parse_positive_int,
+        "most estimated bytes in one upload (default 1048576)",
+        "BYTES",
+    ),
+    Setting(
+        "telemetry_flush_interval",
+        parse_interval,
+        "seconds between uploads of a batch that is not full yet (default 10)",
+        "SECONDS",
+    ),
+    Setting(
+        "telemetry_memory_bytes",
+        parse_positive_int,
+        "batches held in memory before they go to the spool (default 33554432)",
+        "BYTES",
+    ),
+    Setting(
+        "telemetry_flush_timeout",
+        parse_grace,
+        "seconds to upload what is left on shutdown before it is spooled (default 5)",
+        "SECONDS",
+    ),
+    Setting(
+        "spool_dir",
+        parse_optional_path,
+        "keep batches here while the collector is unreachable, and replay them in order "
+        "(default: <cache-dir>/spool when --cache-dir is set)",
+        "DIR",
+    ),
+    Setting(
+        "spool_max_bytes",
+        parse_positive_int,
+        "size limit of the spool; past it batches are dropped and counted (default 268435456)",
+        "BYTES",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -345,6 +448,12 @@ def check_consistency(settings: Settings) -> None:
     ):
         if value is not None and settings.control_plane is None:
             raise ConfigError(f"{option} needs --control-plane")
+    for option, value in (
+        ("--collector-ca", settings.collector_ca),
+        ("--collector-token-file", settings.collector_token_file),
+    ):
+        if value is not None and settings.collector is None:
+            raise ConfigError(f"{option} needs --collector")
     admin = settings.admin_listen
     if admin is not None and settings.admin_token_file is None and not is_loopback(admin.host):
         raise ConfigError(
@@ -353,6 +462,11 @@ def check_consistency(settings: Settings) -> None:
         )
     if settings.admin_token_file is not None and admin is None:
         raise ConfigError("--admin-token-file needs --admin-listen")
+
+
+def sidecar_id(settings: Settings) -> str:
+    """How this sidecar names itself upstream: --sidecar-id, else $POD_NAME, else the host."""
+    return settings.sidecar_id or os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def is_loopback(host: str) -> bool:

@@ -31,6 +31,7 @@ from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
 from sidecar.snapshot.store import Store
+from sidecar.telemetry.impressions import Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,14 @@ class Handlers:
         metrics: Metrics,
         max_attributes: int,
         max_items: int,
+        recorder: Recorder | None = None,
     ) -> None:
         self._store = store
         self._events = events
         self._metrics = metrics
         self._max_attributes = max_attributes
         self._max_items = max_items
+        self._record = recorder.record if recorder is not None else None
 
     def treatment(self, request: dict[str, Any]) -> dict[str, Any]:
         start = perf_counter()
@@ -67,6 +70,8 @@ class Handlers:
         result = snap.evaluate(key, flag, bucketing_key, attrs)
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+        if self._record is not None:
+            self._record(snap, key, bucketing_key, flag, result, now_ms())
         shard.lookup("GetTreatment").observe(perf_counter() - start)
         return {"version": snap.version, **_evaluation(flag, result)}
 
@@ -82,9 +87,12 @@ class Handlers:
         bucketing_key = self._bucketing_key(request.get("bucketing_key"), "bucketing_key")
         shard = self._metrics.shard()
         evaluations = []
+        record, now = self._record, now_ms()
         for flag in flags:
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+            if record is not None:
+                record(snap, key, bucketing_key, flag, result, now)
             evaluations.append(_evaluation(flag, result))
         shard.lookup("GetTreatments").observe(perf_counter() - start)
         return {"version": snap.version, "evaluations": evaluations}
@@ -99,6 +107,7 @@ class Handlers:
             raise BadRequest(f"items: {len(items)} given, at most {self._max_items} allowed")
         shard = self._metrics.shard()
         evaluations = []
+        record, now = self._record, now_ms()
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise BadRequest(f"items[{index}]: must be a map")
@@ -112,6 +121,8 @@ class Handlers:
             attrs = self._attributes(item.get("attributes"), f"items[{index}].attributes")
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+            if record is not None:
+                record(snap, key, bucketing_key, flag, result, now)
             evaluations.append(_evaluation(flag, result))
         shard.lookup("EvaluateBatch").observe(perf_counter() - start)
         return {"version": snap.version, "evaluations": evaluations}

@@ -3,7 +3,7 @@
 Each method reads `store.current` exactly once, so every answer (a whole batch included) comes
 from one snapshot version even if a swap lands mid-request. Nothing here logs or locks: this
 is the hot path, and it is ~1 % of what a gRPC call costs. Metrics go to the calling thread's
-own shard.
+own shard; impressions are one append to the recorder's deque per evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sidecar.api.wire import BadRequest
 from sidecar.rules.result import LABEL_NOT_FOUND
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
+from sidecar.telemetry.impressions import Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 
 NOT_READY_MESSAGE = "no snapshot is active yet"
@@ -63,10 +64,13 @@ class Limits:
 
 
 class Lookups:
-    def __init__(self, store: Store, limits: Limits, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, limits: Limits, metrics: Metrics, recorder: Recorder | None = None
+    ) -> None:
         self._store = store
         self._limits = limits
         self._metrics = metrics
+        self._record = recorder.record if recorder is not None else None
 
     def get_treatment(self, request: pb.GetTreatmentRequest) -> pb.GetTreatmentResponse:
         start = perf_counter()
@@ -79,6 +83,8 @@ class Lookups:
         result = snap.evaluate(key, flag, bucketing_key, attrs)
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+        if self._record is not None:
+            self._record(snap, key, bucketing_key, flag, result, now_ms())
         response = pb.GetTreatmentResponse(version=snap.version)
         wire.fill_evaluation(response.evaluation, flag, result)
         shard.lookup("GetTreatment").observe(perf_counter() - start)
@@ -96,9 +102,12 @@ class Lookups:
         add, fill = response.evaluations.add, wire.fill_evaluation
         shard = self._metrics.shard()
         count = shard.count_evaluation
+        record, now = self._record, now_ms()
         for flag in flags:
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+            if record is not None:
+                record(snap, key, bucketing_key, flag, result, now)
             fill(add(), flag, result)
         shard.lookup("GetTreatments").observe(perf_counter() - start)
         return response
@@ -117,6 +126,7 @@ class Lookups:
         shard = self._metrics.shard()
         count = shard.count_evaluation
         evaluate = snap.evaluate
+        record, now = self._record, now_ms()
         for index, item in enumerate(items):
             key, flag = item.key, item.flag
             if not key or len(key) > wire.MAX_KEY_LENGTH:
@@ -135,6 +145,8 @@ class Lookups:
             )
             result = evaluate(key, flag, bucketing_key, attrs)
             count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+            if record is not None:
+                record(snap, key, bucketing_key, flag, result, now)
             fill(add(), flag, result)
         shard.lookup("EvaluateBatch").observe(perf_counter() - start)
         return response

@@ -33,11 +33,14 @@ from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.management import ManagementServer
 from sidecar.api.sources import SnapshotSources, SourcesCollector
 from sidecar.api.sources import StartupError as SourceError
+from sidecar.api.telemetry import build_pipeline
 from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
 from sidecar.config import Address, ConfigError, Settings, load_settings
 from sidecar.snapshot.store import Store
+from sidecar.telemetry.impressions import Recorder
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Sidecar:
         *,
         instrumented: bool = True,
         sources: SnapshotSources | None = None,
+        telemetry: Pipeline | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -80,7 +84,10 @@ class Sidecar:
         self.metrics = Metrics(lambda: store.current)
         if sources is not None:
             self.metrics.registry.register(SourcesCollector(sources))
-        self.events = EventQueue(self.metrics)
+        self.telemetry = telemetry
+        if telemetry is not None:
+            self.metrics.registry.register(telemetry.collector)
+        self.events = EventQueue(self.metrics, telemetry)
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
         self.fastlane_path: Path | None = None
@@ -119,6 +126,8 @@ class Sidecar:
         if settings.uds is not None:
             self._bind_uds(server, settings.uds, gid)
         await server.start()
+        if self.telemetry is not None:
+            await self.telemetry.start()
         if settings.fastlane_uds is not None:
             await self._start_fastlane(settings.fastlane_uds, gid)
         assert self._health is not None
@@ -133,7 +142,7 @@ class Sidecar:
         self.metrics.watch_event_queue(lambda: len(self.events))
         limits = Limits(settings.max_attributes, settings.max_batch_items)
         service = EvaluationService(
-            Lookups(self.store, limits, self.metrics),
+            Lookups(self.store, limits, self.metrics, self._recorder()),
             self.events,
             self._feed,
             self.metrics,
@@ -146,6 +155,9 @@ class Sidecar:
         reflection.enable_server_reflection(
             (SERVICE.full_name, health_name, reflection.SERVICE_NAME), server
         )
+
+    def _recorder(self) -> Recorder | None:
+        return self.telemetry.recorder if self.telemetry is not None else None
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
         try:
@@ -174,6 +186,7 @@ class Sidecar:
             self.metrics,
             settings.max_attributes,
             settings.max_batch_items,
+            self._recorder(),
         )
         self._fastlane = FastLane(handlers, settings.max_message_bytes)
         await self._fastlane.start(path, gid)
@@ -199,12 +212,13 @@ class Sidecar:
                 "mgmt": str(self.mgmt_address) if self.mgmt_address else None,
             },
             "track_events_queued": len(self.events),
+            "telemetry": self.telemetry.status() if self.telemetry is not None else None,
             **(self.sources.status() if self.sources is not None else {}),
         }
 
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING, end watch streams, stop accepting, drain within `grace`
-        seconds, flush, then release the socket and the management port."""
+        seconds, upload or spool telemetry, then release the socket and the management port."""
         if self._mgmt is not None:
             self._mgmt.draining = True
         if self._health is not None:
@@ -215,7 +229,8 @@ class Sidecar:
             await self._fastlane.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
-        self._flush()
+        if self.telemetry is not None:
+            await self.telemetry.close(self.settings.telemetry_flush_timeout)
         if self._socket is not None and self._socket.remove():
             log.info("removed socket %s", self._socket.path)
         if self._mgmt is not None:
@@ -226,18 +241,10 @@ class Sidecar:
         if self._server is not None:
             await self._server.stop(0)
 
-    def _flush(self) -> None:
-        """Where buffered telemetry is flushed on shutdown; until the upload pipeline exists,
-        undelivered Track events can only be reported."""
-        if len(self.events):
-            log.warning(
-                "%d track event(s) not uploaded: no collector is configured", len(self.events)
-            )
-
 
 async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
     """Serves until SIGTERM or SIGINT, then drains; a second signal cuts the drain short."""
-    sidecar = Sidecar(settings, store, sources=sources)
+    sidecar = Sidecar(settings, store, sources=sources, telemetry=build_pipeline(settings))
     try:
         await sidecar.start()
         sources.start()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.api.admin import AdminServer
 from sidecar.auth import TokenFile
-from sidecar.config import Settings
+from sidecar.config import Settings, sidecar_id
 from sidecar.snapshot import cache
 from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.loader import load_bytes
@@ -105,8 +103,7 @@ class SnapshotSources:
 
     def _identity(self) -> Identity:
         settings = self.settings
-        sidecar_id = settings.sidecar_id or os.environ.get("POD_NAME") or socket.gethostname()
-        return Identity(sidecar_id, dict(settings.sidecar_labels), SOFTWARE_VERSION)
+        return Identity(sidecar_id(settings), dict(settings.sidecar_labels), SOFTWARE_VERSION)
 
     def _security(self) -> ChannelSecurity:
         ca = self.settings.control_plane_ca

@@ -1,61 +1,64 @@
-"""Track: validating events the way Split's SDKs do, and queueing them for upload.
+"""Track: validating events the way Split's SDKs do, and handing them to the telemetry
+pipeline for upload.
 
-The upload pipeline (batching, retry, spool) is its own issue; until it lands the queue only
-bounds memory and counts. A full queue refuses the event (RESOURCE_EXHAUSTED, so the client's
-`track` returns False) rather than dropping an older one silently.
+When there is no room left anywhere (memory and spool full, or memory full without a spool)
+the event is refused with RESOURCE_EXHAUSTED, so the client's `track` returns False, rather
+than accepted and dropped. Without a collector, events are counted and dropped (logged once):
+accepting them into a queue nobody drains would only grow memory.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
-from collections import deque
-from dataclasses import dataclass
 
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api import wire
 from sidecar.api.wire import BadRequest
+from sidecar.telemetry.events import Event
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.pipeline import Pipeline
 
-# Split's event type rule and its property size budget (splitio-client input validation).
+log = logging.getLogger(__name__)
+
+# Split's event type rule and its size estimate: 1024 + the lengths of the property names and
+# values (splitio-client input validation; the JS SDK's BASE_EVENT_SIZE).
 EVENT_TYPE = re.compile(r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}")
-MAX_PROPERTIES_BYTES = 32 * 1024
-QUEUE_CAPACITY = 10_000
-
-
-@dataclass(frozen=True)
-class Event:
-    key: str
-    traffic_type: str
-    event_type: str
-    value: float | None
-    properties: dict[str, object] | None
-    timestamp_ms: int
+BASE_EVENT_BYTES = 1024
+MAX_EVENT_BYTES = 32 * 1024
 
 
 class QueueFull(Exception):
-    """The event queue is at capacity: RESOURCE_EXHAUSTED."""
+    """No room for the event in memory or the spool: RESOURCE_EXHAUSTED."""
 
 
 class EventQueue:
-    """A bounded FIFO of accepted events, drained by the uploader (a later issue)."""
+    """Where Track puts validated events: the telemetry pipeline, when there is one."""
 
-    def __init__(self, metrics: Metrics, capacity: int = QUEUE_CAPACITY) -> None:
-        self._events: deque[Event] = deque()
-        self._capacity = capacity
+    def __init__(self, metrics: Metrics, pipeline: Pipeline | None) -> None:
         self._metrics = metrics
+        self._pipeline = pipeline
+        self._warned = False
 
     def __len__(self) -> int:
-        return len(self._events)
+        """Events accepted and not yet stored by the collector."""
+        return self._pipeline.pending_events() if self._pipeline is not None else 0
 
     def put(self, event: Event) -> None:
-        if len(self._events) >= self._capacity:
-            self._metrics.shard().count_track("queue_full")
-            raise QueueFull(f"event queue is full ({self._capacity} events waiting for upload)")
-        self._events.append(event)
-        self._metrics.shard().count_track("accepted")
+        shard = self._metrics.shard()
+        if self._pipeline is None:
+            shard.count_track("dropped_no_collector")
+            if not self._warned:
+                self._warned = True
+                log.warning("track events are dropped: no --collector or --control-plane")
+            return
+        if not self._pipeline.add_event(event):
+            shard.count_track("queue_full")
+            raise QueueFull("no room for events: the collector is unreachable, the spool full")
+        shard.count_track("accepted")
 
 
 def event_from_request(request: pb.TrackRequest, max_properties: int) -> Event:
@@ -88,9 +91,12 @@ def properties(request: pb.TrackRequest, limit: int) -> dict[str, object] | None
     for name, value in values.items():
         if isinstance(value, list):
             raise BadRequest(f"properties[{name!r}]: lists are not allowed in event properties")
-    size = sum(len(name) + len(str(value)) for name, value in values.items())
-    if size > MAX_PROPERTIES_BYTES:
-        raise BadRequest(f"properties: {size} bytes, at most {MAX_PROPERTIES_BYTES} allowed")
+    size = BASE_EVENT_BYTES + sum(len(name) + len(str(value)) for name, value in values.items())
+    if size > MAX_EVENT_BYTES:
+        raise BadRequest(
+            f"properties: the event is {size} bytes ({BASE_EVENT_BYTES} + names and values), "
+            f"at most {MAX_EVENT_BYTES} allowed"
+        )
     return values
 
 

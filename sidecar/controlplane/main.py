@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
 from google.protobuf import json_format
 
 from sidecar.auth import TokenFile
 from sidecar.config import Address, ConfigError, parse_address
+from sidecar.controlplane.collector import Collector, Outputs
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.service import ControlPlaneServicer
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class ControlPlane:
-    """The reference control plane: offers, Sync streams, fleet status."""
+    """The reference control plane: offers, Sync streams, fleet status, and the telemetry
+    collector when at least one output file is given."""
 
     def __init__(
         self,
@@ -38,17 +40,22 @@ class ControlPlane:
         max_sidecars: int = 64,
         credentials: grpc.ServerCredentials | None = None,
         tokens: TokenFile | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.offers = OfferSource(snapshot)
         self.registry = Registry()
         self.servicer = ControlPlaneServicer(self.offers, self.registry, tokens)
-        # One thread per open Sync stream, plus a few for ListSidecars.
+        # One thread per open Sync stream, plus some for ListSidecars and telemetry uploads.
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_sidecars + 4),
+            futures.ThreadPoolExecutor(max_workers=max_sidecars + 16),
             options=[("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=max_sidecars + 4,
+            maximum_concurrent_rpcs=max_sidecars + 16,
         )
         controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
+        self.collector: Collector | None = None
+        if outputs is not None and outputs.paths():
+            self.collector = Collector(outputs, tokens)
+            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(self.collector, self.server)
         if credentials is None:
             self.port = self.server.add_insecure_port(str(listen))
         else:
@@ -58,7 +65,10 @@ class ControlPlane:
 
     def status(self) -> dict[str, Any]:
         response = self.servicer.fleet()
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        status = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        if self.collector is not None:
+            status["collector"] = self.collector.status()
+        return status
 
     def start(self) -> None:
         self.offers.start()
@@ -67,6 +77,8 @@ class ControlPlane:
     def stop(self, grace: float = 2.0) -> None:
         self.offers.stop()
         self.server.stop(grace).wait()
+        if self.collector is not None:
+            self.collector.close()
 
 
 def _status_server(address: Address, plane: ControlPlane) -> ThreadingHTTPServer:
@@ -112,6 +124,18 @@ def controlplane_main(argv: list[str]) -> int:
     parser.add_argument(
         "--token-file", type=Path, help="require one of these bearer tokens (one per line)"
     )
+    for kind, what in (
+        ("impressions", "impressions"),
+        ("counts", "impression counts"),
+        ("unique-keys", "unique keys (impressions mode none)"),
+        ("events", "track events"),
+    ):
+        parser.add_argument(
+            f"--{kind}-out",
+            type=Path,
+            metavar="FILE.jsonl",
+            help=f"collect {what} uploaded by sidecars into this JSONL file",
+        )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -138,6 +162,12 @@ def controlplane_main(argv: list[str]) -> int:
             max_sidecars=args.max_sidecars,
             credentials=credentials,
             tokens=tokens,
+            outputs=Outputs(
+                impressions=args.impressions_out,
+                counts=args.counts_out,
+                unique_keys=args.unique_keys_out,
+                events=args.events_out,
+            ),
         )
     except (ConfigError, OSError, ValueError) as exc:
         print(f"fader controlplane: {exc}", file=sys.stderr)

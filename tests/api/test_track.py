@@ -1,4 +1,4 @@
-"""Track validation (Split's rules) and the bounded event queue."""
+"""Track validation (Split's rules) and where validated events go."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import math
 import pytest
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 
-from sidecar.api.track import Event, EventQueue, QueueFull, event_from_request
+from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest
+from sidecar.telemetry.events import Event
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
+from sidecar.telemetry.uploader import CollectorTarget, Uploader
 
 
 def request(**fields: object) -> pb.TrackRequest:
@@ -35,7 +38,7 @@ def test_valid_event() -> None:
         ({"key": ""}, "key: must not be empty"),
         (
             {"properties": {"big": pb.AttributeValue(string_value="x" * 40_000)}},
-            "properties: 40003 bytes, at most 32768 allowed",
+            r"properties: the event is 41027 bytes \(1024 \+ names and values\), at most 32768",
         ),
     ],
 )
@@ -50,13 +53,36 @@ def test_too_many_properties() -> None:
         event_from_request(request(properties=properties), 2)
 
 
-def test_full_queue_refuses_and_counts() -> None:
+def test_split_size_estimate_boundary() -> None:
+    """1024 + len(name) + len(str(value)) may reach 32768 bytes exactly, not one more."""
+    fits = {"p": pb.AttributeValue(string_value="x" * (32768 - 1024 - 1))}
+    assert event_from_request(request(properties=fits), 10).properties == {"p": "x" * 31743}
+    over = {"p": pb.AttributeValue(string_value="x" * (32768 - 1024))}
+    with pytest.raises(BadRequest, match="32769 bytes"):
+        event_from_request(request(properties=over), 10)
+
+
+def test_without_a_collector_events_are_counted_as_dropped() -> None:
     metrics = Metrics(lambda: None)
-    queue = EventQueue(metrics, capacity=2)
+    queue = EventQueue(metrics, None)
+    queue.put(event_from_request(request(), 10))
+    assert len(queue) == 0
+    assert metrics.merged().track == {"dropped_no_collector": 1}
+
+
+def test_no_room_refuses_and_counts() -> None:
+    """Memory full and no spool: the event is refused (RESOURCE_EXHAUSTED), not dropped."""
+    metrics = Metrics(lambda: None)
+    pipeline = Pipeline(
+        PipelineSettings(memory_bytes=1000),
+        Uploader(CollectorTarget("127.0.0.1:9"), 1.0),
+    )
+    queue = EventQueue(metrics, pipeline)
     event = event_from_request(request(), 10)
-    queue.put(event)
-    queue.put(event)
-    with pytest.raises(QueueFull, match="event queue is full"):
+    pipeline._memory_bytes = 1000  # as if a sealed batch were waiting for the collector
+    with pytest.raises(QueueFull, match="no room for events"):
         queue.put(event)
-    assert len(queue) == 2
-    assert metrics.merged().track == {"accepted": 2, "queue_full": 1}
+    pipeline._memory_bytes = 0
+    queue.put(event)
+    assert len(queue) == 1
+    assert metrics.merged().track == {"accepted": 1, "queue_full": 1}

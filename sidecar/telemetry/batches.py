@@ -1,0 +1,198 @@
+"""Upload batches: what one TelemetryService.Upload call carries, cut by count and bytes.
+
+A batch is plain lists of tuples so that the spool can write it as msgpack and read it back
+unchanged after a restart; it becomes protobuf only when it is sent. Its id is chosen when it
+is sealed and never changes, which is what makes retries idempotent at the collector.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from fader._gen.fader.v1 import telemetry_pb2 as pb
+
+from sidecar.telemetry.events import Event
+from sidecar.telemetry.impressions import Impression
+
+KINDS = ("impressions", "counts", "unique_keys", "events")
+# Per-record framing, roughly what protobuf adds around the strings of one record.
+RECORD_OVERHEAD = 32
+
+CountRow = tuple[str, int, int]  # flag, hour start ms, count
+UniqueRow = tuple[str, list[str]]  # flag, keys
+EventRow = tuple[str, str, str, float | None, str, int]  # key, tt, type, value, props json, ms
+
+
+@dataclass
+class Batch:
+    id: str
+    impressions: list[Impression] = field(default_factory=list)
+    counts: list[CountRow] = field(default_factory=list)
+    unique_keys: list[UniqueRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    size: int = 0
+
+    def records(self) -> dict[str, int]:
+        """Records per kind, for the counters (a unique-keys row counts its keys)."""
+        return {
+            "impressions": len(self.impressions),
+            "counts": len(self.counts),
+            "unique_keys": sum(len(keys) for _, keys in self.unique_keys),
+            "events": len(self.events),
+        }
+
+    def __len__(self) -> int:
+        return sum(self.records().values())
+
+
+def impression_size(imp: Impression) -> int:
+    return (
+        RECORD_OVERHEAD
+        + len(imp.key)
+        + len(imp.bucketing_key or "")
+        + len(imp.flag)
+        + len(imp.treatment)
+        + len(imp.label or "")
+    )
+
+
+def event_row(event: Event) -> EventRow:
+    properties = json.dumps(event.properties, separators=(",", ":")) if event.properties else ""
+    return (
+        event.key,
+        event.traffic_type,
+        event.event_type,
+        event.value,
+        properties,
+        event.timestamp_ms,
+    )
+
+
+def event_size(row: EventRow) -> int:
+    return RECORD_OVERHEAD + len(row[0]) + len(row[1]) + len(row[2]) + len(row[4])
+
+
+class BatchBuilder:
+    """Collects records into the open batch and seals it when it reaches `max_records`
+    records or `max_bytes` estimated bytes; sealed batches go to `sealed`."""
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.sealed: list[Batch] = []
+        self._open = Batch(id="")
+        self._records = 0
+
+    @property
+    def open_records(self) -> int:
+        return self._records
+
+    def add_impression(self, imp: Impression) -> None:
+        self._open.impressions.append(imp)
+        self._grew(impression_size(imp))
+
+    def add_event(self, row: EventRow) -> None:
+        self._open.events.append(row)
+        self._grew(event_size(row))
+
+    def add_counts(self, rows: list[CountRow]) -> None:
+        for row in rows:
+            self._open.counts.append(row)
+            self._grew(RECORD_OVERHEAD + len(row[0]))
+
+    def add_unique_keys(self, rows: list[UniqueRow]) -> None:
+        """A flag's keys may be split over several batches so that none grows too big."""
+        for flag, keys in rows:
+            start = 0
+            while start < len(keys):
+                room = max(1, self.max_records - self._records)
+                chunk = keys[start : start + room]
+                self._open.unique_keys.append((flag, chunk))
+                start += len(chunk)
+                self._grew(RECORD_OVERHEAD + len(flag) + sum(len(k) + 2 for k in chunk), len(chunk))
+
+    def seal(self) -> None:
+        """Seals the open batch, if it holds anything."""
+        if self._records:
+            self._open.id = uuid.uuid4().hex
+            self.sealed.append(self._open)
+            self._open = Batch(id="")
+            self._records = 0
+
+    def _grew(self, size: int, records: int = 1) -> None:
+        self._open.size += size
+        self._records += records
+        if self._records >= self.max_records or self._open.size >= self.max_bytes:
+            self.seal()
+
+
+def encode(batch: Batch) -> bytes:
+    """The spool's form of a batch (msgpack)."""
+    data: bytes = msgpack.packb(
+        [
+            batch.id,
+            [list(imp) for imp in batch.impressions],
+            batch.counts,
+            batch.unique_keys,
+            batch.events,
+            batch.size,
+        ],
+        use_bin_type=True,
+    )
+    return data
+
+
+def decode(data: bytes) -> Batch:
+    """Reads back what `encode` wrote; raises ValueError on anything else."""
+    try:
+        fields: Any = msgpack.unpackb(data, raw=False)
+        batch_id, impressions, counts, unique_keys, events, size = fields
+        return Batch(
+            id=str(batch_id),
+            impressions=[Impression(*row) for row in impressions],
+            counts=[(str(f), int(h), int(c)) for f, h, c in counts],
+            unique_keys=[(str(f), [str(k) for k in keys]) for f, keys in unique_keys],
+            events=[
+                (str(k), str(t), str(e), None if v is None else float(v), str(p), int(ms))
+                for k, t, e, v, p, ms in events
+            ],
+            size=int(size),
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise ValueError(f"not a spooled batch: {err}") from None
+
+
+def to_request(batch: Batch, sidecar_id: str, mode: str) -> pb.UploadRequest:
+    request = pb.UploadRequest(batch_id=batch.id, sidecar_id=sidecar_id, impressions_mode=mode)
+    add = request.impressions.add
+    for imp in batch.impressions:
+        add(
+            key=imp.key,
+            bucketing_key=imp.bucketing_key or "",
+            flag=imp.flag,
+            treatment=imp.treatment,
+            label=imp.label or "",
+            change_number=imp.change_number,
+            time_ms=imp.time_ms,
+            previous_time_ms=imp.previous_time_ms or 0,
+            snapshot_version=imp.snapshot_version,
+        )
+    for flag, hour, count in batch.counts:
+        request.counts.add(flag=flag, hour_ms=hour, count=count)
+    for flag, keys in batch.unique_keys:
+        request.unique_keys.add(flag=flag, keys=keys)
+    for key, traffic_type, event_type, value, properties, timestamp in batch.events:
+        event = request.events.add(
+            key=key,
+            traffic_type=traffic_type,
+            event_type=event_type,
+            properties_json=properties,
+            timestamp_ms=timestamp,
+        )
+        if value is not None:
+            event.value = value
+    return request

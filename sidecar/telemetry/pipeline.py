@@ -1,0 +1,383 @@
+"""The telemetry pipeline: recorded lookups and track events → batches → collector, with a
+disk spool for when the collector cannot take them.
+
+Everything except disk I/O runs on the sidecar's event loop, in two tasks:
+
+- *process* wakes every `PROCESS_SECONDS`, turns recorded lookups into impressions (or counts
+  and unique keys) in small chunks so lookups keep flowing, and every `flush_interval`
+  seals the open batch with the counts and unique keys gathered so far;
+- *upload* sends sealed batches oldest first, one at a time.
+
+Order and loss: batches leave in the order they were sealed. While the spool holds anything,
+or after an upload failed, new batches go to the spool behind it (never ahead of it), so the
+replay after an outage or a restart keeps the order. Memory is bounded: the recorder's deque,
+one open batch, and `memory_bytes` of sealed batches; past that, batches are spooled. A
+record is dropped only when the collector refuses it for good, or when there is no room left
+(no spool or a full one, a failing disk, a full recorder): each drop is counted by kind and
+reason and logged. Disk writes run on one worker thread, in submission order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.snapshot.sources.controlplane import Backoff
+from sidecar.telemetry.batches import Batch, BatchBuilder, event_row, to_request
+from sidecar.telemetry.events import Event
+from sidecar.telemetry.impressions import DEFAULT_OBSERVER_SIZE, ImpressionModes, Mode, Recorder
+from sidecar.telemetry.spool import Spool, SpoolFull
+from sidecar.telemetry.stats import Stats, TelemetryCollector
+from sidecar.telemetry.uploader import Uploader, Verdict
+
+log = logging.getLogger(__name__)
+
+PROCESS_SECONDS = 0.05
+# Lookups turned into impressions before the loop is offered to requests again (~2 ms).
+CHUNK = 1_000
+UPLOAD_BACKOFF = Backoff(initial=0.5, maximum=30.0)
+NO_ROOM = frozenset({"memory_full", "no_spool", "spool_full", "spool_error"})
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    mode: Mode = Mode.OPTIMIZED
+    sidecar_id: str = ""
+    batch_records: int = 5_000
+    batch_bytes: int = 1024 * 1024
+    flush_interval: float = 10.0
+    memory_bytes: int = 32 * 1024 * 1024
+    spool_dir: Path | None = None
+    spool_bytes: int = 256 * 1024 * 1024
+    observer_size: int = DEFAULT_OBSERVER_SIZE
+    backoff: Backoff = UPLOAD_BACKOFF
+
+
+class Pipeline:
+    def __init__(self, settings: PipelineSettings, uploader: Uploader) -> None:
+        self.settings = settings
+        self.recorder = Recorder()
+        self.stats = Stats()
+        self.collector = TelemetryCollector(self.stats, self.gauges)
+        self._uploader = uploader
+        self._modes = ImpressionModes(settings.mode, self._add_impression, settings.observer_size)
+        self._builder = BatchBuilder(settings.batch_records, settings.batch_bytes)
+        self._memory: deque[Batch] = deque()
+        self._memory_bytes = 0
+        self._spool = (
+            Spool(settings.spool_dir, settings.spool_bytes) if settings.spool_dir else None
+        )
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fader-spool")
+        self._spool_batches = 0  # in the spool or on their way there
+        self._writes: set[asyncio.Future[None]] = set()
+        self._settled: set[str] = set()  # answered while being spilled to the spool
+        self._upstream_up = True
+        self._no_room = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_flush = time.monotonic()
+        self._overflow_seen = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Opens the spool (replaying what a previous run left) and starts both tasks."""
+        if self._spool is not None:
+            left = await self._on_disk(self._spool.open)
+            self._spool_batches = left
+            if left:
+                log.info("telemetry: %d spooled batch(es) from an earlier run to replay", left)
+        self._tasks = [
+            asyncio.create_task(self._process_loop(), name="telemetry-process"),
+            asyncio.create_task(self._upload_loop(), name="telemetry-upload"),
+        ]
+
+    async def close(self, budget: float) -> None:
+        """Seals everything, uploads for up to `budget` seconds, spools what is left."""
+        deadline = time.monotonic() + budget
+        process = self._tasks[0] if self._tasks else None
+        if process is not None:
+            process.cancel()
+            await asyncio.gather(process, return_exceptions=True)
+        self._drain_recorder(None)
+        self._flush()
+        if self._upstream_up and self._tasks:
+            while (self._memory or self._spool_batches) and time.monotonic() < deadline:
+                self._wake.set()
+                await asyncio.sleep(0.01)
+                if not self._upstream_up:
+                    break
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._spill()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._uploader.close()
+        self._disk.shutdown(wait=True)
+        log.info(
+            "telemetry: closed with %d batch(es) spooled for the next start", self._spool_batches
+        )
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def add_event(self, event: Event) -> bool:
+        """Accepts a validated track event; False when there is no room anywhere."""
+        if self.saturated():
+            return False
+        self._builder.add_event(event_row(event))
+        self.stats.add(self.stats.queued, {"events": 1})
+        self._enqueue_sealed()
+        return True
+
+    def saturated(self) -> bool:
+        """True while the last batch sealed had nowhere to go (memory full without a spool,
+        or a full or failing spool), until one is stored somewhere again."""
+        return self._no_room
+
+    def pending_events(self) -> int:
+        stats = self.stats
+        dropped = sum(n for (kind, _), n in stats.dropped.items() if kind == "events")
+        return stats.queued.get("events", 0) - stats.sent.get("events", 0) - dropped
+
+    def _add_impression(self, impression: Any) -> None:
+        self._builder.add_impression(impression)
+        self.stats.add(self.stats.queued, {"impressions": 1})
+
+    # -- processing ----------------------------------------------------------------------
+
+    async def _process_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROCESS_SECONDS)
+            await self._drain_recorder_async()
+            if time.monotonic() - self._last_flush >= self.settings.flush_interval:
+                self._flush()
+
+    async def _drain_recorder_async(self) -> None:
+        while self.recorder.pending:
+            self._drain_recorder(CHUNK)
+            await asyncio.sleep(0)
+
+    def _drain_recorder(self, limit: int | None) -> None:
+        pending, process = self.recorder.pending, self._modes.process
+        count = len(pending) if limit is None else min(limit, len(pending))
+        for _ in range(count):
+            process(pending.popleft())
+        self.stats.deduplicated = self._modes.deduplicated
+        if self._modes.unique_keys.size >= self.settings.batch_records:
+            self._builder.add_unique_keys(self._modes.unique_keys.take())
+        self._note_overflow()
+        self._enqueue_sealed()
+
+    def _note_overflow(self) -> None:
+        overflow = self.recorder.overflow
+        if overflow > self._overflow_seen:
+            lost = overflow - self._overflow_seen
+            self._overflow_seen = overflow
+            self.stats.drop({"impressions": lost}, "recorder_full")
+            log.warning(
+                "telemetry: %d lookup(s) not recorded: %d are waiting to be processed",
+                lost,
+                len(self.recorder.pending),
+            )
+
+    def _flush(self) -> None:
+        """Seals the open batch with the counts and unique keys gathered so far."""
+        self._last_flush = time.monotonic()
+        counts = self._modes.take_counts()
+        unique = self._modes.unique_keys.take()
+        self.stats.add(
+            self.stats.queued,
+            {"counts": len(counts), "unique_keys": sum(len(keys) for _, keys in unique)},
+        )
+        self._builder.add_counts(counts)
+        self._builder.add_unique_keys(unique)
+        self._builder.seal()
+        self._enqueue_sealed()
+
+    def _enqueue_sealed(self) -> None:
+        sealed = self._builder.sealed
+        if not sealed:
+            return
+        self._builder.sealed = []
+        for batch in sealed:
+            self._enqueue(batch)
+        self._wake.set()
+
+    def _enqueue(self, batch: Batch) -> None:
+        """Memory while the collector keeps up; the spool behind anything already there."""
+        memory_full = self._memory_bytes + batch.size > self.settings.memory_bytes
+        if self._spool is not None and (memory_full or self._spooling()):
+            self._spill()
+            self._to_spool(batch)
+        elif memory_full:
+            self._drop(batch, "memory_full")
+        else:
+            self._memory.append(batch)
+            self._memory_bytes += batch.size
+            self._no_room = False
+
+    def _spooling(self) -> bool:
+        return not self._upstream_up or self._spool_batches > 0
+
+    # -- spool ---------------------------------------------------------------------------
+
+    def _spill(self) -> None:
+        """Moves every batch held in memory to the spool, oldest first."""
+        if self._spool is None:
+            for batch in self._memory:
+                self._drop(batch, "no_spool")
+        else:
+            for batch in self._memory:
+                self._to_spool(batch)
+        self._memory.clear()
+        self._memory_bytes = 0
+
+    def _to_spool(self, batch: Batch) -> None:
+        assert self._spool is not None
+        spool = self._spool
+        self._spool_batches += 1
+        write = asyncio.get_running_loop().run_in_executor(self._disk, _append, spool, batch)
+        self._writes.add(write)
+        write.add_done_callback(lambda done: self._spooled(batch, done))
+
+    def _spooled(self, batch: Batch, write: asyncio.Future[None]) -> None:
+        self._writes.discard(write)
+        error = write.exception() if not write.cancelled() else None
+        if error is None:
+            self.stats.add(self.stats.spooled, batch.records())
+            self._no_room = False
+            return
+        self._spool_batches -= 1
+        reason = "spool_full" if isinstance(error, SpoolFull) else "spool_error"
+        self._drop(batch, reason, str(error))
+
+    async def _on_disk(self, call: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._disk, call, *args)
+
+    # -- upload --------------------------------------------------------------------------
+
+    async def _upload_loop(self) -> None:
+        failures = 0
+        while True:
+            picked = await self._next_batch()
+            if picked is None:
+                continue
+            batch, sequence = picked
+            request = to_request(batch, self.settings.sidecar_id, self.settings.mode.value)
+            started = time.perf_counter()
+            answer = await self._uploader.send(request)
+            self.stats.upload(answer.verdict.value, time.perf_counter() - started)
+            if answer.verdict is Verdict.RETRY:
+                failures += 1
+                self._collector_down(answer.code, answer.detail)
+                await asyncio.sleep(self.settings.backoff.delay(failures - 1))
+                continue
+            failures = 0
+            await self._forget(batch, sequence)
+            if answer.verdict is Verdict.REFUSED:
+                self._drop(batch, f"refused_{answer.code.lower()}", answer.detail)
+                continue
+            self.stats.add(self.stats.sent, batch.records())
+            if sequence is not None:
+                self.stats.add(self.stats.replayed, batch.records())
+            if not self._upstream_up:
+                self._upstream_up = True
+                log.info("telemetry: collector is taking uploads again")
+
+    async def _next_batch(self) -> tuple[Batch, int | None] | None:
+        """The oldest batch: from the spool while it holds any, else from memory."""
+        if self._spool is not None and self._spool_batches > 0:
+            head = await self._on_disk(self._spool.head)
+            if head is None:  # every remaining file was unreadable (counted there)
+                self._account_corrupt()
+                return None
+            sequence, batch = head
+            if batch.id in self._settled:
+                self._settled.discard(batch.id)
+                await self._forget(batch, sequence)
+                return None
+            return batch, sequence
+        if self._memory:
+            return self._memory[0], None
+        self._wake.clear()
+        await self._wake.wait()
+        return None
+
+    async def _forget(self, batch: Batch, sequence: int | None) -> None:
+        """Removes a batch the collector has answered for. One taken from memory may have
+        been spilled to the spool while it was in flight: it is then remembered as settled
+        and skipped when the spool reaches it, instead of being sent twice."""
+        if sequence is None:
+            if self._memory and self._memory[0] is batch:
+                self._memory.popleft()
+                self._memory_bytes -= batch.size
+            else:
+                self._settled.add(batch.id)
+            return
+        assert self._spool is not None
+        await self._on_disk(self._spool.remove, sequence)
+        self._spool_batches -= 1
+        self._account_corrupt()
+
+    def _account_corrupt(self) -> None:
+        assert self._spool is not None
+        corrupt = self._spool.corrupt
+        if corrupt:
+            self._spool.corrupt = 0
+            self._spool_batches -= corrupt
+            self.stats.drop({"batches": corrupt}, "spool_corrupt")
+
+    def _collector_down(self, code: str, detail: str) -> None:
+        if self._upstream_up:
+            self._upstream_up = False
+            where = "spooling to disk" if self._spool is not None else "holding in memory"
+            log.warning("telemetry: upload failed (%s: %s); %s and retrying", code, detail, where)
+            if self._spool is not None:
+                self._spill()
+
+    def _drop(self, batch: Batch, reason: str, detail: str = "") -> None:
+        if reason in NO_ROOM:
+            self._no_room = True
+        lost = self.stats.drop(batch.records(), reason)
+        log.error(
+            "telemetry: dropped batch %s (%d records): %s%s",
+            batch.id,
+            lost,
+            reason,
+            f": {detail}" if detail else "",
+        )
+
+    # -- observation ---------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, float]:
+        spool = self._spool
+        return {
+            "memory_bytes": self._memory_bytes,
+            "spool_bytes": spool.bytes if spool is not None else 0,
+            "spool_batches": self._spool_batches,
+            "pending_lookups": len(self.recorder.pending),
+            "upstream_up": 1 if self._upstream_up else 0,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "impressions_mode": self.settings.mode.value,
+            "collector_up": self._upstream_up,
+            "memory_batches": len(self._memory),
+            "spool_batches": self._spool_batches,
+            "spool_dir": str(self.settings.spool_dir) if self.settings.spool_dir else None,
+            "dropped": sum(self.stats.dropped.values()),
+        }
+
+
+def _append(spool: Spool, batch: Batch) -> None:
+    spool.append(batch)

@@ -1,0 +1,143 @@
+"""Split's impression modes: hour boundaries, the LRU observer, counts, unique keys,
+impressionsDisabled, and what the hot-path recorder keeps."""
+
+from __future__ import annotations
+
+from sidecar.rules.result import NOT_FOUND, Result
+from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.snapshot import Snapshot
+from sidecar.telemetry.impressions import (
+    DAY_MS,
+    HOUR_MS,
+    Impression,
+    ImpressionModes,
+    Mode,
+    Observer,
+    Recorder,
+    hour_start,
+)
+from tests.rules.builders import flag, snapshot_doc
+
+T0 = 1_700_000_000_000 // DAY_MS * DAY_MS + 3 * HOUR_MS  # 03:00 UTC, start of an hour
+ON = Result("on", "rule", None, 7)
+
+
+def snapshot() -> Snapshot:
+    return build_snapshot(
+        snapshot_doc(flag("f"), flag("g"), flag("quiet", impressionsDisabled=True), version=3)
+    )
+
+
+class Sink:
+    def __init__(self, mode: Mode, observer_size: int = 100) -> None:
+        self.sent: list[Impression] = []
+        self.modes = ImpressionModes(mode, self.sent.append, observer_size)
+        self.snap = snapshot()
+
+    def lookup(self, key: str, at: int, flag: str = "f", result: Result = ON) -> None:
+        self.modes.process((self.snap, key, None, flag, result, at))
+
+
+def test_hour_start() -> None:
+    assert hour_start(T0) == T0
+    assert hour_start(T0 + HOUR_MS - 1) == T0
+    assert hour_start(T0 + HOUR_MS) == T0 + HOUR_MS
+
+
+def test_optimized_sends_the_first_per_hour_and_counts_the_repeats() -> None:
+    sink = Sink(Mode.OPTIMIZED)
+    sink.lookup("u1", T0 + 10)
+    sink.lookup("u1", T0 + 20)
+    sink.lookup("u1", T0 + HOUR_MS - 1)
+    sink.lookup("u1", T0 + HOUR_MS)  # a new hour: sent again, and counted (it had a pt)
+    sink.lookup("u1", T0 + HOUR_MS + 5)
+    assert [(i.time_ms, i.previous_time_ms) for i in sink.sent] == [
+        (T0 + 10, None),
+        (T0 + HOUR_MS, T0 + HOUR_MS - 1),
+    ]
+    assert sink.modes.take_counts() == [("f", T0, 2), ("f", T0 + HOUR_MS, 2)]
+    assert sink.modes.take_counts() == []
+    assert sink.modes.deduplicated == 3
+
+
+def test_optimized_hash_covers_treatment_label_and_change_number() -> None:
+    sink = Sink(Mode.OPTIMIZED)
+    sink.lookup("u1", T0)
+    sink.lookup("u1", T0 + 1, result=Result("off", "rule", None, 7))
+    sink.lookup("u1", T0 + 2, result=Result("on", "default rule", None, 7))
+    sink.lookup("u1", T0 + 3, result=Result("on", "rule", None, 8))
+    sink.lookup("u2", T0 + 4)
+    sink.lookup("u1", T0 + 5, flag="g")
+    assert len(sink.sent) == 6
+    assert sink.modes.take_counts() == []
+
+
+def test_impression_fields() -> None:
+    sink = Sink(Mode.DEBUG)
+    sink.modes.process((sink.snap, "u1", "acct-9", "f", ON, T0 + 1))
+    assert sink.sent == [Impression("u1", "acct-9", "f", "on", "rule", 7, T0 + 1, None, 3)]
+
+
+def test_lru_eviction_forgets_the_oldest_hash() -> None:
+    sink = Sink(Mode.OPTIMIZED, observer_size=2)
+    for key in ("a", "b", "a", "c", "b", "a"):
+        sink.lookup(key, T0 + len(sink.sent))
+    # a, b sent; a seen; c sent (evicts b: a was used more recently); b sent again (evicts
+    # a); a sent again.
+    assert [i.key for i in sink.sent] == ["a", "b", "c", "b", "a"]
+
+
+def test_observer_returns_previous_time_and_keeps_the_latest() -> None:
+    observer = Observer(10)
+    assert observer.test_and_set(1, 100) is None
+    assert observer.test_and_set(1, 200) == 100
+    assert observer.test_and_set(1, 150) == 150  # out of order: never after the impression
+    assert observer.test_and_set(1, 300) == 200
+    assert len(observer) == 1
+
+
+def test_debug_sends_everything_with_previous_time_and_counts_nothing() -> None:
+    sink = Sink(Mode.DEBUG)
+    sink.lookup("u1", T0)
+    sink.lookup("u1", T0 + 1)
+    sink.lookup("u1", T0 + 2)
+    assert [i.previous_time_ms for i in sink.sent] == [None, T0, T0 + 1]
+    assert sink.modes.take_counts() == []
+    assert sink.modes.unique_keys.take() == []
+
+
+def test_none_counts_everything_and_tracks_unique_keys_once_a_day() -> None:
+    sink = Sink(Mode.NONE)
+    for key, at in (("u1", T0), ("u1", T0 + 1), ("u2", T0 + 2), ("u1", T0 + HOUR_MS)):
+        sink.lookup(key, at)
+    sink.lookup("u1", T0 + 3, flag="g")
+    assert sink.sent == []
+    assert sorted(sink.modes.take_counts()) == [("f", T0, 3), ("f", T0 + HOUR_MS, 1), ("g", T0, 1)]
+    assert sorted(sink.modes.unique_keys.take()) == [("f", ["u1", "u2"]), ("g", ["u1"])]
+    sink.lookup("u1", T0 + 2 * HOUR_MS)  # same day: already reported
+    assert sink.modes.unique_keys.take() == []
+    next_day = (T0 // DAY_MS + 1) * DAY_MS
+    sink.lookup("u1", next_day)
+    assert sink.modes.unique_keys.take() == [("f", ["u1"])]
+
+
+def test_impressions_disabled_flags_follow_none_in_every_mode() -> None:
+    for mode in (Mode.OPTIMIZED, Mode.DEBUG):
+        sink = Sink(mode)
+        sink.lookup("u1", T0, flag="quiet")
+        sink.lookup("u1", T0 + 1, flag="quiet")
+        sink.lookup("u1", T0 + 2)
+        assert [i.flag for i in sink.sent] == ["f"]
+        assert sink.modes.take_counts() == [("quiet", T0, 2)]
+        assert sink.modes.unique_keys.take() == [("quiet", ["u1"])]
+
+
+def test_recorder_skips_definition_not_found_and_counts_overflow() -> None:
+    snap = snapshot()
+    recorder = Recorder(capacity=2)
+    recorder.record(snap, "u1", None, "missing", NOT_FOUND, T0)
+    assert len(recorder.pending) == 0
+    for index in range(3):
+        recorder.record(snap, f"u{index}", None, "f", ON, T0)
+    assert [item[1] for item in recorder.pending] == ["u0", "u1"]
+    assert recorder.overflow == 1

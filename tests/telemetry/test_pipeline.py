@@ -1,0 +1,224 @@
+"""The telemetry pipeline against a real gRPC collector in the same process, whose answers
+the tests script: delivery, transient failures, permanent refusals, the spool and its limit,
+and shutdown with the collector down followed by a replay."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from fader._gen.fader.v1 import telemetry_pb2 as pb
+from fader._gen.fader.v1 import telemetry_pb2_grpc
+
+from sidecar.rules.result import Result
+from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.sources.controlplane import Backoff
+from sidecar.telemetry.events import Event
+from sidecar.telemetry.impressions import Mode, now_ms
+from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
+from sidecar.telemetry.uploader import CollectorTarget, Uploader
+from tests.rules.builders import flag, snapshot_doc
+
+SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
+ON = Result("on", "rule", None, 7)
+FAST = Backoff(initial=0.01, maximum=0.05)
+
+
+class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
+    """Answers each upload with the next scripted code (OK once the script is used up) and
+    keeps what it stored, deduplicating by batch id like the reference collector."""
+
+    def __init__(self, script: list[grpc.StatusCode] | None = None) -> None:
+        self.script = list(script or [])
+        self.batch_ids: list[str] = []
+        self.impressions: list[str] = []
+        self.events: list[str] = []
+        self.counts: list[tuple[str, int]] = []
+        self.calls = 0
+
+    async def Upload(
+        self, request: pb.UploadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UploadResponse:
+        self.calls += 1
+        if self.script:
+            code = self.script.pop(0)
+            if code is not grpc.StatusCode.OK:
+                await context.abort(code, f"scripted {code.name}")
+        if request.batch_id in self.batch_ids:
+            return pb.UploadResponse(duplicate=True)
+        self.batch_ids.append(request.batch_id)
+        self.impressions += [i.key for i in request.impressions]
+        self.events += [e.key for e in request.events]
+        self.counts += [(c.flag, c.count) for c in request.counts]
+        return pb.UploadResponse()
+
+
+async def serve(collector: ScriptedCollector, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pipeline(port: int, **settings: object) -> Pipeline:
+    base: dict[str, object] = {
+        "mode": Mode.DEBUG,
+        "flush_interval": 0.05,
+        "batch_records": 10,
+        "backoff": FAST,
+        "sidecar_id": "test",
+    }
+    return Pipeline(
+        PipelineSettings(**(base | settings)),  # type: ignore[arg-type]
+        Uploader(CollectorTarget(f"127.0.0.1:{port}"), timeout=2.0),
+    )
+
+
+def record(pipe: Pipeline, keys: list[str]) -> None:
+    for key in keys:
+        pipe.recorder.record(SNAP, key, None, "f", ON, now_ms())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def test_impressions_and_events_are_delivered_in_order() -> None:
+    async def scenario() -> None:
+        collector = ScriptedCollector()
+        server, port = await serve(collector)
+        pipe = pipeline(port)
+        await pipe.start()
+        keys = [f"u{i}" for i in range(35)]
+        record(pipe, keys)
+        assert pipe.add_event(Event("u1", "user", "buy", 2.0, {"sku": "a"}, 1))
+        await until(lambda: len(collector.impressions) == 35 and collector.events == ["u1"])
+        assert collector.impressions == keys
+        await pipe.close(1.0)
+        await server.stop(0)
+        assert pipe.stats.sent == {"impressions": 35, "events": 1}
+        assert pipe.stats.dropped == {}
+
+    run(scenario)
+
+
+def test_transient_errors_are_retried_through_the_spool_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        down = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+        collector = ScriptedCollector(down)
+        server, port = await serve(collector)
+        pipe = pipeline(port, spool_dir=tmp_path)
+        await pipe.start()
+        keys = [f"u{i}" for i in range(50)]
+        record(pipe, keys)
+        await until(lambda: len(collector.impressions) == 50)
+        assert collector.impressions == keys  # order kept, none twice
+        assert pipe.stats.sent == {"impressions": 50}
+        assert pipe.stats.spooled.get("impressions", 0) > 0
+        assert pipe.stats.replayed == pipe.stats.spooled
+        assert pipe.gauges()["upstream_up"] == 1
+        await pipe.close(1.0)
+        await server.stop(0)
+        assert list(tmp_path.glob("*.batch")) == []
+
+    run(scenario)
+
+
+def test_permanent_refusal_drops_that_batch_only_and_counts_it() -> None:
+    async def scenario() -> None:
+        collector = ScriptedCollector([grpc.StatusCode.INVALID_ARGUMENT])
+        server, port = await serve(collector)
+        pipe = pipeline(port)
+        await pipe.start()
+        record(pipe, [f"a{i}" for i in range(10)])  # one full batch: refused
+        await until(lambda: collector.calls == 1)
+        record(pipe, [f"b{i}" for i in range(10)])
+        await until(lambda: len(collector.impressions) == 10)
+        assert collector.impressions == [f"b{i}" for i in range(10)]
+        assert pipe.stats.dropped == {("impressions", "refused_invalid_argument"): 10}
+        await pipe.close(1.0)
+        await server.stop(0)
+
+    run(scenario)
+
+
+def test_shutdown_with_the_collector_down_spools_and_the_next_run_replays(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+
+    async def first_run() -> None:
+        pipe = pipeline(port, spool_dir=tmp_path)
+        await pipe.start()
+        record(pipe, [f"u{i}" for i in range(25)])
+        assert pipe.add_event(Event("u1", "user", "buy", None, None, 1))
+        await until(lambda: pipe.gauges()["upstream_up"] == 0)
+        await pipe.close(0.5)
+        assert pipe.stats.sent == {}
+        assert pipe.stats.dropped == {}
+
+    async def second_run() -> None:
+        collector = ScriptedCollector()
+        server, _ = await serve(collector, port)
+        pipe = pipeline(port, spool_dir=tmp_path)
+        await pipe.start()
+        await until(lambda: len(collector.impressions) == 25 and len(collector.events) == 1)
+        assert collector.impressions == [f"u{i}" for i in range(25)]
+        assert pipe.stats.replayed == {"impressions": 25, "events": 1}
+        await pipe.close(1.0)
+        await server.stop(0)
+
+    run(first_run)
+    assert len(list(tmp_path.glob("*.batch"))) >= 3
+    run(second_run)
+    assert list(tmp_path.glob("*.batch")) == []
+
+
+def test_full_spool_drops_are_counted_and_events_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pipe = pipeline(free_port(), spool_dir=tmp_path, spool_bytes=2_000, memory_bytes=1_000)
+        await pipe.start()
+        record(pipe, [f"user-{i:04d}" for i in range(300)])
+        await until(lambda: ("impressions", "spool_full") in pipe.stats.dropped)
+        await until(lambda: not pipe.recorder.pending)
+        assert pipe.saturated()
+        assert not pipe.add_event(Event("u1", "user", "buy", None, None, 1))
+        await pipe.close(0.1)
+        spooled = pipe.stats.spooled["impressions"]
+        dropped = pipe.stats.dropped[("impressions", "spool_full")]
+        assert spooled > 0 and spooled + dropped == 300
+        assert sum(f.stat().st_size for f in tmp_path.glob("*.batch")) <= 2_000
+
+    run(scenario)
+
+
+def test_without_a_spool_a_full_memory_drops_and_counts() -> None:
+    async def scenario() -> None:
+        pipe = pipeline(free_port(), memory_bytes=600)
+        await pipe.start()
+        record(pipe, [f"user-{i:04d}" for i in range(100)])
+        await until(lambda: not pipe.recorder.pending)
+        await until(lambda: ("impressions", "memory_full") in pipe.stats.dropped)
+        await pipe.close(0.1)
+        queued = pipe.stats.queued["impressions"]
+        assert queued == 100
+        assert sum(pipe.stats.dropped.values()) == 100  # nothing kept after shutdown
+
+    run(scenario)
