@@ -71,7 +71,7 @@ def test_without_a_collector_events_are_counted_as_dropped() -> None:
 
 
 def test_no_room_refuses_and_counts() -> None:
-    """Memory full and no spool: the event is refused (RESOURCE_EXHAUSTED), not dropped."""
+    """No room anywhere: the event is refused (RESOURCE_EXHAUSTED), not dropped."""
     metrics = Metrics(lambda: None)
     pipeline = Pipeline(
         PipelineSettings(memory_bytes=1000),
@@ -79,10 +79,10 @@ def test_no_room_refuses_and_counts() -> None:
     )
     queue = EventQueue(metrics, pipeline)
     event = event_from_request(request(), 10)
-    pipeline._memory_bytes = 1000  # as if a sealed batch were waiting for the collector
+    pipeline._no_room = True  # as if the last sealed batch had found no room
     with pytest.raises(QueueFull, match="no room for events"):
         queue.put(event)
-    pipeline._memory_bytes = 0
+    pipeline._no_room = False
     queue.put(event)
     assert len(queue) == 1
     assert metrics.merged().track == {"accepted": 1, "queue_full": 1}
