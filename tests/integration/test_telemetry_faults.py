@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -83,10 +84,14 @@ def metric(serve: ServeProcess, name: str, **labels: str) -> float:
     return total
 
 
-def stored_keys(path: Path) -> list[str]:
+def jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line)["key"] for line in path.read_text().splitlines() if line]
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def stored_keys(path: Path) -> list[str]:
+    return [line["key"] for line in jsonl(path)]
 
 
 def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
@@ -261,9 +266,9 @@ def test_optimized_counts_and_events_reach_the_control_planes_collector(tmp: Pat
         ("g", "b"),
         ("g", "c"),
     ]
-    counts = [json.loads(line) for line in (out / "counts.jsonl").read_text().splitlines()]
+    counts = jsonl(out / "counts.jsonl")
     assert [(c["flag"], c["count"]) for c in counts] == [("f", 3)]
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = jsonl(out / "events.jsonl")
     assert [(e["key"], e["traffic_type"], e["value"], e["properties"]) for e in events] == [
         ("same", "user", 12.5, {"plan": "pro"})
     ]
