@@ -49,17 +49,6 @@ class Batch:
         return sum(self.records().values())
 
 
-def impression_size(imp: Impression) -> int:
-    return (
-        RECORD_OVERHEAD
-        + len(imp.key)
-        + len(imp.bucketing_key or "")
-        + len(imp.flag)
-        + len(imp.treatment)
-        + len(imp.label or "")
-    )
-
-
 def event_row(event: Event) -> EventRow:
     properties = json.dumps(event.properties, separators=(",", ":")) if event.properties else ""
     return (
@@ -92,8 +81,20 @@ class BatchBuilder:
         return self._records
 
     def add_impression(self, imp: Impression) -> None:
-        self._open.impressions.append(imp)
-        self._grew(impression_size(imp))
+        """Once per impression: the size estimate is inlined to keep this cheap."""
+        batch = self._open
+        batch.impressions.append(imp)
+        batch.size += (
+            RECORD_OVERHEAD
+            + len(imp[0])
+            + len(imp[1] or "")
+            + len(imp[2])
+            + len(imp[3])
+            + len(imp[4] or "")
+        )
+        self._records += 1
+        if self._records >= self.max_records or batch.size >= self.max_bytes:
+            self.seal()
 
     def add_event(self, row: EventRow) -> None:
         self._open.events.append(row)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
 
-import mmh3
-
+from sidecar.rules.model import CompiledFlag
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
 from sidecar.snapshot.snapshot import Snapshot
 
@@ -59,6 +58,10 @@ class Impression(NamedTuple):
 
 # One lookup as the hot path leaves it: (snapshot, key, bucketing key, flag, result, time ms).
 Pending = tuple[Snapshot, str, str | None, str, Result, int]
+
+
+# Builds a NamedTuple from a tuple without its keyword-parsing __new__ (4x cheaper).
+_make_impression = tuple.__new__
 
 
 def hour_start(time_ms: int) -> int:
@@ -119,19 +122,17 @@ class Observer:
         two, so the caller never sees a previous time after the impression itself.
         """
         seen = self._seen
-        previous = seen.pop(digest, None)
-        seen[digest] = time_ms if previous is None else max(previous, time_ms)
-        if len(seen) > self.capacity:
-            seen.popitem(last=False)
-        return previous if previous is None else min(previous, time_ms)
-
-
-def impression_hash(key: str, flag: str, treatment: str, label: str | None, change: int) -> int:
-    """Split's impression hash: murmur3 x64-128 (first half, seed 0) of key:flag:treatment:
-    label:changeNumber, with UNKNOWN for a missing label. Only the dedupe behaviour has to
-    match Split's, the value stays inside the observer."""
-    text = f"{key}:{flag}:{treatment}:{label or 'UNKNOWN'}:{change}"
-    return int(mmh3.hash64(text, 0)[0])
+        previous = seen.get(digest)
+        if previous is None:
+            seen[digest] = time_ms
+            if len(seen) > self.capacity:
+                seen.popitem(last=False)
+            return None
+        seen.move_to_end(digest)
+        if time_ms > previous:
+            seen[digest] = time_ms
+            return previous
+        return time_ms
 
 
 class UniqueKeys:
@@ -144,7 +145,7 @@ class UniqueKeys:
         self.size = 0
 
     def add(self, flag: str, key: str, time_ms: int) -> None:
-        previous = self._observer.test_and_set(int(mmh3.hash64(f"{key}:{flag}", 0)[0]), time_ms)
+        previous = self._observer.test_and_set(hash((key, flag)), time_ms)
         if previous is not None and previous // DAY_MS == time_ms // DAY_MS:
             return
         keys = self._keys.get(flag)
@@ -178,29 +179,58 @@ class ImpressionModes:
         self.unique_keys = UniqueKeys(observer_size)
         self.counts: dict[tuple[str, int], int] = {}
         self.deduplicated = 0
+        self.emitted = 0
 
     def process(self, item: Pending) -> None:
-        snap, key, bucketing_key, flag, result, time_ms = item
-        compiled = snap.flags.get(flag)
-        mode = Mode.NONE if compiled is not None and compiled.impressions_disabled else self.mode
-        if mode is Mode.NONE:
-            self._count(flag, time_ms)
-            self.unique_keys.add(flag, key, time_ms)
-            return
-        treatment, label, change = result.treatment, result.label, result.change_number or 0
-        previous = self._observer.test_and_set(
-            impression_hash(key, flag, treatment, label, change), time_ms
-        )
-        if mode is Mode.OPTIMIZED and previous is not None:
-            self._count(flag, time_ms)
-            if previous >= hour_start(time_ms):
-                self.deduplicated += 1
-                return
-        self._emit(
-            Impression(
-                key, bucketing_key, flag, treatment, label, change, time_ms, previous, snap.version
+        self.process_many(deque((item,)), 1)
+
+    def process_many(self, pending: deque[Pending], count: int) -> None:
+        """Takes `count` lookups off the left of `pending`. Written for speed (about 1 µs a
+        lookup): this runs once per recorded evaluation, on the loop that serves requests."""
+        observer = self._observer.test_and_set
+        emit, make = self._emit, _make_impression
+        popleft, mode = pending.popleft, self.mode
+        optimized = mode is Mode.OPTIMIZED
+        last_snap: Snapshot | None = None
+        flags: Mapping[str, CompiledFlag] = {}
+        emitted = deduplicated = 0
+        for _ in range(count):
+            snap, key, bucketing_key, flag, result, time_ms = popleft()
+            if snap is not last_snap:
+                last_snap, flags = snap, snap.flags
+            compiled = flags.get(flag)
+            if mode is Mode.NONE or (compiled is not None and compiled.impressions_disabled):
+                self._count(flag, time_ms)
+                self.unique_keys.add(flag, key, time_ms)
+                continue
+            treatment, label, change = result.treatment, result.label, result.change_number or 0
+            # Split hashes "key:flag:treatment:label:changeNumber" with murmur3-128; the value
+            # never leaves the observer, so Python's 64-bit tuple hash (5x cheaper) will do.
+            previous = observer(hash((key, flag, treatment, label, change)), time_ms)
+            if optimized and previous is not None:
+                self._count(flag, time_ms)
+                if previous >= time_ms - time_ms % HOUR_MS:
+                    deduplicated += 1
+                    continue
+            emitted += 1
+            emit(
+                make(
+                    Impression,
+                    (
+                        key,
+                        bucketing_key,
+                        flag,
+                        treatment,
+                        label,
+                        change,
+                        time_ms,
+                        previous,
+                        snap.version,
+                    ),
+                )
             )
-        )
+        self.emitted += emitted
+        self.deduplicated += deduplicated
 
     def _count(self, flag: str, time_ms: int) -> None:
         bucket = (flag, hour_start(time_ms))

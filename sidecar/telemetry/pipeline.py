@@ -67,8 +67,11 @@ class Pipeline:
         self.stats = Stats()
         self.collector = TelemetryCollector(self.stats, self.gauges)
         self._uploader = uploader
-        self._modes = ImpressionModes(settings.mode, self._add_impression, settings.observer_size)
         self._builder = BatchBuilder(settings.batch_records, settings.batch_bytes)
+        self._modes = ImpressionModes(
+            settings.mode, self._builder.add_impression, settings.observer_size
+        )
+        self._emitted_seen = 0
         self._memory: deque[Batch] = deque()
         self._memory_bytes = 0
         self._spool = (
@@ -148,10 +151,6 @@ class Pipeline:
         dropped = sum(n for (kind, _), n in stats.dropped.items() if kind == "events")
         return stats.queued.get("events", 0) - stats.sent.get("events", 0) - dropped
 
-    def _add_impression(self, impression: Any) -> None:
-        self._builder.add_impression(impression)
-        self.stats.add(self.stats.queued, {"impressions": 1})
-
     # -- processing ----------------------------------------------------------------------
 
     async def _process_loop(self) -> None:
@@ -167,10 +166,13 @@ class Pipeline:
             await asyncio.sleep(0)
 
     def _drain_recorder(self, limit: int | None) -> None:
-        pending, process = self.recorder.pending, self._modes.process
-        count = len(pending) if limit is None else min(limit, len(pending))
-        for _ in range(count):
-            process(pending.popleft())
+        pending = self.recorder.pending
+        self._modes.process_many(
+            pending, len(pending) if limit is None else min(limit, len(pending))
+        )
+        emitted = self._modes.emitted
+        self.stats.add(self.stats.queued, {"impressions": emitted - self._emitted_seen})
+        self._emitted_seen = emitted
         self.stats.deduplicated = self._modes.deduplicated
         if self._modes.unique_keys.size >= self.settings.batch_records:
             self._builder.add_unique_keys(self._modes.unique_keys.take())

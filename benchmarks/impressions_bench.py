@@ -1,0 +1,258 @@
+"""What recording impressions costs: lookups per second with impressions off, optimized and
+debug, measured in one run.
+
+Run: ``python -m benchmarks.impressions_bench`` (about 2 minutes; ``--quick`` about 40 s).
+
+Three child processes run the real sidecar (``Sidecar``: grpc.aio on uvloop, metrics on, demo
+snapshot) with gRPC and the fast lane on Unix sockets: one without a telemetry pipeline
+(``off``, the baseline), one in ``optimized`` mode and one in ``debug`` mode, both uploading
+to a collector served by this process (a grpc.aio handler that counts what it receives, so
+the collector's own cost is not the sidecar's). This process is the load generator, on
+uvloop, closed loop: GetTreatment at 8 calls in flight, EvaluateBatch of 100 lookups at 8 in
+flight, and the fast lane at 64 in flight. Every request uses a new key from a pool of 50,000
+(so ``optimized`` sends each key's first impression and counts the rest, as in production
+with returning users). The three modes are measured in rotating order, round after round,
+and each cell reports its median round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._gen.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
+from fader._lane import AsyncLane
+
+from benchmarks import processes
+from benchmarks.grpc_bench import announce, demo_store
+from sidecar.api.server import Sidecar
+from sidecar.config import Settings
+from sidecar.telemetry.impressions import Mode
+from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
+from sidecar.telemetry.uploader import CollectorTarget, Uploader
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = ("off", "optimized", "debug")
+KEYS = 50_000
+BATCH = 100
+ATTRIBUTES = {"plan": "pro", "age": 30, "country": "fr"}
+
+
+async def serve(mode: str, workdir: Path, collector: str) -> None:
+    settings = Settings(
+        grpc_listen=None,
+        uds=workdir / f"{mode}.sock",
+        fastlane_uds=workdir / f"{mode}.lane",
+        mgmt_listen=None,
+        demo=True,
+    )
+    telemetry = None
+    if mode != "off":
+        telemetry = Pipeline(
+            PipelineSettings(mode=Mode(mode), sidecar_id=mode, spool_dir=workdir / mode),
+            Uploader(CollectorTarget(collector), timeout=10.0),
+        )
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    sidecar = Sidecar(settings, demo_store(settings), telemetry=telemetry)
+    await sidecar.start()
+    announce(0)
+    await asyncio.to_thread(signal.sigwait, {signal.SIGTERM})
+    await sidecar.stop(0)
+
+
+class CountingCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
+    def __init__(self) -> None:
+        self.impressions: dict[str, int] = {}
+
+    async def Upload(
+        self, request: telemetry_pb2.UploadRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.UploadResponse:
+        sidecar = request.sidecar_id
+        self.impressions[sidecar] = self.impressions.get(sidecar, 0) + len(request.impressions)
+        return telemetry_pb2.UploadResponse()
+
+
+@dataclass
+class Cell:
+    workload: str
+    mode: str
+    qps: float
+    lookups_per_s: float
+    server_cpu_us_per_lookup: float
+
+
+class Server:
+    def __init__(self, mode: str, workdir: Path, collector: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
+        )
+        command = [
+            sys.executable, "-m", "benchmarks.impressions_bench", "serve", mode, str(workdir),
+            collector,
+        ]  # fmt: skip
+        self.mode = mode
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env
+        )
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline().startswith("READY"):
+            raise RuntimeError(f"the {mode} sidecar did not start")
+
+    def cpu_seconds(self) -> float:
+        return processes.cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        processes.stop(self.process)
+
+
+def key_stream() -> Iterator[str]:
+    return itertools.cycle([f"user-{i}" for i in range(KEYS)])
+
+
+def workloads(workdir: Path, mode: str) -> tuple[dict[str, Callable[[], Awaitable[Any]]], Any]:
+    """The calls of each workload against the `mode` sidecar, and what to close after."""
+    channel = grpc.aio.insecure_channel(f"unix://{workdir / f'{mode}.sock'}")
+    stub = pb_grpc.EvaluationServiceStub(channel)
+    lane = AsyncLane(str(workdir / f"{mode}.lane"), timeout=10.0)
+    keys = key_stream()
+    attrs = {
+        "plan": pb.AttributeValue(string_value="pro"),
+        "age": pb.AttributeValue(int_value=30),
+        "country": pb.AttributeValue(string_value="fr"),
+    }
+
+    def one() -> Awaitable[Any]:
+        request = pb.GetTreatmentRequest(key=next(keys), flag="new-checkout", attributes=attrs)
+        return stub.GetTreatment(request, timeout=10)
+
+    def batch() -> Awaitable[Any]:
+        items = [pb.BatchItem(key=next(keys), flag="new-checkout") for _ in range(BATCH)]
+        return stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=10)
+
+    def fast() -> Awaitable[Any]:
+        request = {"op": "treatment", "key": next(keys), "flag": "new-checkout"}
+        return lane.call(request | {"attributes": ATTRIBUTES})
+
+    async def close() -> None:
+        await lane.close()
+        await channel.close()
+
+    return {"GetTreatment N=8": one, "EvaluateBatch N=8": batch, "fast lane N=64": fast}, close
+
+
+IN_FLIGHT = {"GetTreatment N=8": 8, "EvaluateBatch N=8": 8, "fast lane N=64": 64}
+LOOKUPS_PER_CALL = {"GetTreatment N=8": 1, "EvaluateBatch N=8": BATCH, "fast lane N=64": 1}
+
+
+async def measure(
+    server: Server, workload: str, call: Callable[[], Awaitable[Any]], args: argparse.Namespace
+) -> Cell:
+    latencies, elapsed, cpu = await processes.closed_loop(
+        call, IN_FLIGHT[workload], args.warmup, args.seconds, server.cpu_seconds
+    )
+    calls = len(latencies)
+    lookups = calls * LOOKUPS_PER_CALL[workload]
+    return Cell(
+        workload,
+        server.mode,
+        round(calls / elapsed, 1),
+        round(lookups / elapsed, 1),
+        round(cpu / max(lookups, 1) * 1e6, 2),
+    )
+
+
+async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Cell], dict[str, int]]:
+    collector = CountingCollector()
+    grpc_server = grpc.aio.server()
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, grpc_server)
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    servers = {mode: Server(mode, workdir, f"127.0.0.1:{port}") for mode in MODES}
+    clients = {mode: workloads(workdir, mode) for mode in MODES}
+    cells: list[Cell] = []
+    try:
+        for workload in IN_FLIGHT:
+            rounds: dict[str, list[Cell]] = {mode: [] for mode in MODES}
+            for number in range(args.rounds):
+                order = MODES[number % 3 :] + MODES[: number % 3]
+                for mode in order:
+                    calls = clients[mode][0]
+                    rounds[mode].append(await measure(servers[mode], workload, calls[workload], args))
+            for mode in MODES:
+                median = sorted(rounds[mode], key=lambda c: c.lookups_per_s)[args.rounds // 2]
+                print(format_cell(median), flush=True)
+                cells.append(median)
+    finally:
+        for _, close in clients.values():
+            await close()
+        for server in servers.values():
+            server.stop()
+        await grpc_server.stop(0)
+    return cells, collector.impressions
+
+
+def format_cell(c: Cell) -> str:
+    return (
+        f"{c.workload:18} {c.mode:9} {c.lookups_per_s:>10,.0f} lookups/s  "
+        f"server CPU {c.server_cpu_us_per_lookup:>6,.2f} µs/lookup"
+    )
+
+
+def summary(cells: list[Cell], received: dict[str, int]) -> list[str]:
+    index = {(c.workload, c.mode): c for c in cells}
+    lines = ["", "lookups/s with impressions ÷ off (target: overhead < 10 %, ratio > 0.90):"]
+    for workload in IN_FLIGHT:
+        off = index[(workload, "off")]
+        parts = []
+        for mode in ("optimized", "debug"):
+            cell = index[(workload, mode)]
+            cpu = cell.server_cpu_us_per_lookup - off.server_cpu_us_per_lookup
+            parts.append(f"{mode} {cell.lookups_per_s / off.lookups_per_s:.2f} (+{cpu:.2f} µs CPU)")
+        lines.append(f"  {workload:18} " + "   ".join(parts))
+    lines.append(
+        "impressions received by the collector: "
+        + ", ".join(f"{mode} {count:,}" for mode, count in sorted(received.items()))
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        uvloop.run(serve(argv[1], Path(argv[2]), argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s (about 40 s)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
+    workdir = Path(tempfile.mkdtemp(prefix="fader-imp-bench-"))
+    try:
+        cells, received = uvloop.run(run_all(args, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(summary(cells, received)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
