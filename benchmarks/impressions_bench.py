@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import uvloop
@@ -139,11 +139,13 @@ def workloads(workdir: Path, mode: str) -> tuple[dict[str, Callable[[], Awaitabl
 
     def one() -> Awaitable[Any]:
         request = pb.GetTreatmentRequest(key=next(keys), flag="new-checkout", attributes=attrs)
-        return stub.GetTreatment(request, timeout=10)
+        return cast(Awaitable[Any], stub.GetTreatment(request, timeout=10))
 
     def batch() -> Awaitable[Any]:
         items = [pb.BatchItem(key=next(keys), flag="new-checkout") for _ in range(BATCH)]
-        return stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=10)
+        return cast(
+            Awaitable[Any], stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=10)
+        )
 
     def fast() -> Awaitable[Any]:
         request = {"op": "treatment", "key": next(keys), "flag": "new-checkout"}
@@ -192,8 +194,8 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Cell], 
             for number in range(args.rounds):
                 order = MODES[number % 3 :] + MODES[: number % 3]
                 for mode in order:
-                    calls = clients[mode][0]
-                    rounds[mode].append(await measure(servers[mode], workload, calls[workload], args))
+                    call = clients[mode][0][workload]
+                    rounds[mode].append(await measure(servers[mode], workload, call, args))
             for mode in MODES:
                 median = sorted(rounds[mode], key=lambda c: c.lookups_per_s)[args.rounds // 2]
                 print(format_cell(median), flush=True)
