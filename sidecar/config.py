@@ -60,7 +60,6 @@ class Settings:
     admin_listen: Address | None = None
     admin_token_file: Path | None = None
     max_staleness: float = 0.0
-    flagd_keep_alive: float = 20.0  # seconds between flagd EventStream keep_alive messages
 
 
 def parse_address(text: str) -> Address | None:

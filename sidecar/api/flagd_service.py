@@ -35,6 +35,9 @@ SERVICE_V1 = v1.DESCRIPTOR.services_by_name["Service"]
 SERVICE_V2 = v2.DESCRIPTOR.services_by_name["Service"]
 
 SELECTOR_HEADER = "flagd-selector"  # gRPC metadata keys arrive lower-case
+# flagd's EventStream keep-alive period; read when the services are built, so that a test can
+# shorten it for the sidecar it starts.
+KEEP_ALIVE_SECONDS = 20.0
 
 PROVIDER_READY = "provider_ready"
 CONFIGURATION_CHANGE = "configuration_change"
@@ -262,11 +265,11 @@ async def abort(
 
 
 def services(
-    store: Store, metrics: Metrics, feed: ChangeFeed, max_attributes: int, keep_alive: float
+    store: Store, metrics: Metrics, feed: ChangeFeed, max_attributes: int
 ) -> tuple[tuple[FlagdService, Any], ...]:
     """(servicer, service descriptor) for flagd v1 and v2, sharing one resolver."""
     resolver = FlagdResolver(store, metrics, max_attributes)
     return (
-        (FlagdServiceV1(v1, resolver, feed, keep_alive), SERVICE_V1),
-        (FlagdService(v2, resolver, feed, keep_alive), SERVICE_V2),
+        (FlagdServiceV1(v1, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V1),
+        (FlagdService(v2, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V2),
     )

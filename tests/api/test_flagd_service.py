@@ -17,6 +17,7 @@ from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as v2
 from fader._gen.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 from google.protobuf import json_format, struct_pb2
 
+from sidecar.api import flagd_service
 from sidecar.snapshot.loader import build_snapshot
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
@@ -60,13 +61,19 @@ def flags_snapshot(version: int = 3, **banner: Any) -> Snapshot:
     )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def short_keep_alive() -> Iterator[None]:
+    """Sidecars started by this module send keep_alive every 0.3 s instead of 20 s."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flagd_service, "KEEP_ALIVE_SECONDS", KEEP_ALIVE)
+        yield
+
+
 @pytest.fixture(scope="module")
-def sidecar() -> Iterator[RunningSidecar]:
+def sidecar(short_keep_alive: None) -> Iterator[RunningSidecar]:
     with (
         short_tmp() as tmp,
-        running_sidecar(
-            loopback_settings(uds=tmp / "f.sock", flagd_keep_alive=KEEP_ALIVE), flags_snapshot()
-        ) as running,
+        running_sidecar(loopback_settings(uds=tmp / "f.sock"), flags_snapshot()) as running,
     ):
         yield running
 
@@ -255,9 +262,7 @@ def next_change(stream: Iterator[Any]) -> dict[str, Any]:
 def test_event_stream_ready_keep_alive_and_changes(version: str) -> None:
     pb, pb_grpc = VERSIONS[version]
     with (
-        running_sidecar(
-            loopback_settings(flagd_keep_alive=KEEP_ALIVE), flags_snapshot(version=1)
-        ) as running,
+        running_sidecar(loopback_settings(), flags_snapshot(version=1)) as running,
         grpc.insecure_channel(running.tcp_target) as channel,
     ):
         stub = pb_grpc.ServiceStub(channel)
@@ -297,7 +302,7 @@ def test_event_stream_ready_keep_alive_and_changes(version: str) -> None:
 
 def test_not_ready_is_unavailable_and_ready_comes_with_the_first_snapshot() -> None:
     with (
-        running_sidecar(loopback_settings(flagd_keep_alive=KEEP_ALIVE)) as running,
+        running_sidecar(loopback_settings()) as running,
         grpc.insecure_channel(running.tcp_target) as channel,
     ):
         stub = v2_grpc.ServiceStub(channel)
