@@ -92,8 +92,9 @@ def fence_imports(source: str, packages: list[str]) -> str:
     names = "|".join(re.escape(p) for p in packages)
     source = re.sub(rf"^(\s*)from ({names})([.\s])", rf"\1from {FENCE}.\2\3", source, flags=re.M)
     source = re.sub(rf"^(\s*)import ({names})\.", rf"\1import {FENCE}.\2.", source, flags=re.M)
-    # mypy-protobuf refers to modules imported as ``import pkg.v1.x_pb2`` by their full name.
-    return re.sub(rf"(?<![\w.])({names})\.(\w+)\.(\w+_pb2)\b", rf"{FENCE}.\1.\2.\3", source)
+    # mypy-protobuf refers to modules imported as ``import pkg.v1.x_pb2`` by their full name,
+    # at any depth (``flagd.evaluation.v1.evaluation_pb2``).
+    return re.sub(rf"(?<![\w.])({names})((?:\.\w+)*?\.\w+_pb2)\b", rf"{FENCE}.\1\2", source)
 
 
 def add_init_files(root: Path) -> None:

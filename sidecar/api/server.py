@@ -25,7 +25,7 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sidecar.api import instrument, uds
+from sidecar.api import flagd_service, instrument, uds
 from sidecar.api.evaluation_service import SERVICE, EvaluationService
 from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
@@ -148,12 +148,19 @@ class Sidecar:
             self.metrics,
             settings.max_attributes,
         )
-        instrument.register(server, service, SERVICE, self.metrics if self._instrumented else None)
+        metrics = self.metrics if self._instrumented else None
+        instrument.register(server, service, SERVICE, metrics)
+        flagd = flagd_service.services(
+            self.store, self.metrics, self._feed, settings.max_attributes
+        )
+        for flagd_servicer, descriptor in flagd:
+            instrument.register(server, flagd_servicer, descriptor, metrics)
         self._health = Health(self.store)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        flagd_names = tuple(descriptor.full_name for _, descriptor in flagd)
         reflection.enable_server_reflection(
-            (SERVICE.full_name, health_name, reflection.SERVICE_NAME), server
+            (SERVICE.full_name, *flagd_names, health_name, reflection.SERVICE_NAME), server
         )
 
     def _recorder(self) -> Recorder | None:

@@ -83,3 +83,18 @@ def test_regeneration_removes_stale_modules(tmp_path: Path) -> None:
     subprocess.run(args, check=True, capture_output=True)
     assert not (out / "fader" / "v1" / "a_pb2.py").exists()
     assert (out / "fader" / "v1" / "b_pb2.py").exists()
+
+
+def test_names_are_fenced_at_any_package_depth() -> None:
+    """flagd's protos are three packages deep (flagd.evaluation.v1): their generated modules
+    too must name themselves inside the fence, as fader.v1's do."""
+    from fader._gen.fader.v1 import evaluation_pb2 as fader_v1
+    from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as flagd_v1
+    from fader._gen.flagd.evaluation.v2 import evaluation_pb2_grpc as flagd_v2_grpc
+
+    assert fader_v1.GetTreatmentRequest.__module__ == "fader._gen.fader.v1.evaluation_pb2"
+    assert (
+        flagd_v1.ResolveBooleanRequest.__module__ == "fader._gen.flagd.evaluation.v1.evaluation_pb2"
+    )
+    source = Path(flagd_v2_grpc.__file__).read_text()
+    assert "from fader._gen.flagd.evaluation.v2 import evaluation_pb2" in source

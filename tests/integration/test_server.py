@@ -67,6 +67,8 @@ def test_reflection_lists_the_services(target: str) -> None:
     names = {s.name for s in response.list_services_response.service}
     assert names == {
         "fader.v1.EvaluationService",
+        "flagd.evaluation.v1.Service",
+        "flagd.evaluation.v2.Service",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -1,0 +1,272 @@
+"""How a Fader answer reads in flagd's protocol: pure functions, no gRPC, no I/O.
+
+flagd flags are typed (boolean, string, number, object variants); Split flags answer a
+treatment name and an optional JSON config. The mapping (DESIGN.md §5, README "Use Fader
+from any language"):
+
+- context: ``targetingKey`` is the key; every other entry is an attribute (number, string,
+  bool, list of strings; null means absent). A number with no fraction becomes an int,
+  because Split's numeric and DATETIME matchers compare ints.
+- the treatment is the flagd variant; String → the treatment; Boolean → ``on``/``true`` is
+  true, ``off``/``false`` is false; Object → the treatment's config parsed as JSON;
+  Int/Float → the config's number (a bare number, or ``{"value": n}``), else the treatment
+  read as a JSON number.
+- reason: DISABLED for a killed flag (no value, no variant, as flagd answers a disabled flag),
+  STATIC for a flag that answers every key alike, DEFAULT for Split's default-treatment labels,
+  TARGETING_MATCH otherwise.
+- errors are flagd's error codes, which the service sends as gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from sidecar.api import wire
+from sidecar.api.wire import BadRequest
+from sidecar.rules.model import CompiledFlag
+from sidecar.rules.result import (
+    LABEL_DEFAULT_RULE,
+    LABEL_EXCEPTION,
+    LABEL_KILLED,
+    LABEL_NOT_FOUND,
+    LABEL_NOT_IN_SPLIT,
+    LABEL_PREREQUISITES_NOT_MET,
+    Result,
+)
+
+TARGETING_KEY = "targetingKey"
+
+REASON_STATIC = "STATIC"
+REASON_TARGETING_MATCH = "TARGETING_MATCH"
+REASON_DEFAULT = "DEFAULT"
+REASON_DISABLED = "DISABLED"
+
+# flagd's error codes (core/pkg/model); the service turns each into its gRPC status.
+FLAG_NOT_FOUND = "FLAG_NOT_FOUND"
+TYPE_MISMATCH = "TYPE_MISMATCH"
+PARSE_ERROR = "PARSE_ERROR"
+GENERAL = "GENERAL"
+
+# Split labels that mean "the flag's default treatment was served".
+DEFAULT_LABELS = frozenset((LABEL_DEFAULT_RULE, LABEL_NOT_IN_SPLIT, LABEL_PREREQUISITES_NOT_MET))
+
+TRUE_TREATMENTS = frozenset(("on", "true"))
+FALSE_TREATMENTS = frozenset(("off", "false"))
+
+# A treatment is read as a number only when it is written as a JSON number: "1_000", " 7",
+# "inf" or "0x10" are names, not numbers.
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# configuration_change entry types (flagd core/pkg/model NotificationCreate/Update/Delete).
+CHANGE_WRITE = "write"
+CHANGE_UPDATE = "update"
+CHANGE_DELETE = "delete"
+
+
+class FlagdError(Exception):
+    """An evaluation flagd reports as an error status; `error_code` is flagd's name for it."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(f"{error_code}: {message}")
+        self.error_code = error_code
+
+
+def evaluation_context(
+    context: struct_pb2.Struct, max_attributes: int
+) -> tuple[str, dict[str, object] | None]:
+    """(key, attributes) from a flagd context Struct; BadRequest names the offending entry."""
+    fields = context.fields
+    key_value = fields.get(TARGETING_KEY)
+    if key_value is None or key_value.WhichOneof("kind") != "string_value":
+        raise BadRequest(
+            f"context.{TARGETING_KEY}: a string is required (Fader evaluates flags per key)"
+        )
+    key = key_value.string_value
+    wire.check_key(key, f"context.{TARGETING_KEY}")
+    if len(fields) - 1 > max_attributes:
+        raise BadRequest(f"context: {len(fields) - 1} attributes, at most {max_attributes} allowed")
+    attributes: dict[str, object] = {}
+    for name, value in fields.items():
+        if name == TARGETING_KEY:
+            continue
+        if not name:
+            raise BadRequest("context: an attribute name is empty")
+        converted = _attribute(name, value)
+        if converted is not None:
+            attributes[name] = converted
+    return key, attributes or None
+
+
+def _attribute(name: str, value: struct_pb2.Value) -> object:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "number_value":
+        return _number(value.number_value)
+    if kind == "list_value":
+        items = value.list_value.values
+        if all(item.WhichOneof("kind") == "string_value" for item in items):
+            return [item.string_value for item in items]
+        raise BadRequest(f"context[{name!r}]: a list attribute must hold only strings")
+    if kind == "null_value":
+        return None
+    raise BadRequest(
+        f"context[{name!r}]: {kind or 'no value'} is not an attribute type "
+        "(number, string, bool or list of strings)"
+    )
+
+
+def _number(number: float) -> int | float:
+    if number.is_integer() and INT64_MIN <= number <= INT64_MAX:
+        return int(number)
+    return number
+
+
+def reason(flag: CompiledFlag | None, result: Result) -> str:
+    """flagd's reason for `result` of `flag`; FlagdError for a missing flag or a failure."""
+    label = result.label
+    if flag is None or label == LABEL_NOT_FOUND:
+        raise FlagdError(FLAG_NOT_FOUND, "flag not found")
+    if label == LABEL_EXCEPTION:
+        raise FlagdError(GENERAL, "the flag's rules failed to evaluate")
+    if label == LABEL_KILLED:
+        return REASON_DISABLED
+    if not flag.has_targeting:
+        return REASON_STATIC
+    if label in DEFAULT_LABELS:
+        return REASON_DEFAULT
+    return REASON_TARGETING_MATCH
+
+
+def string_value(result: Result) -> str:
+    return result.treatment
+
+
+def boolean_value(result: Result) -> bool:
+    treatment = result.treatment
+    if treatment in TRUE_TREATMENTS:
+        return True
+    if treatment in FALSE_TREATMENTS:
+        return False
+    raise FlagdError(
+        TYPE_MISMATCH, f"treatment {treatment!r} is not a boolean (on/true or off/false)"
+    )
+
+
+def object_value(result: Result) -> dict[str, Any]:
+    config = _parsed_config(result)
+    if not isinstance(config, dict):
+        raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no JSON object config")
+    return config
+
+
+def int_value(result: Result) -> int:
+    number = _number_of(result)
+    if isinstance(number, int) and INT64_MIN <= number <= INT64_MAX:
+        return number
+    if isinstance(number, float) and number.is_integer() and INT64_MIN <= number <= INT64_MAX:
+        return int(number)
+    raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no integer value")
+
+
+def float_value(result: Result) -> float:
+    number = _number_of(result)
+    if number is None:
+        raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no number value")
+    return float(number)
+
+
+def _number_of(result: Result) -> int | float | None:
+    """The config's number (bare, or under "value"), else the treatment as a JSON number."""
+    config = _parsed_config(result)
+    if isinstance(config, dict):
+        config = config.get("value")
+    number = _as_number(config)
+    if number is None and JSON_NUMBER.fullmatch(result.treatment):
+        number = _as_number(json.loads(result.treatment))
+    return number
+
+
+def _as_number(value: object) -> int | float | None:
+    """`value` if it is a finite JSON number (a bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parsed_config(result: Result) -> object:
+    if result.config is None:
+        return None
+    try:
+        return json.loads(result.config)
+    except ValueError:
+        raise FlagdError(
+            PARSE_ERROR, f"the config of treatment {result.treatment!r} is not valid JSON"
+        ) from None
+
+
+def metadata(result: Result, version: int) -> dict[str, Any]:
+    """What flagd calls flag metadata: the Split label that explains the answer and the
+    snapshot version it came from (flagd's own "version" key means the flag-set version)."""
+    meta: dict[str, Any] = {"version": version}
+    if result.label is not None:
+        meta["label"] = result.label
+    return meta
+
+
+def flag_set(selector: str | None) -> str | None:
+    """The flag set a ``Flagd-Selector`` header names: ``flagSetId=<set>`` or a bare name.
+
+    Fader has flag sets but no per-source flags, so ``source=...`` cannot be honoured.
+    """
+    if selector is None:
+        return None
+    name, sep, value = selector.strip().partition("=")
+    if not sep:
+        value = name
+    elif name != "flagSetId":
+        raise BadRequest(
+            f"Flagd-Selector {selector!r}: only flagSetId=<flag set> (or a bare flag set name) "
+            "is supported"
+        )
+    value = value.strip()
+    if not value:
+        raise BadRequest(f"Flagd-Selector {selector!r}: the flag set name is empty")
+    wire.check_name(value, "Flagd-Selector")
+    return value
+
+
+def in_flag_set(flag: CompiledFlag | None, selected: str | None) -> bool:
+    return selected is None or (flag is not None and selected in flag.sets)
+
+
+def change_notifications(
+    previous: Mapping[str, CompiledFlag],
+    current: Mapping[str, CompiledFlag],
+    changed: list[str],
+    selected: str | None,
+) -> dict[str, dict[str, str]]:
+    """flagd's configuration_change ``data.flags``: {flag: {"type": write|update|delete}} for
+    the changed flags that are (or were) in the selected flag set."""
+    notifications: dict[str, dict[str, str]] = {}
+    for name in changed:
+        before, after = previous.get(name), current.get(name)
+        if not (in_flag_set(before, selected) or in_flag_set(after, selected)):
+            continue
+        if before is None:
+            kind = CHANGE_WRITE
+        elif after is None:
+            kind = CHANGE_DELETE
+        else:
+            kind = CHANGE_UPDATE
+        notifications[name] = {"type": kind}
+    return notifications
