@@ -29,6 +29,7 @@ from sidecar.api.wire import BadRequest, check_name
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
+from sidecar.telemetry.impressions import Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 
 SERVICE_V1 = v1.DESCRIPTOR.services_by_name["Service"]
@@ -58,20 +59,29 @@ Convert = Callable[[Result], Any]
 class FlagdResolver:
     """Evaluation for both flagd services."""
 
-    def __init__(self, store: Store, metrics: Metrics, max_attributes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        max_attributes: int,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.store = store
         self.max_attributes = max_attributes
         self._metrics = metrics
+        self._record = recorder.record if recorder is not None else None
 
     def resolve(
         self, snap: Snapshot, key: str, flag: str, attributes: dict[str, object] | None
     ) -> Result:
         """The single place where a flagd call evaluates a flag: whatever must happen for
-        every flagd evaluation (metrics now, impressions later) happens here."""
+        every flagd evaluation (metrics, impressions) happens here."""
         result = snap.evaluate(key, flag, None, attributes)
         self._metrics.shard().count_evaluation(
             flag, result.treatment, result.label != LABEL_NOT_FOUND
         )
+        if self._record is not None:
+            self._record(snap, key, None, flag, result, now_ms())
         return result
 
 
@@ -265,10 +275,14 @@ async def abort(
 
 
 def services(
-    store: Store, metrics: Metrics, feed: ChangeFeed, max_attributes: int
+    store: Store,
+    metrics: Metrics,
+    feed: ChangeFeed,
+    max_attributes: int,
+    recorder: Recorder | None = None,
 ) -> tuple[tuple[FlagdService, Any], ...]:
     """(servicer, service descriptor) for flagd v1 and v2, sharing one resolver."""
-    resolver = FlagdResolver(store, metrics, max_attributes)
+    resolver = FlagdResolver(store, metrics, max_attributes, recorder)
     return (
         (FlagdServiceV1(v1, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V1),
         (FlagdService(v2, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V2),

@@ -151,7 +151,7 @@ class Sidecar:
         metrics = self.metrics if self._instrumented else None
         instrument.register(server, service, SERVICE, metrics)
         flagd = flagd_service.services(
-            self.store, self.metrics, self._feed, settings.max_attributes
+            self.store, self.metrics, self._feed, settings.max_attributes, self._recorder()
         )
         for flagd_servicer, descriptor in flagd:
             instrument.register(server, flagd_servicer, descriptor, metrics)

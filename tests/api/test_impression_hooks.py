@@ -1,0 +1,66 @@
+"""Every adapter records one impression per evaluation of a known flag, through the same
+recorder: fader.v1 lookups, the fast lane handlers and flagd's resolver."""
+
+from __future__ import annotations
+
+from fader._gen.fader.v1 import evaluation_pb2 as pb
+
+from sidecar.api.fastlane import Handlers
+from sidecar.api.flagd_service import FlagdResolver
+from sidecar.api.lookups import Limits, Lookups
+from sidecar.api.track import EventQueue
+from sidecar.snapshot.loader import build_snapshot
+from sidecar.snapshot.store import Store
+from sidecar.telemetry.impressions import Recorder
+from sidecar.telemetry.metrics import Metrics
+from tests.rules.builders import flag, snapshot_doc
+
+
+def setup() -> tuple[Store, Metrics, Recorder]:
+    store = Store()
+    store.swap(build_snapshot(snapshot_doc(flag("f"), flag("g"), version=9)))
+    return store, Metrics(lambda: store.current), Recorder()
+
+
+def recorded(recorder: Recorder) -> list[tuple[str, str | None, str, str]]:
+    """(key, bucketing key, flag, treatment) of each pending lookup."""
+    return [(key, bk, flag, result.treatment) for _, key, bk, flag, result, _ in recorder.pending]
+
+
+def test_fader_v1_lookups() -> None:
+    store, metrics, recorder = setup()
+    lookups = Lookups(store, Limits(10, 10), metrics, recorder)
+    lookups.get_treatment(pb.GetTreatmentRequest(key="a", flag="f", bucketing_key="b"))
+    lookups.get_treatments(pb.GetTreatmentsRequest(key="c", flags=["f", "missing", "g"]))
+    items = [pb.BatchItem(key="d", flag="g"), pb.BatchItem(key="e", flag="missing")]
+    lookups.evaluate_batch(pb.EvaluateBatchRequest(items=items))
+    assert recorded(recorder) == [
+        ("a", "b", "f", "on"),
+        ("c", None, "f", "on"),
+        ("c", None, "g", "on"),
+        ("d", None, "g", "on"),
+    ]
+    assert {item[0].version for item in recorder.pending} == {9}
+
+
+def test_fast_lane_handlers() -> None:
+    store, metrics, recorder = setup()
+    handlers = Handlers(store, EventQueue(metrics, None), metrics, 10, 10, recorder)
+    handlers.treatment({"key": "a", "flag": "f"})
+    handlers.treatments({"key": "b", "flags": ["g", "missing"]})
+    handlers.batch({"items": [{"key": "c", "flag": "f", "bucketing_key": "x"}]})
+    assert recorded(recorder) == [
+        ("a", None, "f", "on"),
+        ("b", None, "g", "on"),
+        ("c", "x", "f", "on"),
+    ]
+
+
+def test_flagd_resolver() -> None:
+    store, metrics, recorder = setup()
+    resolver = FlagdResolver(store, metrics, 10, recorder)
+    snap = store.current
+    assert snap is not None
+    resolver.resolve(snap, "a", "f", None)
+    resolver.resolve(snap, "a", "missing", None)
+    assert recorded(recorder) == [("a", None, "f", "on")]
