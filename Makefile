@@ -23,7 +23,7 @@ proto: $(GEN)
 
 run: $(GEN)
 	@echo "Fader is starting on the embedded demo snapshot."
-	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, grpc.health.v1, reflection)"
+	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, flagd.evaluation.v1/v2, grpc.health.v1, reflection)"
 	@echo "  management:  http://127.0.0.1:8014/status  /metrics  /healthz  /readyz"
 	@echo "  try:         $(BIN)/python -c \"from fader import Client; print(Client('127.0.0.1:8013').get_treatment('user-1', 'new-checkout'))\""
 	$(BIN)/fader serve --demo
