@@ -44,6 +44,8 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.engine_bench
 	$(BIN)/python -m benchmarks.snapshot_bench
 	$(BIN)/python -m benchmarks.grpc_bench
+	$(BIN)/python -m benchmarks.fastlane_bench
+	$(BIN)/python -m benchmarks.impressions_bench
 
 clean:
 	rm -rf $(VENV) clients/python/fader/_gen build *.egg-info

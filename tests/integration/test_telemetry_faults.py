@@ -208,6 +208,9 @@ def test_spool_limit_drops_are_counted_and_the_sidecar_stays_healthy(tmp: Path) 
         )
         assert sum(f.stat().st_size for f in spool.glob("*.batch")) <= 8000
         assert metric(sc, "fader_telemetry_spool_bytes") <= 8000
+        status = json.loads(http_get(f"http://{sc.wait_listening()['mgmt']}/status")[1])
+        assert status["telemetry"]["collector_up"] is False
+        assert status["telemetry"]["dropped"] > 0
         lookups(sc, ["still-serving"])
         assert http_get(f"http://{sc.wait_listening()['mgmt']}/healthz")[0] == 200
         sc.signal(signal.SIGTERM)
