@@ -448,6 +448,10 @@ def check_consistency(settings: Settings) -> None:
     ):
         if value is not None and settings.control_plane is None:
             raise ConfigError(f"{option} needs --control-plane")
+    if settings.telemetry_memory_bytes < settings.telemetry_batch_bytes:
+        raise ConfigError(
+            "--telemetry-memory-bytes must hold at least one batch (--telemetry-batch-bytes)"
+        )
     for option, value in (
         ("--collector-ca", settings.collector_ca),
         ("--collector-token-file", settings.collector_token_file),

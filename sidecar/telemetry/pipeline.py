@@ -85,6 +85,7 @@ class Pipeline:
         self._no_room = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         self._last_flush = time.monotonic()
         self._overflow_seen = 0
 
@@ -92,6 +93,7 @@ class Pipeline:
 
     async def start(self) -> None:
         """Opens the spool (replaying what a previous run left) and starts both tasks."""
+        self._started = True
         if self._spool is not None:
             left = await self._on_disk(self._spool.open)
             self._spool_batches = left
@@ -104,6 +106,9 @@ class Pipeline:
 
     async def close(self, budget: float) -> None:
         """Seals everything, uploads for up to `budget` seconds, spools what is left."""
+        if not self._started:  # the sidecar failed to start: nothing was recorded
+            self._disk.shutdown(wait=True)
+            return
         deadline = time.monotonic() + budget
         process = self._tasks[0] if self._tasks else None
         if process is not None:
@@ -149,16 +154,21 @@ class Pipeline:
     def pending_events(self) -> int:
         stats = self.stats
         dropped = sum(n for (kind, _), n in stats.dropped.items() if kind == "events")
-        return stats.queued.get("events", 0) - stats.sent.get("events", 0) - dropped
+        # after a restart, events replayed from the spool count as sent but not as queued
+        return max(0, stats.queued.get("events", 0) - stats.sent.get("events", 0) - dropped)
 
     # -- processing ----------------------------------------------------------------------
 
     async def _process_loop(self) -> None:
         while True:
             await asyncio.sleep(PROCESS_SECONDS)
-            await self._drain_recorder_async()
-            if time.monotonic() - self._last_flush >= self.settings.flush_interval:
-                self._flush()
+            try:
+                await self._drain_recorder_async()
+                if time.monotonic() - self._last_flush >= self.settings.flush_interval:
+                    self._flush()
+            except Exception:  # a bug here must not stop telemetry for the process's life
+                self.stats.drop({"impressions": 1}, "processing_error")
+                log.exception("telemetry: processing failed; one lookup's impression is lost")
 
     async def _drain_recorder_async(self) -> None:
         while self.recorder.pending:
@@ -274,7 +284,12 @@ class Pipeline:
             if picked is None:
                 continue
             batch, sequence = picked
-            request = to_request(batch, self.settings.sidecar_id, self.settings.mode.value)
+            try:
+                request = to_request(batch, self.settings.sidecar_id, self.settings.mode.value)
+            except (ValueError, TypeError) as err:  # retrying could never help: drop it
+                await self._forget(batch, sequence)
+                self._drop(batch, "unencodable", str(err))
+                continue
             started = time.perf_counter()
             answer = await self._uploader.send(request)
             self.stats.upload(answer.verdict.value, time.perf_counter() - started)

@@ -84,6 +84,8 @@ class Uploader:
             code = err.code()
             verdict = Verdict.REFUSED if code in PERMANENT else Verdict.RETRY
             return Answer(verdict, code.name, err.details() or "")
+        except (grpc.RpcError, OSError, ValueError) as err:  # the channel itself failed
+            return Answer(Verdict.RETRY, "CLIENT_ERROR", str(err))
         return Answer(Verdict.STORED, "OK")
 
     async def close(self) -> None:

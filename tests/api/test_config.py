@@ -59,6 +59,14 @@ def test_config_flag_and_off(tmp_path: Path) -> None:
         (["--grpc-listen", "off"], {}, "nothing to serve on"),
         (["--demo", "--snapshot", "x.json"], {}, "exclude each other"),
         (["--uds-group", "app"], {}, "--uds-group needs --uds"),
+        (["--impressions-mode", "all"], {}, "'all' is not one of optimized, debug, none"),
+        (["--telemetry-flush-interval", "0"], {}, "must be more than zero seconds"),
+        (["--collector-ca", "ca.pem"], {}, "--collector-ca needs --collector"),
+        (
+            ["--telemetry-memory-bytes", "1000"],
+            {},
+            "--telemetry-memory-bytes must hold at least one batch",
+        ),
     ],
 )
 def test_errors_name_the_setting(argv: list[str], environ: dict[str, str], message: str) -> None:
