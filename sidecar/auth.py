@@ -1,4 +1,4 @@
-"""Bearer tokens for admin paths: read from a file, rotatable without a restart.
+"""Bearer tokens and TLS server credentials for the admin and evaluation listeners.
 
 The token file is re-read whenever its modification time changes, so a rotated Secret
 (Kubernetes updates mounted files in place) takes effect on the next call. Comparison is
@@ -13,6 +13,8 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+import grpc
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,16 @@ def bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip().encode()
     return None
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+    """TLS with ``cert``/``key``; with ``client_ca`` also mTLS: clients must present a
+    certificate signed by that CA, or the handshake fails before any call is read."""
+    try:
+        pair = (key.read_bytes(), cert.read_bytes())
+        roots = client_ca.read_bytes() if client_ca is not None else None
+    except OSError as exc:
+        raise OSError(f"cannot read TLS material {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=roots, require_client_auth=roots is not None
+    )

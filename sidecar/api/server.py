@@ -294,8 +294,8 @@ def serve_main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level)
     store = Store()
-    sources = SnapshotSources(settings, store)
     try:
+        sources = SnapshotSources(settings, store)
         sources.load_initial()
     except SourceError as err:
         log.error("%s", err)
