@@ -293,7 +293,7 @@ class _Walker:
             return
         matcher_type = raw.get("matcherType")
         if not self.expect(
-            matcher_type in MATCHER_TYPES,
+            isinstance(matcher_type, str) and matcher_type in MATCHER_TYPES,
             f"{path}.matcherType",
             f"unknown matcher type {matcher_type!r}",
         ):
@@ -392,7 +392,7 @@ def _check_unary_numeric(w: _Walker, raw: Mapping[str, Any], path: str) -> None:
 
 def _data_type(w: _Walker, data: Mapping[str, Any], path: str) -> None:
     w.expect(
-        data.get("dataType") in _DATA_TYPES,
+        isinstance(data.get("dataType"), str) and data.get("dataType") in _DATA_TYPES,
         f"{path}.dataType",
         f"dataType must be NUMBER or DATETIME, got {data.get('dataType')!r}",
     )
