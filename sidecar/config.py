@@ -65,7 +65,7 @@ class Settings:
     max_snapshot_bytes: int = 256 * 1024 * 1024
     max_flags: int = 50_000
     max_segment_keys: int = 5_000_000
-    max_attribute_bytes: int = 65_536
+    max_attribute_size: int = 65_536
     max_watch_streams: int = 1024
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
@@ -306,11 +306,11 @@ SETTINGS: tuple[Setting, ...] = (
         "N",
     ),
     Setting(
-        "max_attribute_bytes",
+        "max_attribute_size",
         parse_positive_int,
-        "largest attribute value in a request (a string, or a list's strings together; "
-        "default 65536)",
-        "BYTES",
+        "longest attribute value in a gRPC request, in characters (a string, or a list's "
+        "strings together; default 65536)",
+        "CHARS",
     ),
     Setting(
         "max_watch_streams",

@@ -26,9 +26,10 @@ SEGMENT_KEYS: Final = "too_many_segment_keys"
 SNAPSHOT_LIMITS: Final = (SNAPSHOT_BYTES, FLAGS, SEGMENT_KEYS)
 # Request limits.
 ATTRIBUTES: Final = "attributes"
-ATTRIBUTE_BYTES: Final = "attribute_bytes"
+ATTRIBUTE_SIZE: Final = "attribute_size"
 WATCH_STREAMS: Final = "watch_streams"
-REQUEST_LIMITS: Final = (ATTRIBUTES, ATTRIBUTE_BYTES, WATCH_STREAMS)
+REQUEST_LIMITS: Final = (ATTRIBUTES, ATTRIBUTE_SIZE, WATCH_STREAMS)
+DEFAULT_MAX_ATTRIBUTE_SIZE: Final = 65_536
 
 
 @dataclass(frozen=True, slots=True)

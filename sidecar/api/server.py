@@ -36,6 +36,7 @@ from sidecar.api.sources import StartupError as SourceError
 from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
 from sidecar.config import Address, ConfigError, Settings, load_settings
+from sidecar.limits import LimitsCollector
 from sidecar.snapshot.store import Store
 from sidecar.telemetry.metrics import Metrics
 
@@ -80,6 +81,7 @@ class Sidecar:
         self.metrics = Metrics(lambda: store.current)
         if sources is not None:
             self.metrics.registry.register(SourcesCollector(sources))
+        self.metrics.registry.register(LimitsCollector())
         self.events = EventQueue(self.metrics)
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
@@ -129,9 +131,11 @@ class Sidecar:
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         settings = self.settings
-        self._feed = ChangeFeed(self.store)
+        self._feed = ChangeFeed(self.store, settings.max_watch_streams)
         self.metrics.watch_event_queue(lambda: len(self.events))
-        limits = Limits(settings.max_attributes, settings.max_batch_items)
+        limits = Limits(
+            settings.max_attributes, settings.max_batch_items, settings.max_attribute_size
+        )
         service = EvaluationService(
             Lookups(self.store, limits, self.metrics),
             self.events,
