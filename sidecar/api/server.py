@@ -35,6 +35,7 @@ from sidecar.api.sources import SnapshotSources, SourcesCollector
 from sidecar.api.sources import StartupError as SourceError
 from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
+from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, Settings, load_settings
 from sidecar.limits import LimitsCollector
 from sidecar.snapshot.store import Store
@@ -113,6 +114,7 @@ class Sidecar:
         server = grpc.aio.server(
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=_interceptors(settings),
         )
         self._server = server
         self._add_services(server)
@@ -152,8 +154,15 @@ class Sidecar:
         )
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
+        settings = self.settings
         try:
-            port = server.add_insecure_port(str(address))
+            if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
+                credentials = server_credentials(
+                    settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_client_ca
+                )
+                port = server.add_secure_port(str(address), credentials)
+            else:
+                port = server.add_insecure_port(str(address))
         except RuntimeError:
             raise StartupError(
                 f"cannot listen on {address}: the port is in use or the address is not local"
@@ -237,6 +246,14 @@ class Sidecar:
             log.warning(
                 "%d track event(s) not uploaded: no collector is configured", len(self.events)
             )
+
+
+def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The bearer-token check for TCP callers, only when --grpc-token-file is set: an
+    interceptor costs every call some Python, so a sidecar without tokens has none."""
+    if settings.grpc_token_file is None:
+        return []
+    return [EvaluationTokens(TokenFile(settings.grpc_token_file))]
 
 
 async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
