@@ -132,7 +132,8 @@ class _Walker:
         )
         self._int32(raw.get("seed"), f"{path}.seed", required=True)
         allocation = raw.get("trafficAllocation")
-        if allocation is not None and self.expect(
+        # The seed is checked even without an allocation: compile reads it either way.
+        if allocation is None or self.expect(
             is_int(allocation) and 0 <= allocation <= 100,
             f"{path}.trafficAllocation",
             f"trafficAllocation must be an integer 0..100, got {allocation!r}",
@@ -140,7 +141,7 @@ class _Walker:
             self._int32(
                 raw.get("trafficAllocationSeed"),
                 f"{path}.trafficAllocationSeed",
-                required=allocation < 100,
+                required=allocation is not None and allocation < 100,
             )
         algo = raw.get("algo")
         self.expect(

@@ -10,7 +10,8 @@ handle, so it counts as a failure here too.
 Inputs: structured mutations of valid snapshots (tests.rules.strategies: values replaced
 with random JSON, keys deleted, containers emptied or wrapped), each sent as JSON or
 msgpack; the same documents truncated or with a flipped byte; and raw bytes. Together
-more than 10,000 inputs, derandomized so that CI runs the same ones every time.
+more than 10,000 inputs, derandomized so that CI runs the same ones every time. Detached
+signature documents get the same treatment against a Verifier.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.snapshot import signing
 from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.codec import JSON, MSGPACK
+from sidecar.snapshot.signing import SignatureError, Verifier
 from sidecar.snapshot.store import Store
 from tests.rules.strategies import snapshots
 
@@ -187,3 +191,38 @@ def test_raw_bytes() -> None:
 
     run()
     assert len(seen) >= RAW_INPUTS
+
+
+SIGNATURE_INPUTS = 1000
+
+
+def test_signature_documents() -> None:
+    """Mutated and random signature documents: each is refused with a signing reason, and
+    only the untouched document verifies."""
+    key = Ed25519PrivateKey.generate()
+    verifier = Verifier({"k1": key.public_key()})
+    data = b'{"version": 3, "flags": []}'
+    genuine = json.loads(signing.sign(data, 3, key, "k1", 2**40).to_bytes())
+    reasons: list[str] = []
+
+    @_fuzz_settings(SIGNATURE_INPUTS)
+    @given(st.data())
+    def run(draw: st.DataObject) -> None:
+        if draw.draw(st.booleans()):
+            raw = draw.draw(st.binary(max_size=600))
+        else:
+            document = dict(genuine)
+            field = draw.draw(st.sampled_from(sorted(document)))
+            document[field] = draw.draw(json_values)
+            raw = json.dumps(document).encode()
+        try:
+            verifier.verify(data, raw)
+        except SignatureError as err:
+            assert err.reason in signing.REASONS and str(err)
+            reasons.append(err.reason)
+            return
+        assert json.loads(raw) == genuine  # a mutation that changed nothing
+        reasons.append("verified")
+
+    run()
+    assert len(reasons) >= SIGNATURE_INPUTS and "bad_signature_document" in reasons
