@@ -74,6 +74,8 @@ class Settings:
     grpc_tls_key: Path | None = None
     grpc_client_ca: Path | None = None
     grpc_token_file: Path | None = None
+    control_plane_cert: Path | None = None
+    control_plane_key: Path | None = None
 
 
 def parse_address(text: str) -> Address | None:
@@ -352,6 +354,15 @@ SETTINGS: tuple[Setting, ...] = (
         "changed; the Unix socket and grpc.health.v1 are exempt)",
         "FILE",
     ),
+    Setting(
+        "control_plane_cert",
+        parse_optional_path,
+        "client certificate presented to the control plane (mTLS; needs --control-plane-ca)",
+        "FILE",
+    ),
+    Setting(
+        "control_plane_key", parse_optional_path, "private key of --control-plane-cert", "FILE"
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -469,6 +480,10 @@ def check_hardening(settings: Settings) -> None:
             raise ConfigError(f"{prefix}-tls-cert and {prefix}-tls-key go together")
         if client_ca is not None and cert is None:
             raise ConfigError(f"{prefix}-client-ca (mTLS) needs {prefix}-tls-cert")
+    if (settings.control_plane_cert is None) != (settings.control_plane_key is None):
+        raise ConfigError("--control-plane-cert and --control-plane-key go together")
+    if settings.control_plane_cert is not None and settings.control_plane_ca is None:
+        raise ConfigError("--control-plane-cert (mTLS) needs --control-plane-ca")
     tcp_auth = settings.grpc_tls_cert is not None or settings.grpc_token_file is not None
     if tcp_auth and settings.grpc_listen is None:
         raise ConfigError("--grpc-tls-cert and --grpc-token-file need --grpc-listen")

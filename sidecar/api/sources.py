@@ -137,12 +137,22 @@ class SnapshotSources:
         return Identity(sidecar_id, dict(settings.sidecar_labels), SOFTWARE_VERSION)
 
     def _security(self) -> ChannelSecurity:
-        ca = self.settings.control_plane_ca
-        return ChannelSecurity(
-            root_certificates=ca.read_bytes() if ca else None,
-            token_file=self.settings.control_plane_token_file,
-            tls=ca is not None,
+        settings = self.settings
+        ca, cert, key = (
+            settings.control_plane_ca,
+            settings.control_plane_cert,
+            settings.control_plane_key,
         )
+        try:
+            return ChannelSecurity(
+                root_certificates=ca.read_bytes() if ca else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+                private_key=key.read_bytes() if key else None,
+                token_file=settings.control_plane_token_file,
+                tls=ca is not None,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
     # --- running -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.api.admin import AdminServer
 from sidecar.auth import server_credentials
 from sidecar.config import Address, ConfigError, load_settings
+from sidecar.controlplane.main import ControlPlane
 from sidecar.push import push_main
 from sidecar.snapshot.apply import Applier
 from sidecar.snapshot.store import Store
@@ -31,9 +32,11 @@ from tests.integration.harness import (
     demo_snapshot,
     loopback_settings,
     running_sidecar,
+    serve_process,
     short_tmp,
 )
 from tests.rules.builders import flag, snapshot_doc
+from tests.waiting import wait_for
 
 PEM = serialization.Encoding.PEM
 
@@ -187,6 +190,11 @@ def test_evaluation_mtls(pki: Pki) -> None:
         (["--grpc-listen", "off", "--uds", "/tmp/x", "--grpc-token-file", "t"], "need --grpc"),
         (["--demo", "--trusted-keys", "keys"], "the embedded demo is not signed"),
         (["--trusted-keys", "=x"], "is not ID=PATH"),
+        (["--control-plane", "h:1", "--control-plane-cert", "c"], "go together"),
+        (
+            ["--control-plane", "h:1", "--control-plane-cert", "c", "--control-plane-key", "k"],
+            "needs --control-plane-ca",
+        ),
     ],
 )
 def test_inconsistent_settings(args: list[str], message: str) -> None:
@@ -203,3 +211,34 @@ def test_admin_mtls_counts_as_authentication_off_loopback() -> None:
         environ={},
     )  # fmt: skip
     assert settings.admin_client_ca == Path("ca")
+
+
+# --- control-plane stream: the sidecar's client certificate --------------------------------
+
+
+def test_sidecar_presents_a_client_certificate_to_the_control_plane(pki: Pki) -> None:
+    with short_tmp() as tmp:
+        snapshot = tmp / "snap.json"
+        snapshot.write_text(json.dumps(snapshot_doc(flag("f"), version=4)))
+        credentials = grpc.ssl_server_credentials(
+            [(pki.read("server_key"), pki.read("server_cert"))],
+            root_certificates=pki.read("ca"),
+            require_client_auth=True,
+        )
+        plane = ControlPlane(snapshot, Address("127.0.0.1", 0), credentials=credentials)
+        plane.start()
+        base = [
+            "--control-plane", f"localhost:{plane.port}", "--control-plane-ca", str(pki.ca),
+            "--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0",
+        ]  # fmt: skip
+        client = ["--control-plane-cert", str(pki.client_cert), "--control-plane-key"]
+        try:
+            with serve_process([*base, *client, str(pki.client_key)], tmp, log_name="a") as sc:
+                sc.wait_listening()
+                wait_for(lambda: "applied snapshot version 4" in sc.log, what="v4 over mTLS")
+            with serve_process(base, tmp, log_name="b") as sc:
+                sc.wait_listening()
+                wait_for(lambda: "reconnecting" in sc.log, what="refused without a certificate")
+                assert "applied snapshot" not in sc.log
+        finally:
+            plane.stop(0)
