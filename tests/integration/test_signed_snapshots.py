@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import Address
+from sidecar.api.sources import SnapshotSources
+from sidecar.config import Address, Settings
 from sidecar.controlplane.main import ControlPlane
 from sidecar.keys import keygen, sign_main
 from sidecar.push import push_main
-from sidecar.snapshot import signing
+from sidecar.snapshot import cache, signing
 from sidecar.snapshot.apply import Applier
+from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.store import Store
 from tests.integration.harness import ServeProcess, http_get, short_tmp
 from tests.integration.test_snapshot_sources import (
@@ -236,3 +238,48 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             assert treatment(target) == "v2"
     finally:
         plane.stop(0)
+
+
+@pytest.mark.parametrize("case", ["tampered", "unsigned", "expired", "wrong key", "mismatch"])
+def test_cache_refusals(tmp: Path, keys: tuple[Path, Path], case: str) -> None:
+    """Whoever can write --cache-dir can rewrite the envelope, checksum included: the
+    signature is what the cached snapshot is judged by."""
+    key, trusted = keys
+    snap = tmp / "snap.json"
+    write_snapshot(snap, 5)
+    sign(snap, key)
+    if case == "tampered":
+        write_snapshot(snap, 5, defaultTreatment="evil")
+    elif case == "unsigned":
+        signing.signature_path(snap).unlink()
+    elif case == "expired":
+        sign_expired(snap, key, 5)
+    elif case == "wrong key":
+        sign(snap, tmp / "evil" / "evil.key", key_id="k1")
+    else:
+        write_snapshot(snap, 6)  # a valid v5 signature on a v6 snapshot
+        document = signing.sign(snap.read_bytes(), 5, signing.load_private_key(key), "k1", 2**40)
+        signing.signature_path(snap).write_bytes(document.to_bytes())
+    payload = snap.read_bytes()
+    signature = signing.signature_path(snap)
+    cache_dir = tmp / "cache"
+    cache.save(
+        cache_dir,
+        load_bytes(payload, "json", "attacker"),
+        "json",
+        payload,
+        signature.read_bytes() if signature.exists() else None,
+    )
+    settings = Settings(cache_dir=cache_dir, trusted_keys=((None, trusted),))
+    sources = SnapshotSources(settings, Store())
+    sources.load_initial()
+    reason = {
+        "tampered": "bad_signature",
+        "unsigned": "unsigned",
+        "expired": "expired",
+        "wrong key": "bad_signature",
+        "mismatch": "version_mismatch",
+    }[case]
+    assert sources.store.current is None
+    assert sources.refusals == {reason: 1}
+    assert sources.status()["last_refusal"]["source"].startswith(f"cache:{cache_dir}")
