@@ -49,7 +49,7 @@ PRIVATE_SUFFIX: Final = ".key"
 # A signature document is a few hundred bytes; anything far larger is not one.
 MAX_SIGNATURE_BYTES: Final = 4096
 # Key ids go into the signed header verbatim, so they may not contain separators.
-KEY_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Refusal reasons, as counted in fader_snapshot_refusals{reason}.
 UNSIGNED: Final = "unsigned"
@@ -132,7 +132,7 @@ def parse_document(raw: bytes) -> SignatureDocument:
         document.get("expires"),
         document.get("sha256"),
     )
-    if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
+    if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
         raise SignatureError(MALFORMED, "signature document: key_id missing or malformed")
     for name, value in (("version", version), ("expires", expires)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -218,7 +218,7 @@ def check_version(verified: Verified, document_version: int) -> None:
 
 
 def check_key_id(key_id: str) -> None:
-    if not KEY_ID_PATTERN.match(key_id):
+    if not KEY_ID_PATTERN.fullmatch(key_id):
         raise KeyFileError(f"key id {key_id!r}: use letters, digits, '.', '_', '-' (at most 64)")
 
 

@@ -168,6 +168,8 @@ def test_keygen_and_load_verifier(tmp_path: Path) -> None:
         signing.load_verifier([(None, tmp_path / "missing")])
     with pytest.raises(signing.KeyFileError):
         signing.check_key_id("bad\nid")
+    with pytest.raises(signing.KeyFileError):
+        signing.check_key_id("trailing\n")
 
 
 def test_parse_expires() -> None:
