@@ -1,4 +1,4 @@
-"""The ``fader`` command: serve, evaluate, validate, push, controlplane, status.
+"""The ``fader`` command: serve, evaluate, validate, push, controlplane, status, keygen, sign.
 
 ``evaluate`` and ``validate`` are script-facing contracts (DESIGN.md §4): one JSON
 result line per input line, and exit status 0 only for a valid snapshot.
@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.push import push_main
 
         return push_main(args[1:])
+    if args and args[0] in ("keygen", "sign"):
+        from sidecar.keys import keygen_main, sign_main
+
+        return (keygen_main if args[0] == "keygen" else sign_main)(args[1:])
     parser = _parser()
     ns = parser.parse_args(args)
     if ns.command == "evaluate":
@@ -66,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("controlplane", help="run the reference control plane")
     sub.add_parser("status", help="which snapshot version each sidecar serves")
     sub.add_parser("push", help="push one snapshot file to a sidecar's admin listener")
+    sub.add_parser("keygen", help="make an Ed25519 key pair for signing snapshots")
+    sub.add_parser("sign", help="write the detached signature FILE.sig of a snapshot file")
     evaluate = sub.add_parser(
         "evaluate",
         help="evaluate JSONL cases from stdin against a snapshot, JSONL results on stdout",

@@ -74,6 +74,22 @@ class Settings:
     telemetry_flush_timeout: float = 5.0
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+    # Hardening: signed snapshots, size limits, TLS and tokens (README "Security").
+    trusted_keys: tuple[tuple[str | None, Path], ...] = ()
+    max_snapshot_bytes: int = 256 * 1024 * 1024
+    max_flags: int = 50_000
+    max_segment_keys: int = 5_000_000
+    max_attribute_size: int = 65_536
+    max_watch_streams: int = 1024
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_client_ca: Path | None = None
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_client_ca: Path | None = None
+    grpc_token_file: Path | None = None
+    control_plane_cert: Path | None = None
+    control_plane_key: Path | None = None
 
 
 def parse_address(text: str) -> Address | None:
@@ -141,6 +157,17 @@ def parse_interval(text: str) -> float:
     if not value > 0:
         raise ConfigError(f"{text!r} must be more than zero seconds")
     return value
+
+
+def parse_trusted_keys(text: str) -> tuple[tuple[str | None, Path], ...]:
+    """`ID=PATH,...` public key files, or directories of `ID.pub` files (None as the id)."""
+    entries: list[tuple[str | None, Path]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, sep, path = item.partition("=")
+        if sep and (not key_id.strip() or not path.strip()):
+            raise ConfigError(f"{item!r} is not ID=PATH (or a directory of ID.pub files)")
+        entries.append((key_id.strip(), Path(path.strip())) if sep else (None, Path(item)))
+    return tuple(entries)
 
 
 def parse_optional_path(text: str) -> Path | None:
@@ -362,6 +389,83 @@ SETTINGS: tuple[Setting, ...] = (
         "size limit of the spool; past it batches are dropped and counted (default 268435456)",
         "BYTES",
     ),
+    # Hardening: signed snapshots, size limits, TLS and tokens (README "Security").
+    Setting(
+        "trusted_keys",
+        parse_trusted_keys,
+        "Ed25519 public keys (ID=PATH,... or a directory of ID.pub files): once given, every "
+        "snapshot from every source, the cache included, must be signed by one of them",
+        "ID=PATH|DIR",
+    ),
+    Setting(
+        "max_snapshot_bytes",
+        parse_positive_int,
+        "largest snapshot accepted from any source (default 268435456)",
+        "BYTES",
+    ),
+    Setting("max_flags", parse_positive_int, "most flags in a snapshot (default 50000)", "N"),
+    Setting(
+        "max_segment_keys",
+        parse_positive_int,
+        "most segment keys in a snapshot, all segments together (default 5000000)",
+        "N",
+    ),
+    Setting(
+        "max_attribute_size",
+        parse_positive_int,
+        "longest attribute value in a gRPC request, in characters (a string, or a list's "
+        "strings together; default 65536)",
+        "CHARS",
+    ),
+    Setting(
+        "max_watch_streams",
+        parse_positive_int,
+        "WatchChanges streams open at once; more are refused with RESOURCE_EXHAUSTED "
+        "(default 1024)",
+        "N",
+    ),
+    Setting(
+        "admin_tls_cert",
+        parse_optional_path,
+        "serve the admin API over TLS with this chain",
+        "FILE",
+    ),
+    Setting("admin_tls_key", parse_optional_path, "private key of --admin-tls-cert", "FILE"),
+    Setting(
+        "admin_client_ca",
+        parse_optional_path,
+        "require admin clients to present a certificate signed by this CA (mTLS)",
+        "FILE",
+    ),
+    Setting(
+        "grpc_tls_cert",
+        parse_optional_path,
+        "serve gRPC on --grpc-listen over TLS with this chain (the Unix socket stays plaintext)",
+        "FILE",
+    ),
+    Setting("grpc_tls_key", parse_optional_path, "private key of --grpc-tls-cert", "FILE"),
+    Setting(
+        "grpc_client_ca",
+        parse_optional_path,
+        "require evaluation clients on TCP to present a certificate signed by this CA (mTLS)",
+        "FILE",
+    ),
+    Setting(
+        "grpc_token_file",
+        parse_optional_path,
+        "bearer tokens required from evaluation clients on TCP, one per line (re-read when "
+        "changed; the Unix socket and grpc.health.v1 are exempt)",
+        "FILE",
+    ),
+    Setting(
+        "control_plane_cert",
+        parse_optional_path,
+        "client certificate presented to the control plane (mTLS; needs --control-plane-ca)",
+        "FILE",
+    ),
+    Setting(
+        "control_plane_key", parse_optional_path, "private key of --control-plane-cert", "FILE"
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -459,13 +563,43 @@ def check_consistency(settings: Settings) -> None:
         if value is not None and settings.collector is None:
             raise ConfigError(f"{option} needs --collector")
     admin = settings.admin_listen
-    if admin is not None and settings.admin_token_file is None and not is_loopback(admin.host):
+    authenticated = settings.admin_token_file is not None or settings.admin_client_ca is not None
+    if admin is not None and not authenticated and not is_loopback(admin.host):
         raise ConfigError(
             f"--admin-listen {admin} is not a loopback address: whoever can push a snapshot "
-            "controls production, so --admin-token-file is required"
+            "controls production, so --admin-token-file is required (or mTLS: "
+            "--admin-tls-cert with --admin-client-ca)"
         )
-    if settings.admin_token_file is not None and admin is None:
-        raise ConfigError("--admin-token-file needs --admin-listen")
+    for option, value in (
+        ("--admin-token-file", settings.admin_token_file),
+        ("--admin-tls-cert", settings.admin_tls_cert),
+    ):
+        if value is not None and admin is None:
+            raise ConfigError(f"{option} needs --admin-listen")
+    check_hardening(settings)
+
+
+def check_hardening(settings: Settings) -> None:
+    """The signing and TLS settings: what goes together and what excludes what."""
+    if settings.demo and settings.trusted_keys:
+        raise ConfigError(
+            "--demo and --trusted-keys exclude each other: the embedded demo is not signed"
+        )
+    for prefix, cert, key, client_ca in (
+        ("--admin", settings.admin_tls_cert, settings.admin_tls_key, settings.admin_client_ca),
+        ("--grpc", settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_client_ca),
+    ):
+        if (cert is None) != (key is None):
+            raise ConfigError(f"{prefix}-tls-cert and {prefix}-tls-key go together")
+        if client_ca is not None and cert is None:
+            raise ConfigError(f"{prefix}-client-ca (mTLS) needs {prefix}-tls-cert")
+    if (settings.control_plane_cert is None) != (settings.control_plane_key is None):
+        raise ConfigError("--control-plane-cert and --control-plane-key go together")
+    if settings.control_plane_cert is not None and settings.control_plane_ca is None:
+        raise ConfigError("--control-plane-cert (mTLS) needs --control-plane-ca")
+    tcp_auth = settings.grpc_tls_cert is not None or settings.grpc_token_file is not None
+    if tcp_auth and settings.grpc_listen is None:
+        raise ConfigError("--grpc-tls-cert and --grpc-token-file need --grpc-listen")
 
 
 def sidecar_id(settings: Settings) -> str:

@@ -1,4 +1,8 @@
-"""`fader push --target ADDR FILE`: offer one snapshot to a sidecar's admin listener."""
+"""`fader push --target ADDR FILE`: offer one snapshot to a sidecar's admin listener.
+
+The detached signature ``FILE.sig`` (``fader sign``) is sent along when it exists, and TLS
+(``--ca``, with ``--cert``/``--key`` for mTLS) is used when asked for.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
 
 from sidecar.snapshot.codec import decode, format_for, normalize
 from sidecar.snapshot.issues import SnapshotError
+from sidecar.snapshot.signing import signature_path
+from sidecar.snapshot.sources.controlplane import ChannelSecurity
 from sidecar.snapshot.wire import to_message
 
 
@@ -26,14 +32,28 @@ def push_main(argv: list[str]) -> int:
     token.add_argument("--token", help="bearer token (prefer --token-file: argv is visible to ps)")
     token.add_argument("--token-file", type=Path)
     parser.add_argument("--force", action="store_true", help="apply even if not newer (rollback)")
+    parser.add_argument(
+        "--signature", type=Path, metavar="SIG", help="detached signature (default FILE.sig if any)"
+    )
+    parser.add_argument("--ca", type=Path, help="use TLS, verifying the sidecar with this CA")
+    parser.add_argument("--cert", type=Path, help="client certificate for mTLS (with --key)")
+    parser.add_argument("--key", type=Path, help="private key of --cert")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     try:
         data = args.file.read_bytes()
         fmt = format_for(args.file)
         version = normalize(decode(data, fmt)).version
+        sig_path = args.signature or signature_path(args.file)
+        signature = sig_path.read_bytes() if args.signature or sig_path.exists() else None
+        security = ChannelSecurity(
+            root_certificates=args.ca.read_bytes() if args.ca else None,
+            private_key=args.key.read_bytes() if args.key else None,
+            certificate_chain=args.cert.read_bytes() if args.cert else None,
+            tls=args.ca is not None,
+        )
     except OSError as exc:
-        print(f"fader push: {args.file}: {exc.strerror}", file=sys.stderr)
+        print(f"fader push: {exc.filename or args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     except SnapshotError as exc:
         print(f"fader push: {args.file}: {exc}", file=sys.stderr)
@@ -41,9 +61,9 @@ def push_main(argv: list[str]) -> int:
     secret = args.token_file.read_text().strip() if args.token_file else args.token
     metadata = [("authorization", f"Bearer {secret}")] if secret else None
     request = controlplane_pb2.PushSnapshotRequest(
-        snapshot=to_message(data, fmt, version), force=args.force
+        snapshot=to_message(data, fmt, version, signature), force=args.force
     )
-    with grpc.insecure_channel(args.target) as channel:
+    with security.channel(args.target) as channel:
         stub = controlplane_pb2_grpc.SnapshotAdminServiceStub(channel)
         try:
             ack = stub.PushSnapshot(request, metadata=metadata, timeout=args.timeout)

@@ -1,7 +1,8 @@
 """SnapshotAdminService: direct push of one snapshot, with the stream's validation and answer.
 
 Whoever can push a snapshot controls production, so the admin listener is off unless
-configured, and on any address but loopback it requires a bearer token (or mTLS).
+configured, and on any address but loopback it requires a bearer token or mTLS (both may
+be on: then a call needs a client certificate and a token).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ class SnapshotAdminServicer(controlplane_pb2_grpc.SnapshotAdminServiceServicer):
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         outcome = self._applier.apply_bytes(
-            request.snapshot.document, fmt, f"push:{context.peer()}", force=request.force
+            request.snapshot.document,
+            fmt,
+            f"push:{context.peer()}",
+            force=request.force,
+            signature=request.snapshot.signature or None,
         )
-        return ack_for(outcome)
+        return ack_for(outcome, request.snapshot.version)
 
 
 class AdminServer:
@@ -47,7 +52,13 @@ class AdminServer:
     address and authentication.
     """
 
-    def __init__(self, address: Address, applier: Applier, tokens: TokenFile | None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        applier: Applier,
+        tokens: TokenFile | None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fader-admin"),
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)],
@@ -56,7 +67,10 @@ class AdminServer:
             SnapshotAdminServicer(applier, tokens), self._server
         )
         try:
-            port = self._server.add_insecure_port(str(address))
+            if credentials is None:
+                port = self._server.add_insecure_port(str(address))
+            else:
+                port = self._server.add_secure_port(str(address), credentials)
         except RuntimeError:
             raise OSError(f"cannot listen on {address} for the admin API") from None
         self.address = Address(address.host, port)

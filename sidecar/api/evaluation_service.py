@@ -11,7 +11,7 @@ from fader._gen.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api.lookups import Lookups, NotReady
 from sidecar.api.track import EventQueue, QueueFull, event_from_request
-from sidecar.api.watch import ChangeFeed
+from sidecar.api.watch import ChangeFeed, TooManyStreams
 from sidecar.api.wire import BadRequest, check_name
 from sidecar.telemetry.metrics import Metrics
 
@@ -20,11 +20,12 @@ STATUS_OF = {
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 async def abort(
-    context: grpc.aio.ServicerContext, err: BadRequest | NotReady | QueueFull
+    context: grpc.aio.ServicerContext, err: BadRequest | NotReady | QueueFull | TooManyStreams
 ) -> NoReturn:
     """Ends the call with the status that `err` stands for and its message as details."""
     await context.abort(STATUS_OF[type(err)], str(err))
@@ -90,7 +91,10 @@ class EvaluationService:
                 check_name(flag, f"flags[{index}]")
             except BadRequest as err:
                 await abort(context, err)
-        async for snap, changed in self._feed.changes(frozenset(request.flags)):
-            yield pb.WatchChangesResponse(
-                version=snap.version, changed_flags=changed, source=snap.source
-            )
+        try:
+            async for snap, changed in self._feed.changes(frozenset(request.flags)):
+                yield pb.WatchChangesResponse(
+                    version=snap.version, changed_flags=changed, source=snap.source
+                )
+        except TooManyStreams as err:
+            await abort(context, err)

@@ -349,7 +349,8 @@ class FastLane:
         request_id = request.get("id")
         if type(request_id) is not int or not 0 <= request_id < 2**64:
             raise fl.ProtocolError(fl.BAD_FRAME, "request without an unsigned integer 'id'")
-        operation = self._operations.get(request.get("op"))  # type: ignore[arg-type]
+        op = request.get("op")
+        operation = self._operations.get(op) if isinstance(op, str) else None
         try:
             if operation is None:
                 known = ", ".join(self._operations)

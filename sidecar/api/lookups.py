@@ -16,6 +16,7 @@ from fader._gen.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api import wire
 from sidecar.api.wire import BadRequest
+from sidecar.limits import DEFAULT_MAX_ATTRIBUTE_SIZE
 from sidecar.rules.result import LABEL_NOT_FOUND
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
@@ -61,6 +62,7 @@ def select_flags(
 class Limits:
     max_attributes: int
     max_batch_items: int
+    max_attribute_size: int = DEFAULT_MAX_ATTRIBUTE_SIZE
 
 
 class Lookups:
@@ -79,7 +81,12 @@ class Lookups:
         wire.check_key(key, "key")
         wire.check_name(flag, "flag")
         bucketing_key = wire.optional_key(request.bucketing_key, "bucketing_key")
-        attrs = wire.attributes(request.attributes, self._limits.max_attributes, "attributes")
+        attrs = wire.attributes(
+            request.attributes,
+            self._limits.max_attributes,
+            "attributes",
+            self._limits.max_attribute_size,
+        )
         result = snap.evaluate(key, flag, bucketing_key, attrs)
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
@@ -96,7 +103,12 @@ class Lookups:
         key = request.key
         wire.check_key(key, "key")
         flags = select_flags(snap, request.flags, request.flag_sets, self._limits.max_batch_items)
-        attrs = wire.attributes(request.attributes, self._limits.max_attributes, "attributes")
+        attrs = wire.attributes(
+            request.attributes,
+            self._limits.max_attributes,
+            "attributes",
+            self._limits.max_attribute_size,
+        )
         bucketing_key = wire.optional_key(request.bucketing_key, "bucketing_key")
         response = pb.GetTreatmentsResponse(version=snap.version)
         add, fill = response.evaluations.add, wire.fill_evaluation
@@ -138,7 +150,10 @@ class Lookups:
                 wire.check_key(bucketing_key, f"items[{index}].bucketing_key")
             attrs = (
                 wire.attributes(
-                    item.attributes, limits.max_attributes, f"items[{index}].attributes"
+                    item.attributes,
+                    limits.max_attributes,
+                    f"items[{index}].attributes",
+                    limits.max_attribute_size,
                 )
                 if item.attributes
                 else None

@@ -36,7 +36,9 @@ from sidecar.api.sources import StartupError as SourceError
 from sidecar.api.telemetry import build_pipeline
 from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
+from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, Settings, load_settings
+from sidecar.limits import LimitsCollector
 from sidecar.snapshot.store import Store
 from sidecar.telemetry.impressions import Recorder
 from sidecar.telemetry.metrics import Metrics
@@ -87,6 +89,7 @@ class Sidecar:
         self.telemetry = telemetry
         if telemetry is not None:
             self.metrics.registry.register(telemetry.collector)
+        self.metrics.registry.register(LimitsCollector())
         self.events = EventQueue(self.metrics, telemetry)
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
@@ -118,6 +121,7 @@ class Sidecar:
         server = grpc.aio.server(
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=_interceptors(settings),
         )
         self._server = server
         self._add_services(server)
@@ -138,9 +142,11 @@ class Sidecar:
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         settings = self.settings
-        self._feed = ChangeFeed(self.store)
+        self._feed = ChangeFeed(self.store, settings.max_watch_streams)
         self.metrics.watch_event_queue(lambda: len(self.events))
-        limits = Limits(settings.max_attributes, settings.max_batch_items)
+        limits = Limits(
+            settings.max_attributes, settings.max_batch_items, settings.max_attribute_size
+        )
         service = EvaluationService(
             Lookups(self.store, limits, self.metrics, self._recorder()),
             self.events,
@@ -167,8 +173,15 @@ class Sidecar:
         return self.telemetry.recorder if self.telemetry is not None else None
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
+        settings = self.settings
         try:
-            port = server.add_insecure_port(str(address))
+            if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
+                credentials = server_credentials(
+                    settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_client_ca
+                )
+                port = server.add_secure_port(str(address), credentials)
+            else:
+                port = server.add_insecure_port(str(address))
         except RuntimeError:
             raise StartupError(
                 f"cannot listen on {address}: the port is in use or the address is not local"
@@ -249,6 +262,14 @@ class Sidecar:
             await self._server.stop(0)
 
 
+def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The bearer-token check for TCP callers, only when --grpc-token-file is set: an
+    interceptor costs every call some Python, so a sidecar without tokens has none."""
+    if settings.grpc_token_file is None:
+        return []
+    return [EvaluationTokens(TokenFile(settings.grpc_token_file))]
+
+
 async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
     """Serves until SIGTERM or SIGINT, then drains; a second signal cuts the drain short."""
     sidecar = Sidecar(settings, store, sources=sources, telemetry=build_pipeline(settings))
@@ -308,8 +329,8 @@ def serve_main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level)
     store = Store()
-    sources = SnapshotSources(settings, store)
     try:
+        sources = SnapshotSources(settings, store)
         sources.load_initial()
     except SourceError as err:
         log.error("%s", err)

@@ -3,7 +3,8 @@
 One of: the embedded demo, a watched file (`--snapshot`), or the control-plane stream
 (`--control-plane`); plus, with any of them, direct push on the admin listener and the
 last-known-good cache (`--cache-dir`), which is served at once at start when the control
-plane cannot be reached. Every path goes through one Applier. This module also answers
+plane cannot be reached. Every path goes through one Applier (the cache too, so that with
+`--trusted-keys` a cached snapshot is re-verified like any other). This module also answers
 how stale the active snapshot is, for `/status`, `/readyz` and `/metrics`.
 """
 
@@ -20,12 +21,15 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar import limits
 from sidecar.api.admin import AdminServer
-from sidecar.auth import TokenFile
+from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Settings, sidecar_id
-from sidecar.snapshot import cache
+from sidecar.limits import SnapshotLimits
+from sidecar.snapshot import cache, signing
 from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.loader import load_bytes
+from sidecar.snapshot.signing import KeyFileError, Verifier
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.sources.controlplane import ChannelSecurity, ControlPlaneSource, Identity
 from sidecar.snapshot.sources.file import FileSource
@@ -54,7 +58,22 @@ class SnapshotSources:
         self.settings = settings
         self.store = store
         self.refusals: Counter[str] = Counter()
-        self.applier = Applier(store, cache_dir=settings.cache_dir, on_refused=[self._refused])
+        self.verifier: Verifier | None = None
+        if settings.trusted_keys:
+            try:
+                self.verifier = signing.load_verifier(settings.trusted_keys)
+            except KeyFileError as exc:
+                raise StartupError(str(exc)) from None
+            log.info("signed snapshots required; trusted key ids: %s", self.verifier.key_ids)
+        self.applier = Applier(
+            store,
+            cache_dir=settings.cache_dir,
+            on_refused=[self._refused],
+            verifier=self.verifier,
+            limits=SnapshotLimits(
+                settings.max_snapshot_bytes, settings.max_flags, settings.max_segment_keys
+            ),
+        )
         self.file: FileSource | None = None
         self.control_plane: ControlPlaneSource | None = None
         self.admin: AdminServer | None = None
@@ -91,27 +110,46 @@ class SnapshotSources:
         if self.settings.cache_dir is None:
             return
         try:
-            snapshot = cache.load(self.settings.cache_dir)
+            cached = cache.read(self.settings.cache_dir)
         except cache.CacheError as exc:
             self.refusals["corrupt_cache"] += 1
             log.error("%s", exc)
             return
-        if snapshot is None:
+        if cached is None:
             return
-        self.store.swap(snapshot)
-        log.info("serving the cached snapshot version %d until a source answers", snapshot.version)
+        outcome = self.applier.apply_bytes(
+            cached.payload,
+            cached.encoding,
+            cached.source,
+            signature=cached.signature,
+            persist=False,
+        )
+        if outcome.applied:
+            log.info(
+                "serving the cached snapshot version %s until a source answers", outcome.version
+            )
 
     def _identity(self) -> Identity:
         settings = self.settings
         return Identity(sidecar_id(settings), dict(settings.sidecar_labels), SOFTWARE_VERSION)
 
     def _security(self) -> ChannelSecurity:
-        ca = self.settings.control_plane_ca
-        return ChannelSecurity(
-            root_certificates=ca.read_bytes() if ca else None,
-            token_file=self.settings.control_plane_token_file,
-            tls=ca is not None,
+        settings = self.settings
+        ca, cert, key = (
+            settings.control_plane_ca,
+            settings.control_plane_cert,
+            settings.control_plane_key,
         )
+        try:
+            return ChannelSecurity(
+                root_certificates=ca.read_bytes() if ca else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+                private_key=key.read_bytes() if key else None,
+                token_file=settings.control_plane_token_file,
+                tls=ca is not None,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
     # --- running -------------------------------------------------------------------------
 
@@ -123,7 +161,12 @@ class SnapshotSources:
             self.control_plane.start()
         if settings.admin_listen is not None:
             tokens = TokenFile(settings.admin_token_file) if settings.admin_token_file else None
-            self.admin = AdminServer(settings.admin_listen, self.applier, tokens)
+            credentials = None
+            if settings.admin_tls_cert is not None and settings.admin_tls_key is not None:
+                credentials = server_credentials(
+                    settings.admin_tls_cert, settings.admin_tls_key, settings.admin_client_ca
+                )
+            self.admin = AdminServer(settings.admin_listen, self.applier, tokens, credentials)
             self.admin.start()
             log.info("admin API (PushSnapshot) on %s", self.admin.address)
 
@@ -173,6 +216,10 @@ class SnapshotSources:
             "stale_seconds": round(self.stale_seconds(), 3),
             "max_staleness_seconds": self.settings.max_staleness or None,
             "refusals": dict(self.refusals),
+            # key ids only: public keys are not secret, but nothing key-like goes out here
+            "signing": {"required": True, "trusted_key_ids": list(self.verifier.key_ids)}
+            if self.verifier is not None
+            else {"required": False},
             "last_refusal": None,
         }
         last = self.applier.last_refusal
@@ -212,10 +259,12 @@ class SourcesCollector(Collector):
         )
         refused = CounterMetricFamily(
             "fader_snapshot_refusals",
-            "Snapshots refused, by reason: invalid, stale, corrupt_cache.",
+            "Snapshots refused, by reason: invalid, stale, corrupt_cache, a signature "
+            "problem (unsigned, bad_signature, ...) or a size limit (too_large, ...).",
             labels=("reason",),
         )
-        for reason in ("invalid", "stale", "corrupt_cache"):
+        reasons = ("invalid", "stale", "corrupt_cache", *signing.REASONS, *limits.SNAPSHOT_LIMITS)
+        for reason in reasons:
             refused.add_metric((reason,), sources.refusals.get(reason, 0))
         yield refused
         source = sources.control_plane

@@ -2,7 +2,9 @@
 
 A watcher does not queue swaps. When woken it reads `store.current` and diffs it against the
 snapshot it last reported, so a slow reader coalesces several swaps into one message that still
-names every flag that changed, and memory stays bounded however many swaps it misses.
+names every flag that changed, and memory stays bounded however many swaps it misses. The
+number of open streams is bounded too (`--max-watch-streams`): each one holds a coroutine and
+a wakeup for as long as it lasts.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from sidecar import limits
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
+
+
+class TooManyStreams(Exception):
+    """The stream limit is reached: RESOURCE_EXHAUSTED, counted by limit."""
 
 
 class ChangeFeed:
     """Created on the event loop; `Store.swap` may notify it from any thread."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_streams: int = 1024) -> None:
         self._store = store
+        self._max_streams = max_streams
         self._loop = asyncio.get_running_loop()
         self._wakeups: set[asyncio.Event] = set()
         self._closed = False
@@ -31,7 +39,16 @@ class ChangeFeed:
         self._wake_all()
 
     async def changes(self, watched: frozenset[str]) -> AsyncIterator[tuple[Snapshot, list[str]]]:
-        """Yields (snapshot, changed flags): first the active snapshot, then each change."""
+        """Yields (snapshot, changed flags): first the active snapshot, then each change.
+
+        Raises TooManyStreams at the first step when ``max_streams`` are already open.
+        """
+        if len(self._wakeups) >= self._max_streams:
+            limits.REFUSALS.count(limits.WATCH_STREAMS)
+            raise TooManyStreams(
+                f"{len(self._wakeups)} WatchChanges streams are open, the most this sidecar "
+                "serves (--max-watch-streams)"
+            )
         wakeup = asyncio.Event()
         self._wakeups.add(wakeup)
         reported: Snapshot | None = None

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 
+from sidecar import limits
 from sidecar.rules.result import Result
 
 # Split's SDKs refuse keys longer than this; so do we, instead of answering differently.
@@ -44,40 +45,60 @@ def check_name(name: str, where: str) -> None:
 
 
 def attributes(
-    values: Mapping[str, pb.AttributeValue], limit: int, where: str
+    values: Mapping[str, pb.AttributeValue],
+    limit: int,
+    where: str,
+    max_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
 ) -> dict[str, object] | None:
     """Engine attributes from the typed wire map (None when there are none).
 
     int64 stays int and double stays float: Split's numeric matchers accept only ints, so
     collapsing both into one number type would change answers. A timestamp becomes whole
-    seconds since the epoch, the unit of Split's DATETIME matchers.
+    seconds since the epoch, the unit of Split's DATETIME matchers. More than ``limit``
+    entries, or a string (or string list) longer than ``max_size`` characters in all, is
+    refused and counted in fader_limit_refusals_total: matching cost grows with both.
     """
     if not values:
         return None
     if len(values) > limit:
+        limits.REFUSALS.count(limits.ATTRIBUTES)
         raise BadRequest(f"{where}: {len(values)} entries, at most {limit} allowed")
     converted: dict[str, object] = {}
     for name, value in values.items():
         kind = value.WhichOneof("kind")
         if kind in SCALAR_KINDS and name:
-            converted[name] = getattr(value, kind)
+            item = getattr(value, kind)
+            if kind == "string_value" and len(item) > max_size:
+                raise _too_long(where, name, len(item), max_size)
+            converted[name] = item
         else:
-            converted[name] = _special(name, value, kind, where)
+            converted[name] = _special(name, value, kind, where, max_size)
     return converted
 
 
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 
 
-def _special(name: str, value: pb.AttributeValue, kind: str | None, where: str) -> object:
+def _special(
+    name: str, value: pb.AttributeValue, kind: str | None, where: str, max_size: int
+) -> object:
     """The uncommon attribute forms, and the errors, out of the common path."""
     if kind is None:
         raise BadRequest(f"{where}[{name!r}]: no value set")
     if not name:
         raise BadRequest(f"{where}: an attribute name is empty")
     if kind == "string_list_value":
-        return list(value.string_list_value.values)
+        items = list(value.string_list_value.values)
+        size = sum(map(len, items))
+        if size > max_size:
+            raise _too_long(where, name, size, max_size)
+        return items
     return value.timestamp_value.seconds
+
+
+def _too_long(where: str, name: str, size: int, max_size: int) -> BadRequest:
+    limits.REFUSALS.count(limits.ATTRIBUTE_SIZE)
+    return BadRequest(f"{where}[{name!r}]: {size} characters, at most {max_size} allowed")
 
 
 def fill_evaluation(message: pb.Evaluation, flag: str, result: Result) -> None:

@@ -3,7 +3,8 @@
 The control plane does not validate: it forwards the bytes, and each sidecar validates
 and answers ACK or NACK. That is the point of the protocol: a bad snapshot is refused
 where it would be applied, and the control plane learns about it from every sidecar.
-It only needs each candidate's version, to pick the newest.
+It only needs each candidate's version, to pick the newest. A snapshot's detached signature
+``FILE.sig`` (``fader sign``), when present, is sent with it, untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from sidecar.snapshot.codec import decode, format_for, normalize
 from sidecar.snapshot.issues import SnapshotError
+from sidecar.snapshot.signing import signature_path
 from sidecar.snapshot.sources.file import read_settled
 from sidecar.snapshot.sources.watch import PathWatcher
 
@@ -32,6 +34,7 @@ class Offer:
     fmt: str
     data: bytes
     source: str
+    signature: bytes | None = None
 
 
 def read_offer(path: Path) -> Offer | None:
@@ -45,7 +48,8 @@ def read_offer(path: Path) -> Offer | None:
     except SnapshotError as exc:
         log.error("ignoring %s: %s", path, exc)
         return None
-    return Offer(version, fmt, data, f"file:{path}")
+    signature = read_settled(signature_path(path), 0.05)
+    return Offer(version, fmt, data, f"file:{path}", signature)
 
 
 def newest_offer(path: Path) -> Offer | None:

@@ -88,7 +88,7 @@ class ControlPlaneServicer(controlplane_pb2_grpc.ControlPlaneServiceServicer):
                 continue
             if offer is None:
                 return
-            snapshot = to_message(offer.data, offer.fmt, offer.version)
+            snapshot = to_message(offer.data, offer.fmt, offer.version, offer.signature)
             yield controlplane_pb2.SyncResponse(snapshot=snapshot)
 
     def _read_answers(

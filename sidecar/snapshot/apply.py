@@ -3,8 +3,14 @@
 The demo, the file watcher, the control-plane stream and direct push all call the
 Applier, so they share validation, the forward-only version rule, the last-known-good
 cache and the outcome they report (ACK with the applied version, or NACK with every
-error). A refusal never touches the active snapshot. (The cache itself is read once at
-start, before any source, by ``sidecar.api.sources``.)
+error). A refusal never touches the active snapshot. The cache itself is read once at
+start, before any source, by ``sidecar.api.sources``, and applied through here too.
+
+With a ``Verifier`` (trusted keys configured), every snapshot must carry a valid detached
+signature (``sidecar.snapshot.signing``), whatever its source. The signature is checked
+before anything is decoded, so a refusal costs a hash and a signature check; a signed
+version that is not newer than the active one is refused as a replay, and ``force`` does
+not override that (roll back by signing the old content with a new version).
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.snapshot import cache
+from sidecar import limits
+from sidecar.limits import LimitError, SnapshotLimits
+from sidecar.snapshot import cache, signing
 from sidecar.snapshot.codec import decode, normalize
 from sidecar.snapshot.issues import Issue, SnapshotError
 from sidecar.snapshot.loader import load_bytes
+from sidecar.snapshot.signing import SignatureError, Verified, Verifier
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import StaleVersionError, Store
 
@@ -33,7 +42,8 @@ class Outcome:
     version: int | None
     source: str
     errors: tuple[Issue, ...] = ()
-    reason: str = "applied"  # applied | invalid | stale
+    # applied | invalid | stale | a signing.REASONS entry | a limits.SNAPSHOT_LIMITS entry
+    reason: str = "applied"
 
     def summary(self) -> str:
         if self.applied:
@@ -53,17 +63,68 @@ class Applier:
     cache_dir: Path | None = None
     on_refused: list[RefusalHook] = field(default_factory=list)
     last_refusal: Outcome | None = None
+    verifier: Verifier | None = None
+    limits: SnapshotLimits = field(default_factory=SnapshotLimits)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def apply_bytes(self, data: bytes, fmt: str, source: str, *, force: bool = False) -> Outcome:
-        """Decode ``data`` (json or msgpack) and apply it."""
+    def apply_bytes(
+        self,
+        data: bytes,
+        fmt: str,
+        source: str,
+        *,
+        force: bool = False,
+        signature: bytes | None = None,
+        persist: bool = True,
+    ) -> Outcome:
+        """Verify ``data`` (json or msgpack) against ``signature`` if signing is on, decode
+        and apply it; ``persist`` False for the snapshot just read from the cache."""
+        verified: Verified | None = None
+        if self.verifier is not None:
+            try:
+                verified = self.verifier.verify(data, signature)
+            except SignatureError as exc:
+                return self._refused(source, _signed_version(signature), [_issue(exc)], exc.reason)
+            active = self.store.current
+            if active is not None and verified.version <= active.version:
+                issue = Issue(
+                    None,
+                    "$.version",
+                    f"replayed or stale signed snapshot: version {verified.version} is not newer "
+                    f"than the active version {active.version} (signed snapshots only move "
+                    "forward, even when forced)",
+                )
+                return self._refused(source, verified.version, [issue], "stale")
         try:
-            snapshot = load_bytes(data, fmt, source)
+            snapshot = load_bytes(data, fmt, source, self.limits)
+        except LimitError as exc:
+            return self._refused(source, _signed_version(signature), exc.issues, exc.reason)
         except SnapshotError as exc:
             return self._refused(source, _offered_version(data, fmt), exc.issues, "invalid")
-        return self._apply(snapshot, fmt, data, force=force)
+        if verified is not None:
+            try:
+                signing.check_version(verified, snapshot.version)
+            except SignatureError as exc:
+                return self._refused(source, snapshot.version, [_issue(exc)], exc.reason)
+        return self._apply(
+            snapshot,
+            fmt,
+            data,
+            signature,
+            force=force and verified is None,
+            persist=persist,
+        )
 
-    def _apply(self, snapshot: Snapshot, fmt: str, data: bytes, *, force: bool) -> Outcome:
+    def _apply(
+        self,
+        snapshot: Snapshot,
+        fmt: str,
+        data: bytes,
+        signature: bytes | None,
+        *,
+        force: bool,
+        persist: bool,
+    ) -> Outcome:
         """Swap ``snapshot`` in (forward-only unless forced) and persist its bytes."""
         for warning in snapshot.warnings:
             log.warning(
@@ -75,8 +136,8 @@ class Applier:
             except StaleVersionError as exc:
                 issue = Issue(None, "$.version", str(exc))
                 return self._refused(snapshot.source, snapshot.version, [issue], "stale")
-            if self.cache_dir is not None:
-                self._persist(snapshot, fmt, data)
+            if self.cache_dir is not None and persist:
+                self._persist(snapshot, fmt, data, signature)
         log.info(
             "applied snapshot version %d from %s (%d flags)",
             snapshot.version,
@@ -85,10 +146,10 @@ class Applier:
         )
         return Outcome(True, snapshot.version, snapshot.source)
 
-    def _persist(self, snapshot: Snapshot, fmt: str, data: bytes) -> None:
+    def _persist(self, snapshot: Snapshot, fmt: str, data: bytes, signature: bytes | None) -> None:
         assert self.cache_dir is not None
         try:
-            cache.save(self.cache_dir, snapshot, fmt, data)
+            cache.save(self.cache_dir, snapshot, fmt, data, signature)
         except OSError as exc:
             # Serving goes on: the cache is a restart aid, not a reason to refuse a snapshot.
             log.error("could not write the last-known-good cache in %s: %s", self.cache_dir, exc)
@@ -98,6 +159,8 @@ class Applier:
     ) -> Outcome:
         outcome = Outcome(False, version, source, tuple(issues), reason)
         self.last_refusal = outcome
+        if reason in limits.SNAPSHOT_LIMITS:
+            limits.REFUSALS.count(reason)
         active = self.store.current
         log.error(
             "%s; still serving version %s",
@@ -115,3 +178,17 @@ def _offered_version(data: bytes, fmt: str) -> int | None:
         return normalize(decode(data, fmt)).version
     except SnapshotError:
         return None
+
+
+def _signed_version(signature: bytes | None) -> int | None:
+    """The version a signature document claims, for a NACK without decoding the snapshot."""
+    if not signature:
+        return None
+    try:
+        return signing.parse_document(signature).version
+    except SignatureError:
+        return None
+
+
+def _issue(exc: SignatureError) -> Issue:
+    return Issue(None, "$signature", str(exc))

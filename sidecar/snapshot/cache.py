@@ -5,7 +5,9 @@ A sidecar restarting while its control plane is unreachable serves this file at 
 from, with their encoding, and is written atomically (temporary file,
 fsync, rename, fsync of the directory) so a crash leaves the old file or the new one,
 never half of one, and it carries a SHA-256 of its payload so that a corrupt file is
-refused rather than served.
+refused rather than served. It also keeps the snapshot's detached signature, if it had one:
+a sidecar with trusted keys re-verifies the cached snapshot like any other (it is applied
+through the Applier), so whoever can write the cache directory cannot plant a snapshot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,7 +37,23 @@ def path_in(cache_dir: Path) -> Path:
     return cache_dir / FILE_NAME
 
 
-def save(cache_dir: Path, snapshot: Snapshot, encoding: str, payload: bytes) -> Path:
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """The cache file's content, checksum verified but not yet decoded or signature-checked."""
+
+    payload: bytes
+    encoding: str
+    signature: bytes | None
+    source: str
+
+
+def save(
+    cache_dir: Path,
+    snapshot: Snapshot,
+    encoding: str,
+    payload: bytes,
+    signature: bytes | None = None,
+) -> Path:
     """Atomically replace the cache with ``snapshot``, whose bytes were ``payload``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     envelope = msgpack.packb(
@@ -46,6 +65,7 @@ def save(cache_dir: Path, snapshot: Snapshot, encoding: str, payload: bytes) -> 
             "saved_from_loaded_at": snapshot.loaded_at,
             "sha256": hashlib.sha256(payload).hexdigest(),
             "payload": payload,
+            "signature": signature,
         },
         use_bin_type=True,
     )
@@ -74,6 +94,17 @@ def _fsync_dir(directory: Path) -> None:
 
 def load(cache_dir: Path) -> Snapshot | None:
     """The cached snapshot, None when there is none; raises CacheError when it is corrupt."""
+    cached = read(cache_dir)
+    if cached is None:
+        return None
+    try:
+        return load_bytes(cached.payload, cached.encoding, cached.source)
+    except SnapshotError as exc:
+        raise CacheError(exc.issues) from None
+
+
+def read(cache_dir: Path) -> Cached | None:
+    """The cache's bytes, None when there is none; raises CacheError when it is corrupt."""
     target = path_in(cache_dir)
     try:
         data = target.read_bytes()
@@ -87,10 +118,11 @@ def load(cache_dir: Path) -> Snapshot | None:
         raise _corrupt(target, "checksum mismatch")
     original = envelope.get("source")
     source = f"cache:{target}" + (f" (from {original})" if isinstance(original, str) else "")
-    try:
-        return load_bytes(payload, envelope["encoding"], source)
-    except SnapshotError as exc:
-        raise CacheError(exc.issues) from None
+    signature = envelope.get("signature")
+    encoding = envelope.get("encoding")
+    if not isinstance(encoding, str) or not (signature is None or isinstance(signature, bytes)):
+        raise _corrupt(target, "encoding or signature malformed")
+    return Cached(payload, encoding, signature, source)
 
 
 def _envelope(target: Path, data: bytes) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sidecar.limits import SnapshotLimits
 from sidecar.rules.compile import compile_rules
 from sidecar.snapshot.codec import decode, format_for, normalize
 from sidecar.snapshot.issues import Issue, SnapshotError
@@ -88,8 +89,12 @@ def build_snapshot(document: Mapping[str, Any], source: str = "memory") -> Snaps
         return _build(document, source, consume=False)
 
 
-def _build(document: Any, source: str, *, consume: bool) -> Snapshot:
+def _build(
+    document: Any, source: str, *, consume: bool, limits: SnapshotLimits | None = None
+) -> Snapshot:
     doc = normalize(document)
+    if limits is not None:
+        limits.check_document(doc.flags, doc.segments)
     report = validate(
         doc.flags,
         doc.segments,
@@ -109,11 +114,18 @@ def _build(document: Any, source: str, *, consume: bool) -> Snapshot:
     return Snapshot(doc.version, rules, source=source, kind=doc.kind, warnings=report.warnings)
 
 
-def load_bytes(data: bytes, fmt: str, source: str) -> Snapshot:
-    """Decode ``data`` (``json`` or ``msgpack``) and build a snapshot from it."""
+def load_bytes(
+    data: bytes, fmt: str, source: str, limits: SnapshotLimits | None = None
+) -> Snapshot:
+    """Decode ``data`` (``json`` or ``msgpack``) and build a snapshot from it.
+
+    With ``limits``, oversized input is refused (LimitError) before decoding or validating.
+    """
+    if limits is not None:
+        limits.check_bytes(len(data))
     with collector_paused():
         # The decoded document is ours alone: compile may drop each flag's JSON once done.
-        return _build(decode(data, fmt), source, consume=True)
+        return _build(decode(data, fmt), source, consume=True, limits=limits)
 
 
 def load_file(path: str | os.PathLike[str], source: str | None = None) -> Snapshot:

@@ -132,7 +132,8 @@ class _Walker:
         )
         self._int32(raw.get("seed"), f"{path}.seed", required=True)
         allocation = raw.get("trafficAllocation")
-        if allocation is not None and self.expect(
+        # The seed is checked even without an allocation: compile reads it either way.
+        if allocation is None or self.expect(
             is_int(allocation) and 0 <= allocation <= 100,
             f"{path}.trafficAllocation",
             f"trafficAllocation must be an integer 0..100, got {allocation!r}",
@@ -140,7 +141,7 @@ class _Walker:
             self._int32(
                 raw.get("trafficAllocationSeed"),
                 f"{path}.trafficAllocationSeed",
-                required=allocation < 100,
+                required=allocation is not None and allocation < 100,
             )
         algo = raw.get("algo")
         self.expect(
@@ -293,7 +294,7 @@ class _Walker:
             return
         matcher_type = raw.get("matcherType")
         if not self.expect(
-            matcher_type in MATCHER_TYPES,
+            isinstance(matcher_type, str) and matcher_type in MATCHER_TYPES,
             f"{path}.matcherType",
             f"unknown matcher type {matcher_type!r}",
         ):
@@ -392,7 +393,7 @@ def _check_unary_numeric(w: _Walker, raw: Mapping[str, Any], path: str) -> None:
 
 def _data_type(w: _Walker, data: Mapping[str, Any], path: str) -> None:
     w.expect(
-        data.get("dataType") in _DATA_TYPES,
+        isinstance(data.get("dataType"), str) and data.get("dataType") in _DATA_TYPES,
         f"{path}.dataType",
         f"dataType must be NUMBER or DATETIME, got {data.get('dataType')!r}",
     )

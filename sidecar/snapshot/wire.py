@@ -23,8 +23,12 @@ class WireError(ValueError):
     """A Snapshot message that cannot even be decoded (unknown encoding)."""
 
 
-def to_message(data: bytes, fmt: str, version: int) -> snapshot_pb2.Snapshot:
-    return snapshot_pb2.Snapshot(version=version, encoding=_TO_ENCODING[fmt], document=data)
+def to_message(
+    data: bytes, fmt: str, version: int, signature: bytes | None = None
+) -> snapshot_pb2.Snapshot:
+    return snapshot_pb2.Snapshot(
+        version=version, encoding=_TO_ENCODING[fmt], document=data, signature=signature or b""
+    )
 
 
 def format_of(message: snapshot_pb2.Snapshot) -> str:
@@ -34,10 +38,14 @@ def format_of(message: snapshot_pb2.Snapshot) -> str:
         raise WireError(f"unknown snapshot encoding {message.encoding}") from None
 
 
-def ack_for(outcome: Outcome) -> snapshot_pb2.SnapshotAck:
-    """ACK with the applied version, or NACK with the offered version and every error."""
+def ack_for(outcome: Outcome, offered: int = 0) -> snapshot_pb2.SnapshotAck:
+    """ACK with the applied version, or NACK with the offered version and every error.
+
+    ``offered`` is the version the message claimed, for a refusal that did not read the
+    snapshot's own (an unsigned one, say).
+    """
     return snapshot_pb2.SnapshotAck(
-        version=outcome.version or 0,
+        version=outcome.version if outcome.version is not None else offered,
         accepted=outcome.applied,
         errors=[str(issue) for issue in outcome.errors],
     )

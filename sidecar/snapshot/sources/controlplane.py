@@ -200,8 +200,10 @@ class ControlPlaneSource:
             fmt = format_of(message)
         except WireError as exc:
             return nack(message.version, str(exc))
-        outcome = self.applier.apply_bytes(message.document, fmt, self.source)
-        return ack_for(outcome)
+        outcome = self.applier.apply_bytes(
+            message.document, fmt, self.source, signature=message.signature or None
+        )
+        return ack_for(outcome, message.version)
 
     def _mark_connected(self) -> None:
         if not self.connected:

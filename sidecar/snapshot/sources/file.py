@@ -2,7 +2,9 @@
 
 Each change re-reads the path through its symlinks; identical content is ignored by
 digest, and a file still being written is read again until two reads agree, so half
-a write is never offered as a snapshot.
+a write is never offered as a snapshot. The detached signature ``FILE.sig`` beside it (see
+``sidecar.snapshot.signing``) is read the same way and offered with it: a change to either is
+a new offer (a ConfigMap holding both keys swaps them together).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.codec import format_for
+from sidecar.snapshot.signing import signature_path
 from sidecar.snapshot.sources.watch import PathWatcher
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class FileSource:
         force_polling: bool | None = None,
     ) -> None:
         self.path = Path(os.path.abspath(path))
+        self.signature_path = signature_path(self.path)
         self.applier = applier
         self.settle_seconds = settle_seconds
         self._seen: bytes | None = None
@@ -81,14 +85,19 @@ class FileSource:
                 self._missing_logged = True
             return None
         self._missing_logged = False
-        digest = hashlib.sha256(data).digest()
+        signature = read_settled(self.signature_path, self.settle_seconds)
+        hasher = hashlib.sha256(data)
+        hasher.update(b"\0" + (signature or b""))
+        digest = hasher.digest()
         if digest == self._seen:
             return None
         self._seen = digest
         if digest == self._applied:
             log.info("snapshot file %s is back to the active content", self.path)
             return None
-        outcome = self.applier.apply_bytes(data, format_for(self.path), self.source)
+        outcome = self.applier.apply_bytes(
+            data, format_for(self.path), self.source, signature=signature
+        )
         if outcome.applied:
             self._applied = digest
         return outcome
