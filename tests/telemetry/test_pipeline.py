@@ -81,7 +81,7 @@ def pipeline(port: int, **settings: object) -> Pipeline:
     }
     return Pipeline(
         PipelineSettings(**(base | settings)),  # type: ignore[arg-type]
-        Uploader(CollectorTarget(f"127.0.0.1:{port}"), timeout=2.0),
+        Uploader(CollectorTarget(f"127.0.0.1:{port}"), timeout=10.0),
     )
 
 
@@ -90,10 +90,13 @@ def record(pipe: Pipeline, keys: list[str]) -> None:
         pipe.recorder.record(SNAP, key, None, "f", ON, now_ms())
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(
+    condition: Callable[[], bool], timeout: float = 30.0, pipe: Pipeline | None = None
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        state = (pipe.stats.__dict__, pipe.gauges()) if pipe is not None else ""
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting {state}"
         await asyncio.sleep(0.01)
 
 
@@ -129,11 +132,12 @@ def test_transient_errors_are_retried_through_the_spool_in_order(tmp_path: Path)
         await pipe.start()
         keys = [f"u{i}" for i in range(50)]
         record(pipe, keys)
-        await until(lambda: len(collector.impressions) == 50)
+        await until(lambda: len(collector.impressions) == 50, pipe=pipe)
         assert collector.impressions == keys  # order kept, none twice
-        assert pipe.stats.sent == {"impressions": 50}
-        assert pipe.stats.spooled.get("impressions", 0) > 0
-        assert pipe.stats.replayed == pipe.stats.spooled
+        stats = pipe.stats
+        assert stats.sent == {"impressions": 50}, stats.__dict__
+        assert stats.spooled.get("impressions", 0) > 0, stats.__dict__
+        assert stats.replayed == stats.spooled, stats.__dict__
         assert pipe.gauges()["upstream_up"] == 1
         await pipe.close(1.0)
         await server.stop(0)
