@@ -31,7 +31,7 @@ from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
 from sidecar.snapshot.store import Store
-from sidecar.telemetry.impressions import Recorder, now_ms
+from sidecar.telemetry.impressions import Lookup, Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Handlers:
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
         if self._record is not None:
-            self._record(snap, key, bucketing_key, flag, result, now_ms())
+            self._record(snap, now_ms(), [(key, bucketing_key, flag, result)])
         shard.lookup("GetTreatment").observe(perf_counter() - start)
         return {"version": snap.version, **_evaluation(flag, result)}
 
@@ -87,13 +87,14 @@ class Handlers:
         bucketing_key = self._bucketing_key(request.get("bucketing_key"), "bucketing_key")
         shard = self._metrics.shard()
         evaluations = []
-        record, now = self._record, now_ms()
+        recorded: list[Lookup] = []
         for flag in flags:
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            if record is not None:
-                record(snap, key, bucketing_key, flag, result, now)
+            recorded.append((key, bucketing_key, flag, result))
             evaluations.append(_evaluation(flag, result))
+        if self._record is not None:
+            self._record(snap, now_ms(), recorded)
         shard.lookup("GetTreatments").observe(perf_counter() - start)
         return {"version": snap.version, "evaluations": evaluations}
 
@@ -107,7 +108,7 @@ class Handlers:
             raise BadRequest(f"items: {len(items)} given, at most {self._max_items} allowed")
         shard = self._metrics.shard()
         evaluations = []
-        record, now = self._record, now_ms()
+        recorded: list[Lookup] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise BadRequest(f"items[{index}]: must be a map")
@@ -121,9 +122,10 @@ class Handlers:
             attrs = self._attributes(item.get("attributes"), f"items[{index}].attributes")
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            if record is not None:
-                record(snap, key, bucketing_key, flag, result, now)
+            recorded.append((key, bucketing_key, flag, result))
             evaluations.append(_evaluation(flag, result))
+        if self._record is not None:
+            self._record(snap, now_ms(), recorded)
         shard.lookup("EvaluateBatch").observe(perf_counter() - start)
         return {"version": snap.version, "evaluations": evaluations}
 

@@ -81,7 +81,7 @@ class FlagdResolver:
             flag, result.treatment, result.label != LABEL_NOT_FOUND
         )
         if self._record is not None:
-            self._record(snap, key, None, flag, result, now_ms())
+            self._record(snap, now_ms(), [(key, None, flag, result)])
         return result
 
 

@@ -3,7 +3,7 @@
 Each method reads `store.current` exactly once, so every answer (a whole batch included) comes
 from one snapshot version even if a swap lands mid-request. Nothing here logs or locks: this
 is the hot path, and it is ~1 % of what a gRPC call costs. Metrics go to the calling thread's
-own shard; impressions are one append to the recorder's deque per evaluation.
+own shard; impressions cost one list append per evaluation and one record per request.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sidecar.limits import DEFAULT_MAX_ATTRIBUTE_SIZE
 from sidecar.rules.result import LABEL_NOT_FOUND
 from sidecar.snapshot.snapshot import Snapshot
 from sidecar.snapshot.store import Store
-from sidecar.telemetry.impressions import Recorder, now_ms
+from sidecar.telemetry.impressions import Lookup, Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 
 NOT_READY_MESSAGE = "no snapshot is active yet"
@@ -91,7 +91,7 @@ class Lookups:
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
         if self._record is not None:
-            self._record(snap, key, bucketing_key, flag, result, now_ms())
+            self._record(snap, now_ms(), [(key, bucketing_key, flag, result)])
         response = pb.GetTreatmentResponse(version=snap.version)
         wire.fill_evaluation(response.evaluation, flag, result)
         shard.lookup("GetTreatment").observe(perf_counter() - start)
@@ -114,13 +114,14 @@ class Lookups:
         add, fill = response.evaluations.add, wire.fill_evaluation
         shard = self._metrics.shard()
         count = shard.count_evaluation
-        record, now = self._record, now_ms()
+        recorded: list[Lookup] = []
         for flag in flags:
             result = snap.evaluate(key, flag, bucketing_key, attrs)
             count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            if record is not None:
-                record(snap, key, bucketing_key, flag, result, now)
+            recorded.append((key, bucketing_key, flag, result))
             fill(add(), flag, result)
+        if self._record is not None:
+            self._record(snap, now_ms(), recorded)
         shard.lookup("GetTreatments").observe(perf_counter() - start)
         return response
 
@@ -138,7 +139,7 @@ class Lookups:
         shard = self._metrics.shard()
         count = shard.count_evaluation
         evaluate = snap.evaluate
-        record, now = self._record, now_ms()
+        recorded: list[Lookup] = []
         for index, item in enumerate(items):
             key, flag = item.key, item.flag
             if not key or len(key) > wire.MAX_KEY_LENGTH:
@@ -160,8 +161,9 @@ class Lookups:
             )
             result = evaluate(key, flag, bucketing_key, attrs)
             count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            if record is not None:
-                record(snap, key, bucketing_key, flag, result, now)
+            recorded.append((key, bucketing_key, flag, result))
             fill(add(), flag, result)
+        if self._record is not None:
+            self._record(snap, now_ms(), recorded)
         shard.lookup("EvaluateBatch").observe(perf_counter() - start)
         return response

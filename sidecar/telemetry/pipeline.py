@@ -176,10 +176,14 @@ class Pipeline:
             await asyncio.sleep(0)
 
     def _drain_recorder(self, limit: int | None) -> None:
-        pending = self.recorder.pending
-        self._modes.process_many(
-            pending, len(pending) if limit is None else min(limit, len(pending))
-        )
+        recorder = self.recorder
+        pending, taken, done = recorder.pending, [], 0
+        while pending and (limit is None or done < limit):
+            request = pending.popleft()
+            done += len(request[2])
+            taken.append(request)
+        recorder.size -= done
+        self._modes.process_all(taken)
         emitted = self._modes.emitted
         self.stats.add(self.stats.queued, {"impressions": emitted - self._emitted_seen})
         self._emitted_seen = emitted
@@ -198,7 +202,7 @@ class Pipeline:
             log.warning(
                 "telemetry: %d lookup(s) not recorded: %d are waiting to be processed",
                 lost,
-                len(self.recorder.pending),
+                self.recorder.size,
             )
 
     def _flush(self) -> None:
@@ -381,7 +385,7 @@ class Pipeline:
             "memory_bytes": self._memory_bytes,
             "spool_bytes": spool.bytes if spool is not None else 0,
             "spool_batches": self._spool_batches,
-            "pending_lookups": len(self.recorder.pending),
+            "pending_lookups": self.recorder.size,
             "upstream_up": 1 if self._upstream_up else 0,
         }
 

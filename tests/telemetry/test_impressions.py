@@ -35,7 +35,7 @@ class Sink:
         self.snap = snapshot()
 
     def lookup(self, key: str, at: int, flag: str = "f", result: Result = ON) -> None:
-        self.modes.process((self.snap, key, None, flag, result, at))
+        self.modes.process(self.snap, at, [(key, None, flag, result)])
 
 
 def test_hour_start() -> None:
@@ -74,7 +74,7 @@ def test_optimized_hash_covers_treatment_label_and_change_number() -> None:
 
 def test_impression_fields() -> None:
     sink = Sink(Mode.DEBUG)
-    sink.modes.process((sink.snap, "u1", "acct-9", "f", ON, T0 + 1))
+    sink.modes.process(sink.snap, T0 + 1, [("u1", "acct-9", "f", ON)])
     assert sink.sent == [Impression("u1", "acct-9", "f", "on", "rule", 7, T0 + 1, None, 3)]
 
 
@@ -132,12 +132,21 @@ def test_impressions_disabled_flags_follow_none_in_every_mode() -> None:
         assert sink.modes.unique_keys.take() == [("quiet", ["u1"])]
 
 
-def test_recorder_skips_definition_not_found_and_counts_overflow() -> None:
+def test_definition_not_found_makes_no_impression_in_any_mode() -> None:
+    for mode in Mode:
+        sink = Sink(mode)
+        sink.lookup("u1", T0, flag="missing", result=NOT_FOUND)
+        assert (sink.sent, sink.modes.take_counts(), sink.modes.unique_keys.take()) == ([], [], [])
+
+
+def test_recorder_keeps_requests_whole_and_counts_overflow() -> None:
     snap = snapshot()
-    recorder = Recorder(capacity=2)
-    recorder.record(snap, "u1", None, "missing", NOT_FOUND, T0)
-    assert len(recorder.pending) == 0
-    for index in range(3):
-        recorder.record(snap, f"u{index}", None, "f", ON, T0)
-    assert [item[1] for item in recorder.pending] == ["u0", "u1"]
-    assert recorder.overflow == 1
+    recorder = Recorder(capacity=3)
+    recorder.record(snap, T0, [("u0", None, "f", ON), ("u1", None, "f", ON)])
+    recorder.record(snap, T0, [("u2", None, "f", ON), ("u3", None, "f", ON)])  # would be 4
+    recorder.record(snap, T0, [("u4", None, "f", ON)])
+    assert [[lookup[0] for lookup in item[2]] for item in recorder.pending] == [
+        ["u0", "u1"],
+        ["u4"],
+    ]
+    assert (recorder.size, recorder.overflow) == (3, 2)

@@ -86,8 +86,7 @@ def pipeline(port: int, **settings: object) -> Pipeline:
 
 
 def record(pipe: Pipeline, keys: list[str]) -> None:
-    for key in keys:
-        pipe.recorder.record(SNAP, key, None, "f", ON, now_ms())
+    pipe.recorder.record(SNAP, now_ms(), [(key, None, "f", ON) for key in keys])
 
 
 async def until(
