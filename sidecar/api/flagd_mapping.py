@@ -27,6 +27,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+from sidecar import limits
 from sidecar.api import wire
 from sidecar.api.wire import BadRequest
 from sidecar.rules.model import CompiledFlag
@@ -79,9 +80,13 @@ class FlagdError(Exception):
 
 
 def evaluation_context(
-    context: struct_pb2.Struct, max_attributes: int
+    context: struct_pb2.Struct,
+    max_attributes: int,
+    max_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
 ) -> tuple[str, dict[str, object] | None]:
-    """(key, attributes) from a flagd context Struct; BadRequest names the offending entry."""
+    """(key, attributes) from a flagd context Struct; BadRequest names the offending entry.
+    The same limits as fader.v1: at most `max_attributes` entries, and no string (or string
+    list, in all) longer than `max_size` characters; each refusal is counted."""
     fields = context.fields
     key_value = fields.get(TARGETING_KEY)
     if key_value is None or key_value.WhichOneof("kind") != "string_value":
@@ -91,6 +96,7 @@ def evaluation_context(
     key = key_value.string_value
     wire.check_key(key, f"context.{TARGETING_KEY}")
     if len(fields) - 1 > max_attributes:
+        limits.REFUSALS.count(limits.ATTRIBUTES)
         raise BadRequest(f"context: {len(fields) - 1} attributes, at most {max_attributes} allowed")
     attributes: dict[str, object] = {}
     for name, value in fields.items():
@@ -100,8 +106,21 @@ def evaluation_context(
             raise BadRequest("context: an attribute name is empty")
         converted = _attribute(name, value)
         if converted is not None:
+            _check_size(name, converted, max_size)
             attributes[name] = converted
     return key, attributes or None
+
+
+def _check_size(name: str, value: object, max_size: int) -> None:
+    if isinstance(value, str):
+        size = len(value)
+    elif isinstance(value, list):
+        size = sum(map(len, value))
+    else:
+        return
+    if size > max_size:
+        limits.REFUSALS.count(limits.ATTRIBUTE_SIZE)
+        raise BadRequest(f"context[{name!r}]: {size} characters, at most {max_size} allowed")
 
 
 def _attribute(name: str, value: struct_pb2.Value) -> object:

@@ -21,10 +21,11 @@ import grpc
 from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as v1
 from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as v2
 
+from sidecar import limits
 from sidecar.api import flagd_mapping as mapping
 from sidecar.api.flagd_mapping import FlagdError
 from sidecar.api.lookups import NotReady, active_snapshot
-from sidecar.api.watch import ChangeFeed
+from sidecar.api.watch import ChangeFeed, TooManyStreams
 from sidecar.api.wire import BadRequest, check_name
 from sidecar.rules.result import LABEL_NOT_FOUND, Result
 from sidecar.snapshot.snapshot import Snapshot
@@ -65,9 +66,11 @@ class FlagdResolver:
         metrics: Metrics,
         max_attributes: int,
         recorder: Recorder | None = None,
+        max_attribute_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
     ) -> None:
         self.store = store
         self.max_attributes = max_attributes
+        self.max_attribute_size = max_attribute_size
         self._metrics = metrics
         self._record = recorder.record if recorder is not None else None
 
@@ -143,7 +146,9 @@ class FlagdService:
         flag = request.flag_key
         check_name(flag, "flag_key")
         selected = mapping.flag_set(selector(context))
-        key, attributes = mapping.evaluation_context(request.context, resolver.max_attributes)
+        key, attributes = mapping.evaluation_context(
+            request.context, resolver.max_attributes, resolver.max_attribute_size
+        )
         compiled = snap.flags.get(flag)
         if not mapping.in_flag_set(compiled, selected):
             raise FlagdError(mapping.FLAG_NOT_FOUND, f"flag not found in flag set {selected!r}")
@@ -163,11 +168,14 @@ class FlagdService:
             selected = mapping.flag_set(selector(context))
         except BadRequest as err:
             await abort(context, err)
-        async for kind, data in events(self._feed, selected, self._keep_alive):
-            response = self._pb.EventStreamResponse(type=kind)
-            if data is not None:
-                response.data.update(data)
-            yield response
+        try:
+            async for kind, data in events(self._feed, selected, self._keep_alive):
+                response = self._pb.EventStreamResponse(type=kind)
+                if data is not None:
+                    response.data.update(data)
+                yield response
+        except TooManyStreams as err:  # flagd streams share --max-watch-streams
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
 
 
 class FlagdServiceV1(FlagdService):
@@ -190,7 +198,9 @@ class FlagdServiceV1(FlagdService):
         resolver = self._resolver
         snap = active_snapshot(resolver.store)
         selected = mapping.flag_set(selector(context))
-        key, attributes = mapping.evaluation_context(request.context, resolver.max_attributes)
+        key, attributes = mapping.evaluation_context(
+            request.context, resolver.max_attributes, resolver.max_attribute_size
+        )
         names = snap.flags_in_sets((selected,)) if selected else snap.flag_names()
         response = v1.ResolveAllResponse()
         for name in names:
@@ -280,9 +290,10 @@ def services(
     feed: ChangeFeed,
     max_attributes: int,
     recorder: Recorder | None = None,
+    max_attribute_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
 ) -> tuple[tuple[FlagdService, Any], ...]:
     """(servicer, service descriptor) for flagd v1 and v2, sharing one resolver."""
-    resolver = FlagdResolver(store, metrics, max_attributes, recorder)
+    resolver = FlagdResolver(store, metrics, max_attributes, recorder, max_attribute_size)
     return (
         (FlagdServiceV1(v1, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V1),
         (FlagdService(v2, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V2),

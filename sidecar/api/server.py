@@ -157,7 +157,12 @@ class Sidecar:
         metrics = self.metrics if self._instrumented else None
         instrument.register(server, service, SERVICE, metrics)
         flagd = flagd_service.services(
-            self.store, self.metrics, self._feed, settings.max_attributes, self._recorder()
+            self.store,
+            self.metrics,
+            self._feed,
+            settings.max_attributes,
+            self._recorder(),
+            settings.max_attribute_size,
         )
         for flagd_servicer, descriptor in flagd:
             instrument.register(server, flagd_servicer, descriptor, metrics)

@@ -60,11 +60,13 @@ def test_context_with_only_a_key_has_no_attributes() -> None:
         ({"targetingKey": "k", "ids": [1, 2]}, "a list attribute must hold only strings"),
         ({"targetingKey": "k", "": "x"}, "an attribute name is empty"),
         ({"targetingKey": "k", "a": 1, "b": 2, "c": 3}, "3 attributes, at most 2 allowed"),
+        ({"targetingKey": "k", "s": "x" * 9}, "context['s']: 9 characters, at most 8 allowed"),
+        ({"targetingKey": "k", "l": ["xxxx", "yyyyy"]}, "context['l']: 9 characters, at most 8"),
     ],
 )
 def test_malformed_context_is_a_bad_request(context: dict[str, Any], message: str) -> None:
-    with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
-        mapping.evaluation_context(struct(**context), 2)
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(").replace("[", r"\[")):
+        mapping.evaluation_context(struct(**context), 2, max_size=8)
 
 
 def test_boolean_treatments() -> None:

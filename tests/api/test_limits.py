@@ -10,6 +10,9 @@ import grpc
 import pytest
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as flagd
+from fader._gen.flagd.evaluation.v2 import evaluation_pb2_grpc as flagd_grpc
+from google.protobuf import struct_pb2
 
 from sidecar import limits
 from sidecar.config import ConfigError, load_settings
@@ -140,6 +143,28 @@ def test_watch_streams_are_bounded(limited: RunningSidecar) -> None:
         else:
             raise AssertionError("no stream admitted after one was cancelled")
         open_streams[1].cancel()
+
+
+def test_flagd_shares_the_attribute_and_stream_limits(limited: RunningSidecar) -> None:
+    with grpc.insecure_channel(limited.tcp_target) as channel:
+        stub = flagd_grpc.ServiceStub(channel)
+        context = struct_pb2.Struct()
+        context.update({"targetingKey": "u", "a": "x" * 11})
+        before = _metric(limited, "attribute_size")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ResolveString(flagd.ResolveStringRequest(flag_key="f", context=context))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "context['a']: 11 characters, at most 10" in str(caught.value.details())
+        assert _metric(limited, "attribute_size") == before + 1
+        open_streams = [stub.EventStream(flagd.EventStreamRequest()) for _ in range(2)]
+        for stream in open_streams:
+            assert next(stream).type == "provider_ready"
+        refused = stub.EventStream(flagd.EventStreamRequest())
+        with pytest.raises(grpc.RpcError) as caught:
+            next(refused)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for stream in open_streams:
+            stream.cancel()
 
 
 def test_settings() -> None:
