@@ -4,6 +4,7 @@ Random fader.v1 requests (random keys, flag names, flag sets, typed attributes o
 and messages parsed from random bytes) go through Lookups and Track's validation directly,
 thousands of them, and a smaller share through a real grpc.aio server: the answer is a
 response or a BadRequest / INVALID_ARGUMENT naming the field, never an internal error.
+flagd's Resolve methods get random evaluation contexts on the same server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import grpc
 import pytest
 from fader._gen.fader.v1 import evaluation_pb2 as pb
 from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as flagd
+from fader._gen.flagd.evaluation.v1 import evaluation_pb2_grpc as flagd_grpc
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -218,4 +222,58 @@ def test_real_server(server: RunningSidecar) -> None:
         # the server still answers a plain lookup after all that
         answer = stub.GetTreatment(pb.GetTreatmentRequest(key="u", flag="new-checkout"), timeout=5)
         assert answer.evaluation.treatment
+    assert grpc.StatusCode.OK in codes and grpc.StatusCode.INVALID_ARGUMENT in codes
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(2**70), 2**70)
+    | texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(texts, children, max_size=3),
+    max_leaves=6,
+)
+FLAGD_CODES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.DATA_LOSS,
+}
+
+
+def test_flagd_contexts_on_a_real_server(server: RunningSidecar) -> None:
+    """Random flagd evaluation contexts (any JSON, NaN and huge numbers included) and flag
+    keys, through every typed Resolve method: flagd's own codes, never an internal error."""
+    codes: list[grpc.StatusCode] = []
+    with grpc.insecure_channel(server.tcp_target) as channel:
+        stub = flagd_grpc.ServiceStub(channel)
+        methods = {
+            "ResolveBoolean": (stub.ResolveBoolean, flagd.ResolveBooleanRequest),
+            "ResolveString": (stub.ResolveString, flagd.ResolveStringRequest),
+            "ResolveInt": (stub.ResolveInt, flagd.ResolveIntRequest),
+            "ResolveFloat": (stub.ResolveFloat, flagd.ResolveFloatRequest),
+            "ResolveObject": (stub.ResolveObject, flagd.ResolveObjectRequest),
+        }
+
+        @_fuzz_settings(SERVER_INPUTS)
+        @given(
+            st.sampled_from(sorted(methods)),
+            texts,
+            st.dictionaries(texts, json_values, max_size=5),
+            st.one_of(st.none(), texts),
+        )
+        def run(method: str, flag_key: str, values: dict[str, Any], key: str | None) -> None:
+            call, message = methods[method]
+            context = struct_pb2.Struct()
+            context.update(values if key is None else values | {"targetingKey": key})
+            try:
+                call(message(flag_key=flag_key, context=context), timeout=5)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                assert err.code() in FLAGD_CODES, (err.code(), err.details())
+                assert err.details()
+                codes.append(err.code())
+
+        run()
     assert grpc.StatusCode.OK in codes and grpc.StatusCode.INVALID_ARGUMENT in codes
