@@ -167,8 +167,7 @@ class Pipeline:
                 if time.monotonic() - self._last_flush >= self.settings.flush_interval:
                     self._flush()
             except Exception:  # a bug here must not stop telemetry for the process's life
-                self.stats.drop({"impressions": 1}, "processing_error")
-                log.exception("telemetry: processing failed; one lookup's impression is lost")
+                log.exception("telemetry: a flush failed; the next one retries")
 
     async def _drain_recorder_async(self) -> None:
         while self.recorder.pending:
@@ -183,13 +182,17 @@ class Pipeline:
             done += len(request[2])
             taken.append(request)
         recorder.size -= done
-        self._modes.process_all(taken)
+        try:
+            self._modes.process_all(taken)
+        except Exception:  # a bug must not stop telemetry; say what it cost, at most
+            self.stats.drop({"impressions": done}, "processing_error")
+            log.exception("telemetry: processing failed; up to %d impression(s) lost", done)
         emitted = self._modes.emitted
         self.stats.add(self.stats.queued, {"impressions": emitted - self._emitted_seen})
         self._emitted_seen = emitted
         self.stats.deduplicated = self._modes.deduplicated
         if self._modes.unique_keys.size >= self.settings.batch_records:
-            self._builder.add_unique_keys(self._modes.unique_keys.take())
+            self._add_unique_keys()
         self._note_overflow()
         self._enqueue_sealed()
 
@@ -209,15 +212,16 @@ class Pipeline:
         """Seals the open batch with the counts and unique keys gathered so far."""
         self._last_flush = time.monotonic()
         counts = self._modes.take_counts()
-        unique = self._modes.unique_keys.take()
-        self.stats.add(
-            self.stats.queued,
-            {"counts": len(counts), "unique_keys": sum(len(keys) for _, keys in unique)},
-        )
+        self.stats.add(self.stats.queued, {"counts": len(counts)})
         self._builder.add_counts(counts)
-        self._builder.add_unique_keys(unique)
+        self._add_unique_keys()
         self._builder.seal()
         self._enqueue_sealed()
+
+    def _add_unique_keys(self) -> None:
+        unique = self._modes.unique_keys.take()
+        self.stats.add(self.stats.queued, {"unique_keys": sum(len(keys) for _, keys in unique)})
+        self._builder.add_unique_keys(unique)
 
     def _enqueue_sealed(self) -> None:
         sealed = self._builder.sealed
@@ -230,7 +234,10 @@ class Pipeline:
 
     def _enqueue(self, batch: Batch) -> None:
         """Memory while the collector keeps up; the spool behind anything already there."""
-        memory_full = self._memory_bytes + batch.size > self.settings.memory_bytes
+        # one batch always fits, however big: the budget bounds how many wait
+        memory_full = bool(self._memory) and (
+            self._memory_bytes + batch.size > self.settings.memory_bytes
+        )
         if self._spool is not None and (memory_full or self._spooling()):
             self._spill()
             self._to_spool(batch)
