@@ -226,3 +226,44 @@ def test_without_a_spool_a_full_memory_drops_and_counts() -> None:
         assert sum(pipe.stats.dropped.values()) == 100  # nothing kept after shutdown
 
     run(scenario)
+
+
+class SlowCollector(ScriptedCollector):
+    """Holds each answer until `release` is set, to catch a batch in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.received = asyncio.Event()
+
+    async def Upload(
+        self, request: pb.UploadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UploadResponse:
+        self.received.set()
+        await self.release.wait()
+        return await super().Upload(request, context)
+
+
+def test_a_batch_stored_while_it_was_spilled_is_not_sent_again(tmp_path: Path) -> None:
+    """A batch in flight from memory is spilled to the spool (the collector looked down to
+    another path); when its answer comes back stored, the spool's copy is skipped."""
+
+    async def scenario() -> None:
+        collector = SlowCollector()
+        server, port = await serve(collector)
+        pipe = pipeline(port, spool_dir=tmp_path)
+        await pipe.start()
+        record(pipe, [f"u{i}" for i in range(10)])  # one full batch, sent from memory
+        await asyncio.wait_for(collector.received.wait(), 10)
+        pipe._collector_down("UNAVAILABLE", "as if another upload had failed")
+        await until(lambda: pipe.stats.spooled.get("impressions") == 10, pipe=pipe)
+        collector.release.set()
+        await until(lambda: pipe.gauges()["spool_batches"] == 0, pipe=pipe)
+        assert collector.calls == 1
+        assert collector.impressions == [f"u{i}" for i in range(10)]
+        assert pipe.stats.sent == {"impressions": 10}
+        assert list(tmp_path.glob("*.batch")) == []
+        await pipe.close(1.0)
+        await server.stop(0)
+
+    run(scenario)
