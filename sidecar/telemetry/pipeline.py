@@ -86,6 +86,7 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._closed = False
         self._last_flush = time.monotonic()
         self._overflow_seen = 0
 
@@ -106,6 +107,9 @@ class Pipeline:
 
     async def close(self, budget: float) -> None:
         """Seals everything, uploads for up to `budget` seconds, spools what is left."""
+        if self._closed:
+            return
+        self._closed = True
         if not self._started:  # the sidecar failed to start: nothing was recorded
             self._disk.shutdown(wait=True)
             return

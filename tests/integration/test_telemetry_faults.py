@@ -120,7 +120,10 @@ def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
     ):
         wait_for(lambda: len(stored_keys(out)) >= n, timeout=30, what="replay")
         wait_for(lambda: not list(spool.glob("*.batch")), what="spool emptied")
-        assert metric(second, "fader_telemetry_replayed_total", kind="impressions") == n
+        wait_for(
+            lambda: metric(second, "fader_telemetry_replayed_total", kind="impressions") == n,
+            what="replayed counted",
+        )
         second.signal(signal.SIGTERM)
         assert second.wait(30) == 0
     stored = stored_keys(out)

@@ -57,8 +57,14 @@ class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
         return pb.UploadResponse()
 
 
+# Servers and pipelines a scenario started, stopped by `run` even when the scenario fails: a
+# grpc.aio server left running when its loop closes can hang the interpreter's exit.
+_started: list[grpc.aio.Server | Pipeline] = []
+
+
 async def serve(collector: ScriptedCollector, port: int = 0) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
+    _started.append(server)
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -79,10 +85,12 @@ def pipeline(port: int, **settings: object) -> Pipeline:
         "backoff": FAST,
         "sidecar_id": "test",
     }
-    return Pipeline(
+    pipe = Pipeline(
         PipelineSettings(**(base | settings)),  # type: ignore[arg-type]
         Uploader(CollectorTarget(f"127.0.0.1:{port}"), timeout=10.0),
     )
+    _started.append(pipe)
+    return pipe
 
 
 def record(pipe: Pipeline, keys: list[str]) -> None:
@@ -100,7 +108,15 @@ async def until(
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(test())
+    async def guarded() -> None:
+        try:
+            await test()
+        finally:
+            for thing in reversed(_started):
+                await (thing.stop(0) if isinstance(thing, grpc.aio.Server) else thing.close(0))
+            _started.clear()
+
+    asyncio.run(guarded())
 
 
 def test_impressions_and_events_are_delivered_in_order() -> None:
@@ -131,7 +147,8 @@ def test_transient_errors_are_retried_through_the_spool_in_order(tmp_path: Path)
         await pipe.start()
         keys = [f"u{i}" for i in range(50)]
         record(pipe, keys)
-        await until(lambda: len(collector.impressions) == 50, pipe=pipe)
+        # the pipeline counts a batch once the collector's answer is back
+        await until(lambda: pipe.stats.sent.get("impressions") == 50, pipe=pipe)
         assert collector.impressions == keys  # order kept, none twice
         stats = pipe.stats
         assert stats.sent == {"impressions": 50}, stats.__dict__
@@ -183,9 +200,8 @@ def test_shutdown_with_the_collector_down_spools_and_the_next_run_replays(
         server, _ = await serve(collector, port)
         pipe = pipeline(port, spool_dir=tmp_path)
         await pipe.start()
-        await until(lambda: len(collector.impressions) == 25 and len(collector.events) == 1)
+        await until(lambda: pipe.stats.replayed == {"impressions": 25, "events": 1}, pipe=pipe)
         assert collector.impressions == [f"u{i}" for i in range(25)]
-        assert pipe.stats.replayed == {"impressions": 25, "events": 1}
         await pipe.close(1.0)
         await server.stop(0)
 
