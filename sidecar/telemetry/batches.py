@@ -80,21 +80,26 @@ class BatchBuilder:
     def open_records(self) -> int:
         return self._records
 
-    def add_impression(self, imp: Impression) -> None:
-        """Once per impression: the size estimate is inlined to keep this cheap."""
-        batch = self._open
-        batch.impressions.append(imp)
-        batch.size += (
-            RECORD_OVERHEAD
-            + len(imp[0])
-            + len(imp[1] or "")
-            + len(imp[2])
-            + len(imp[3])
-            + len(imp[4] or "")
-        )
-        self._records += 1
-        if self._records >= self.max_records or batch.size >= self.max_bytes:
-            self.seal()
+    def add_impressions(self, imps: list[Impression]) -> None:
+        """Runs once per impression made: the size estimate is inlined to keep it cheap."""
+        batch, records = self._open, self._records
+        max_records, max_bytes = self.max_records, self.max_bytes
+        for imp in imps:
+            batch.impressions.append(imp)
+            batch.size += (
+                RECORD_OVERHEAD
+                + len(imp[0])
+                + len(imp[1] or "")
+                + len(imp[2])
+                + len(imp[3])
+                + len(imp[4] or "")
+            )
+            records += 1
+            if records >= max_records or batch.size >= max_bytes:
+                self._records = records
+                self.seal()
+                batch, records = self._open, 0
+        self._records = records
 
     def add_event(self, row: EventRow) -> None:
         self._open.events.append(row)

@@ -105,10 +105,10 @@ class Observer:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[int, int] = OrderedDict()
+        self.seen: OrderedDict[int, int] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self.seen)
 
     def test_and_set(self, digest: int, time_ms: int) -> int | None:
         """The previous time `digest` was seen (None: not within the LRU), storing `time_ms`.
@@ -116,7 +116,7 @@ class Observer:
         Like Split's Java SDK, an out-of-order older time is returned as the earlier of the
         two, so the caller never sees a previous time after the impression itself.
         """
-        seen = self._seen
+        seen = self.seen
         previous = seen.get(digest)
         if previous is None:
             seen[digest] = time_ms
@@ -159,13 +159,14 @@ class UniqueKeys:
 
 
 class ImpressionModes:
-    """Applies the configured mode to recorded lookups: impressions to send go to `emit`;
+    """Applies the configured mode to recorded lookups: impressions to send go to `emit`, a
+    list per call;
     counts and unique keys accumulate until taken."""
 
     def __init__(
         self,
         mode: Mode,
-        emit: Callable[[Impression], None],
+        emit: Callable[[list[Impression]], None],
         observer_size: int = DEFAULT_OBSERVER_SIZE,
     ) -> None:
         self.mode = mode
@@ -175,39 +176,57 @@ class ImpressionModes:
         self.counts: dict[tuple[str, int], int] = {}
         self.deduplicated = 0
         self.emitted = 0
+        self._disabled_snap: Snapshot | None = None
+        self._disabled: frozenset[str] = frozenset()
 
     def process(self, snap: Snapshot, time_ms: int, lookups: list[Lookup]) -> None:
         self.process_all(((snap, time_ms, lookups),))
 
     def process_all(self, requests: Iterable[Pending]) -> None:
-        """Applies the mode to recorded requests. Written for speed (about 1 µs a lookup): it
-        runs once per recorded evaluation, on the loop that serves requests."""
-        observer, counts = self._observer.test_and_set, self.counts
-        emit, make, add_key = self._emit, _make_impression, self.unique_keys.add
+        """Applies the mode to recorded requests. Written for speed (about 1 µs a lookup, the
+        observer's LRU inlined): it runs once per recorded evaluation, on the loop that serves
+        requests."""
+        seen, capacity = self._observer.seen, self._observer.capacity
+        seen_get, move_to_end, evict = seen.get, seen.move_to_end, seen.popitem
+        counts, counts_get = self.counts, self.counts.get
+        made: list[Impression] = []
+        keep, make, add_key = made.append, _make_impression, self.unique_keys.add
         mode = self.mode
         optimized, none = mode is Mode.OPTIMIZED, mode is Mode.NONE
         emitted = deduplicated = 0
         for snap, time_ms, lookups in requests:
-            version, flags = snap.version, snap.flags
+            version, disabled = snap.version, self._disabled_in(snap)
             hour = time_ms - time_ms % HOUR_MS
             for key, bucketing_key, flag, result in lookups:
                 treatment, label = result.treatment, result.label
                 if label == LABEL_NOT_FOUND:
                     continue
-                compiled = flags.get(flag)
-                if none or (compiled is not None and compiled.impressions_disabled):
-                    counts[flag, hour] = counts.get((flag, hour), 0) + 1
+                if none or (disabled and flag in disabled):
+                    bucket = (flag, hour)
+                    counts[bucket] = counts_get(bucket, 0) + 1
                     add_key(flag, key, time_ms)
                     continue
                 change = result.change_number or 0
                 # Split hashes "key:flag:treatment:label:changeNumber" with murmur3-128; the
                 # value never leaves the observer, so Python's tuple hash (5x cheaper) will do.
-                previous = observer(hash((key, flag, treatment, label, change)), time_ms)
-                if optimized and previous is not None:
-                    counts[flag, hour] = counts.get((flag, hour), 0) + 1
-                    if previous >= hour:
-                        deduplicated += 1
-                        continue
+                digest = hash((key, flag, treatment, label, change))
+                previous = seen_get(digest)
+                if previous is None:
+                    seen[digest] = time_ms
+                    if len(seen) > capacity:
+                        evict(last=False)
+                else:
+                    move_to_end(digest)
+                    if time_ms > previous:
+                        seen[digest] = time_ms
+                    else:  # out of order: never a previous time after the impression
+                        previous = time_ms
+                    if optimized:
+                        bucket = (flag, hour)
+                        counts[bucket] = counts_get(bucket, 0) + 1
+                        if previous >= hour:
+                            deduplicated += 1
+                            continue
                 emitted += 1
                 imp = (
                     key,
@@ -220,9 +239,20 @@ class ImpressionModes:
                     previous,
                     version,
                 )
-                emit(make(Impression, imp))
+                keep(make(Impression, imp))
+        if made:
+            self._emit(made)
         self.emitted += emitted
         self.deduplicated += deduplicated
+
+    def _disabled_in(self, snap: Snapshot) -> frozenset[str]:
+        """The flags of `snap` with impressionsDisabled, found once per snapshot."""
+        if snap is not self._disabled_snap:
+            self._disabled_snap = snap
+            self._disabled = frozenset(
+                name for name, flag in snap.flags.items() if flag.impressions_disabled
+            )
+        return self._disabled
 
     def take_counts(self) -> list[tuple[str, int, int]]:
         """(flag, hour start, count) gathered since the last take, and forget them."""

@@ -69,7 +69,7 @@ class Pipeline:
         self._uploader = uploader
         self._builder = BatchBuilder(settings.batch_records, settings.batch_bytes)
         self._modes = ImpressionModes(
-            settings.mode, self._builder.add_impression, settings.observer_size
+            settings.mode, self._builder.add_impressions, settings.observer_size
         )
         self._emitted_seen = 0
         self._memory: deque[Batch] = deque()

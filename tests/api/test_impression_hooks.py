@@ -25,7 +25,7 @@ def setup() -> tuple[Store, Metrics, Recorder]:
 def recorded(recorder: Recorder) -> list[tuple[str, str | None, str, str]]:
     """(key, bucketing key, flag, treatment) of the impressions the recorded lookups make."""
     made: list[Impression] = []
-    modes = ImpressionModes(Mode.DEBUG, made.append)
+    modes = ImpressionModes(Mode.DEBUG, made.extend)
     for snap, time_ms, lookups in recorder.pending:
         assert snap.version == 9 and time_ms > 0
         modes.process(snap, time_ms, lookups)

@@ -12,8 +12,8 @@ IMP = Impression("u1", None, "f", "on", "rule", 7, 1_000, None, 3)
 
 def test_cut_by_record_count() -> None:
     builder = BatchBuilder(max_records=3, max_bytes=1 << 20)
-    for _ in range(7):
-        builder.add_impression(IMP)
+    builder.add_impressions([IMP] * 4)
+    builder.add_impressions([IMP] * 3)
     assert [len(b) for b in builder.sealed] == [3, 3]
     assert builder.open_records == 1
     builder.seal()
@@ -24,9 +24,9 @@ def test_cut_by_record_count() -> None:
 def test_cut_by_bytes() -> None:
     builder = BatchBuilder(max_records=1000, max_bytes=200)
     big = IMP._replace(key="k" * 150)
-    builder.add_impression(big)
+    builder.add_impressions([big])
     assert builder.sealed == []
-    builder.add_impression(big)
+    builder.add_impressions([big])
     assert [len(b) for b in builder.sealed] == [2]
 
 

@@ -31,7 +31,7 @@ def snapshot() -> Snapshot:
 class Sink:
     def __init__(self, mode: Mode, observer_size: int = 100) -> None:
         self.sent: list[Impression] = []
-        self.modes = ImpressionModes(mode, self.sent.append, observer_size)
+        self.modes = ImpressionModes(mode, self.sent.extend, observer_size)
         self.snap = snapshot()
 
     def lookup(self, key: str, at: int, flag: str = "f", result: Result = ON) -> None:
