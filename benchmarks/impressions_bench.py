@@ -11,8 +11,8 @@ the collector's own cost is not the sidecar's). This process is the load generat
 uvloop, closed loop: GetTreatment at 8 calls in flight, EvaluateBatch of 100 lookups at 8 in
 flight, and the fast lane at 64 in flight. Every request uses a new key from a pool of 50,000
 (so ``optimized`` sends each key's first impression and counts the rest, as in production
-with returning users). The three modes are measured in rotating order, round after round,
-and each cell reports its median round.
+with returning users). Each round starts three fresh server processes and measures the modes
+in rotating order; each cell reports its median round.
 """
 
 from __future__ import annotations
@@ -185,28 +185,45 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Cell], 
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
-    servers = {mode: Server(mode, workdir, f"127.0.0.1:{port}") for mode in MODES}
-    clients = {mode: workloads(workdir, mode) for mode in MODES}
-    cells: list[Cell] = []
+    rounds: dict[tuple[str, str], list[Cell]] = {}
     try:
+        for number in range(args.rounds):
+            await run_round(args, workdir, f"127.0.0.1:{port}", number, rounds)
+    finally:
+        await grpc_server.stop(0)
+    cells = []
+    for workload in IN_FLIGHT:
+        for mode in MODES:
+            measured = sorted(rounds[workload, mode], key=lambda c: c.lookups_per_s)
+            median = measured[len(measured) // 2]
+            print(format_cell(median), flush=True)
+            cells.append(median)
+    return cells, collector.impressions
+
+
+async def run_round(
+    args: argparse.Namespace,
+    workdir: Path,
+    collector: str,
+    number: int,
+    rounds: dict[tuple[str, str], list[Cell]],
+) -> None:
+    """One round on three fresh server processes, so that one process's luck (its memory
+    layout, which core it lands on) does not decide a mode's median."""
+    servers = {mode: Server(mode, workdir, collector) for mode in MODES}
+    clients = {mode: workloads(workdir, mode) for mode in MODES}
+    try:
+        order = MODES[number % 3 :] + MODES[: number % 3]
         for workload in IN_FLIGHT:
-            rounds: dict[str, list[Cell]] = {mode: [] for mode in MODES}
-            for number in range(args.rounds):
-                order = MODES[number % 3 :] + MODES[: number % 3]
-                for mode in order:
-                    call = clients[mode][0][workload]
-                    rounds[mode].append(await measure(servers[mode], workload, call, args))
-            for mode in MODES:
-                median = sorted(rounds[mode], key=lambda c: c.lookups_per_s)[args.rounds // 2]
-                print(format_cell(median), flush=True)
-                cells.append(median)
+            for mode in order:
+                call = clients[mode][0][workload]
+                cell = await measure(servers[mode], workload, call, args)
+                rounds.setdefault((workload, mode), []).append(cell)
     finally:
         for _, close in clients.values():
             await close()
         for server in servers.values():
             server.stop()
-        await grpc_server.stop(0)
-    return cells, collector.impressions
 
 
 def format_cell(c: Cell) -> str:
