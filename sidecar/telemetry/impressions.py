@@ -1,8 +1,9 @@
 """Impressions: who saw which treatment, under which rule and snapshot version, in Split's
 three modes.
 
-The lookup path only appends a tuple to `Recorder.pending` (no hashing, no locking, no
-logging); `ImpressionModes.process` applies the mode later, in bulk, off the request path:
+A request only appends its evaluations, as one list, to `Recorder.pending` (no hashing, no
+locking, no logging); `ImpressionModes.process_all` applies the mode later, a chunk of
+requests at a time, off the request path:
 
 - optimized: an impression is sent the first time its hash (key, flag, treatment, label,
   change number) is seen in an hour, through a bounded LRU "observer"; every impression that
