@@ -13,14 +13,13 @@ through the Applier), so whoever can write the cache directory cannot plant a sn
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import msgpack
 
+from sidecar.durable import write_atomically
 from sidecar.snapshot.issues import Issue, SnapshotError
 from sidecar.snapshot.loader import load_bytes
 from sidecar.snapshot.snapshot import Snapshot
@@ -70,26 +69,8 @@ def save(
         use_bin_type=True,
     )
     target = path_in(cache_dir)
-    fd, tmp_name = tempfile.mkstemp(prefix=".lkg-", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(envelope)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(cache_dir)
+    write_atomically(target, envelope, ".lkg-")
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load(cache_dir: Path) -> Snapshot | None:

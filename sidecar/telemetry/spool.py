@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from sidecar.durable import write_atomically
 from sidecar.telemetry.batches import Batch, decode, encode
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".batch"
+TMP_PREFIX = ".tmp-"
 FORMAT = 1
 
 
@@ -50,7 +50,7 @@ class Spool:
         """Creates the directory, removes half-written leftovers and indexes the batches a
         previous run left; returns how many there are."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.glob(".tmp-*"):
+        for leftover in self.directory.glob(f"{TMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
         found = []
         for path in self.directory.glob(f"*{SUFFIX}"):
@@ -75,18 +75,7 @@ class Spool:
         if self.bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"spool at {self.bytes} of {self.max_bytes} bytes")
         sequence = self._next
-        target = self._path(sequence)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.directory)
+        write_atomically(self._path(sequence), data, TMP_PREFIX)
         self._next += 1
         self._entries.append((sequence, len(data)))
         self.bytes += len(data)
@@ -134,11 +123,3 @@ class Spool:
 
     def _path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:016d}{SUFFIX}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
