@@ -12,10 +12,11 @@ from typing import Any
 import msgpack
 import pytest
 from fader import _fastlane as fl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.api.fastlane import FastLane
+from tests.fuzz.fuzzing import fuzz_settings
 from tests.integration.harness import (
     RunningSidecar,
     demo_snapshot,
@@ -28,16 +29,6 @@ DISPATCH_INPUTS = 1000
 STREAM_INPUTS = 150
 MAX_FRAME = 4096
 TREATMENT = {"op": "treatment", "key": "user-1", "flag": "new-checkout"}
-
-
-def _fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +81,7 @@ def test_dispatch(lane: RunningSidecar) -> None:
     assert isinstance(fast_lane, FastLane)
     answers: list[str] = []
 
-    @_fuzz_settings(DISPATCH_INPUTS)
+    @fuzz_settings(DISPATCH_INPUTS)
     @given(request_maps())
     def run(request: dict[str, Any]) -> None:
         try:
@@ -140,7 +131,7 @@ def test_garbage_streams(lane: RunningSidecar) -> None:
     assert lane.sidecar.fastlane_path is not None
     path = str(lane.sidecar.fastlane_path)
 
-    @_fuzz_settings(STREAM_INPUTS)
+    @fuzz_settings(STREAM_INPUTS)
     @given(
         st.sampled_from(("raw", "after-preamble", "frames")),
         st.binary(max_size=300),

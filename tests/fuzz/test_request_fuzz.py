@@ -20,7 +20,7 @@ from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as flagd
 from fader._gen.flagd.evaluation.v1 import evaluation_pb2_grpc as flagd_grpc
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.api.lookups import Limits, Lookups
@@ -28,6 +28,7 @@ from sidecar.api.track import event_from_request
 from sidecar.api.wire import BadRequest
 from sidecar.snapshot.store import Store
 from sidecar.telemetry.metrics import Metrics
+from tests.fuzz.fuzzing import fuzz_settings
 from tests.integration.harness import (
     RunningSidecar,
     demo_snapshot,
@@ -38,16 +39,6 @@ from tests.integration.harness import (
 DIRECT_INPUTS = 800
 SERVER_INPUTS = 150
 FLAGS = ("new-checkout", "kill-switch-demo", "beta-banner", "pricing-tier", "ui-theme")
-
-
-def _fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 texts = st.one_of(
@@ -153,7 +144,7 @@ requests = st.one_of(
 def test_structured_requests(lookups: Lookups) -> None:
     outcomes: list[bool] = []
 
-    @_fuzz_settings(DIRECT_INPUTS)
+    @fuzz_settings(DIRECT_INPUTS)
     @given(requests)
     def run(request: Any) -> None:
         outcomes.append(_answer(lookups, request))
@@ -166,7 +157,7 @@ def test_requests_from_damaged_bytes(lookups: Lookups) -> None:
     """Valid requests' wire bytes with a flipped byte, cut short or with bytes appended."""
     parsed: list[bool] = []
 
-    @_fuzz_settings(DIRECT_INPUTS)
+    @fuzz_settings(DIRECT_INPUTS)
     @given(requests, st.data())
     def run(request: Any, data: st.DataObject) -> None:
         wire = bytearray(request.SerializeToString())
@@ -207,7 +198,7 @@ def test_real_server(server: RunningSidecar) -> None:
             pb.TrackRequest: stub.Track,
         }
 
-        @_fuzz_settings(SERVER_INPUTS)
+        @fuzz_settings(SERVER_INPUTS)
         @given(requests)
         def run(request: Any) -> None:
             try:
@@ -256,7 +247,7 @@ def test_flagd_contexts_on_a_real_server(server: RunningSidecar) -> None:
             "ResolveObject": (stub.ResolveObject, flagd.ResolveObjectRequest),
         }
 
-        @_fuzz_settings(SERVER_INPUTS)
+        @fuzz_settings(SERVER_INPUTS)
         @given(
             st.sampled_from(sorted(methods)),
             texts,

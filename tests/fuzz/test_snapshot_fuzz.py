@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.snapshot import signing
@@ -32,6 +32,7 @@ from sidecar.snapshot.apply import Applier, Outcome
 from sidecar.snapshot.codec import JSON, MSGPACK
 from sidecar.snapshot.signing import SignatureError, Verifier
 from sidecar.snapshot.store import Store
+from tests.fuzz.fuzzing import fuzz_settings
 from tests.rules.strategies import snapshots
 
 MUTATED_INPUTS = 5000
@@ -46,22 +47,12 @@ ATTRIBUTES: tuple[dict[str, Any] | None, ...] = (
 )
 
 
-def _fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-
-
 @pytest.fixture(scope="module")
 def corpus() -> list[dict[str, Any]]:
     """Valid snapshots to mutate, drawn once with a fixed seed."""
     found: list[dict[str, Any]] = []
 
-    @_fuzz_settings(CORPUS_SIZE)
+    @fuzz_settings(CORPUS_SIZE)
     @given(snapshots())
     def collect(document: dict[str, Any]) -> None:
         found.append(document)
@@ -151,7 +142,7 @@ def _offer(data: bytes, fmt: str) -> Outcome:
 def test_mutated_snapshots(corpus: list[dict[str, Any]]) -> None:
     seen: list[str] = []
 
-    @_fuzz_settings(MUTATED_INPUTS)
+    @fuzz_settings(MUTATED_INPUTS)
     @given(st.data(), st.sampled_from((JSON, MSGPACK)))
     def run(data: st.DataObject, fmt: str) -> None:
         document = data.draw(st.sampled_from(corpus))
@@ -166,7 +157,7 @@ def test_mutated_snapshots(corpus: list[dict[str, Any]]) -> None:
 def test_damaged_encodings(corpus: list[dict[str, Any]]) -> None:
     seen: list[str] = []
 
-    @_fuzz_settings(DAMAGED_INPUTS)
+    @fuzz_settings(DAMAGED_INPUTS)
     @given(st.data(), st.sampled_from((JSON, MSGPACK)))
     def run(data: st.DataObject, fmt: str) -> None:
         encoded = bytearray(_encode(data.draw(st.sampled_from(corpus)), fmt))
@@ -184,7 +175,7 @@ def test_damaged_encodings(corpus: list[dict[str, Any]]) -> None:
 def test_raw_bytes() -> None:
     seen: list[str] = []
 
-    @_fuzz_settings(RAW_INPUTS)
+    @fuzz_settings(RAW_INPUTS)
     @given(st.binary(max_size=512), st.sampled_from((JSON, MSGPACK)))
     def run(data: bytes, fmt: str) -> None:
         seen.append(_offer(data, fmt).reason)
@@ -205,7 +196,7 @@ def test_signature_documents() -> None:
     genuine = json.loads(signing.sign(data, 3, key, "k1", 2**40).to_bytes())
     reasons: list[str] = []
 
-    @_fuzz_settings(SIGNATURE_INPUTS)
+    @fuzz_settings(SIGNATURE_INPUTS)
     @given(st.data())
     def run(draw: st.DataObject) -> None:
         if draw.draw(st.booleans()):
