@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-GEN    := clients/python/fader/_gen/.stamp
+GEN    := clients/python/fader/pb/.stamp
 
 .PHONY: setup proto run test lint format bench clean deploy-check
 
@@ -48,7 +48,7 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.impressions_bench
 
 clean:
-	rm -rf $(VENV) clients/python/fader/_gen build *.egg-info
+	rm -rf $(VENV) clients/python/fader/pb build *.egg-info
 
 # Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
 # newest schema it ships), the Dockerfile with hadolint. Both tools are dev dependencies from

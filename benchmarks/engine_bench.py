@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.snapshot.loader import build_snapshot
+from fader.snapshot.loader import build_snapshot
 
 KEYS = [f"user-{i}" for i in range(1000)]
 SEGMENT_KEYS = KEYS[::7]
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
-    from tests.rules.oracle import Oracle, offline  # splitio-client, a dev dependency
+    from tests.fader.rules.oracle import Oracle, offline  # splitio-client, a dev dependency
 
     snapshot = build_snapshot(DOCUMENT)
     oracle = Oracle(DOCUMENT)

@@ -28,8 +28,8 @@ from typing import Any
 
 import grpc
 import uvloop
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader._lane import AsyncLane
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
 from benchmarks.grpc_bench import announce, demo_store, lookup_request, percentile

@@ -38,8 +38,8 @@ from typing import Any
 
 import grpc
 import uvloop
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
 from sidecar.api.lookups import Limits, Lookups, NotReady
@@ -47,7 +47,7 @@ from sidecar.api.server import Sidecar, server_options
 from sidecar.api.sources import demo_snapshot
 from sidecar.api.wire import BadRequest
 from sidecar.config import Address, Settings
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.metrics import Metrics
 
 REPO = Path(__file__).resolve().parent.parent

@@ -33,10 +33,10 @@ from typing import Any, cast
 
 import grpc
 import uvloop
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
-from fader._gen.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 from fader._lane import AsyncLane
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from benchmarks import processes
 from benchmarks.grpc_bench import announce, demo_store

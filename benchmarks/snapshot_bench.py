@@ -163,8 +163,9 @@ class PacedLookups(threading.Thread):
 def child(small: str, big: str) -> None:
     """Runs in a fresh process: time a load with nothing else running, then measure lookup
     stalls while a second load is swapped in and the first one is freed."""
-    from sidecar.snapshot.loader import load_file
-    from sidecar.snapshot.store import Store
+    from fader.snapshot.loader import load_file
+
+    from sidecar.delivery.store import Store
 
     store = Store()
     store.swap(load_file(small))

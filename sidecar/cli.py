@@ -13,10 +13,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-from sidecar.snapshot.codec import decode, format_for
-from sidecar.snapshot.issues import SnapshotError
-from sidecar.snapshot.loader import check_document, load_file
-from sidecar.snapshot.snapshot import Snapshot
+from fader.snapshot.codec import decode, format_for
+from fader.snapshot.issues import SnapshotError
+from fader.snapshot.loader import check_document, load_file
+from fader.snapshot.snapshot import Snapshot
 
 EXIT_OK = 0
 EXIT_INVALID = 1

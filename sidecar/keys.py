@@ -16,11 +16,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fader.snapshot.codec import decode, format_for, normalize
+from fader.snapshot.issues import SnapshotError
 
-from sidecar.snapshot import signing
-from sidecar.snapshot.codec import decode, format_for, normalize
-from sidecar.snapshot.issues import SnapshotError
-from sidecar.snapshot.signing import KeyFileError
+from sidecar.delivery import signing
+from sidecar.delivery.signing import KeyFileError
 
 DEFAULT_EXPIRES = "30d"
 _DURATION = re.compile(r"^(\d+)([smhd])$")

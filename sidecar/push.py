@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import grpc
-from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from fader.snapshot.codec import decode, format_for, normalize
+from fader.snapshot.issues import SnapshotError
 
-from sidecar.snapshot.codec import decode, format_for, normalize
-from sidecar.snapshot.issues import SnapshotError
-from sidecar.snapshot.signing import signature_path
-from sidecar.snapshot.sources.controlplane import ChannelSecurity
-from sidecar.snapshot.wire import to_message
+from sidecar.delivery.messages import to_message
+from sidecar.delivery.signing import signature_path
+from sidecar.sources.controlplane import ChannelSecurity
 
 
 def push_main(argv: list[str]) -> int:

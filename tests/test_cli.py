@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 
 DEMO = Path(__file__).resolve().parents[1] / "sidecar" / "demo" / "demo.json"
 

@@ -1,10 +1,10 @@
-"""Generate the Python code for every proto under proto/ into clients/python/fader/_gen/.
+"""Generate the Python code for every proto under proto/ into clients/python/fader/pb/.
 
 This is the one command that produces generated protobuf code (DESIGN.md §1: "generated
 protobuf code lives in one fenced package and is produced by one command"). protoc writes
 imports such as ``from fader.v1 import snapshot_pb2``; in this repository ``fader`` is the
 client package, so every import of a generated module is rewritten to go through the fence
-(``from fader._gen.fader.v1 import snapshot_pb2``). Without that, a proto package named like
+(``from fader.pb.fader.v1 import snapshot_pb2``). Without that, a proto package named like
 an installed Python package would shadow it, or be shadowed by it.
 
 Usage: python tools/genproto.py [--proto-root DIR] [--out DIR]
@@ -24,8 +24,8 @@ from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROTO_ROOT = REPO / "proto"
-DEFAULT_OUT = REPO / "clients" / "python" / "fader" / "_gen"
-FENCE = "fader._gen"
+DEFAULT_OUT = REPO / "clients" / "python" / "fader" / "pb"
+FENCE = "fader.pb"
 GENERATED_SUFFIXES = (".py", ".pyi")
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
-from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
 
 from sidecar.auth import TokenFile
 from sidecar.config import Address
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.wire import WireError, ack_for, format_of
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.messages import WireError, ack_for, format_of
 
 
 class SnapshotAdminServicer(controlplane_pb2_grpc.SnapshotAdminServiceServicer):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api.lookups import Lookups, NotReady
 from sidecar.api.track import EventQueue, QueueFull, event_from_request

@@ -22,15 +22,15 @@ from time import perf_counter
 from typing import Any, cast
 
 import msgpack
-from fader import _fastlane as fl
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader import fastlane as fl
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.rules.result import LABEL_NOT_FOUND, Result
 
 from sidecar.api import uds, wire
 from sidecar.api.lookups import NotReady, active_snapshot, select_flags
 from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest
-from sidecar.rules.result import LABEL_NOT_FOUND, Result
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.impressions import Lookup, Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 

@@ -25,13 +25,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
-
-from sidecar import limits
-from sidecar.api import wire
-from sidecar.api.wire import BadRequest
-from sidecar.rules.model import CompiledFlag
-from sidecar.rules.result import (
+from fader.rules.model import CompiledFlag
+from fader.rules.result import (
     LABEL_DEFAULT_RULE,
     LABEL_EXCEPTION,
     LABEL_KILLED,
@@ -40,6 +35,11 @@ from sidecar.rules.result import (
     LABEL_PREREQUISITES_NOT_MET,
     Result,
 )
+from google.protobuf import struct_pb2
+
+from sidecar import limits
+from sidecar.api import wire
+from sidecar.api.wire import BadRequest
 
 TARGETING_KEY = "targetingKey"
 

@@ -18,8 +18,10 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import grpc
-from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as v1
-from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as v2
+from fader.pb.flagd.evaluation.v1 import evaluation_pb2 as v1
+from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as v2
+from fader.rules.result import LABEL_NOT_FOUND, Result
+from fader.snapshot.snapshot import Snapshot
 
 from sidecar import limits
 from sidecar.api import flagd_mapping as mapping
@@ -27,9 +29,7 @@ from sidecar.api.flagd_mapping import FlagdError
 from sidecar.api.lookups import NotReady, active_snapshot
 from sidecar.api.watch import ChangeFeed, TooManyStreams
 from sidecar.api.wire import BadRequest, check_name
-from sidecar.rules.result import LABEL_NOT_FOUND, Result
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.impressions import Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 

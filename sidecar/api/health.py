@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
+from fader.snapshot.snapshot import Snapshot
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.rules.result import LABEL_NOT_FOUND
+from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api import wire
 from sidecar.api.wire import BadRequest
+from sidecar.delivery.store import Store
 from sidecar.limits import DEFAULT_MAX_ATTRIBUTE_SIZE
-from sidecar.rules.result import LABEL_NOT_FOUND
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
 from sidecar.telemetry.impressions import Lookup, Recorder, now_ms
 from sidecar.telemetry.metrics import Metrics
 

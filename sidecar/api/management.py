@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.config import Address
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)

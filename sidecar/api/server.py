@@ -38,8 +38,8 @@ from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
 from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, Settings, load_settings
+from sidecar.delivery.store import Store
 from sidecar.limits import LimitsCollector
-from sidecar.snapshot.store import Store
 from sidecar.telemetry.impressions import Recorder
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.pipeline import Pipeline

@@ -18,22 +18,21 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from fader.snapshot.limits import SNAPSHOT_LIMITS, SnapshotLimits
+from fader.snapshot.loader import load_bytes
+from fader.snapshot.snapshot import Snapshot
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar import limits
 from sidecar.api.admin import AdminServer
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Settings, sidecar_id
-from sidecar.limits import SnapshotLimits
-from sidecar.snapshot import cache, signing
-from sidecar.snapshot.apply import Applier, Outcome
-from sidecar.snapshot.loader import load_bytes
-from sidecar.snapshot.signing import KeyFileError, Verifier
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.sources.controlplane import ChannelSecurity, ControlPlaneSource, Identity
-from sidecar.snapshot.sources.file import FileSource
-from sidecar.snapshot.store import Store
+from sidecar.delivery import cache, signing
+from sidecar.delivery.apply import Applier, Outcome
+from sidecar.delivery.signing import KeyFileError, Verifier
+from sidecar.delivery.store import Store
+from sidecar.sources.controlplane import ChannelSecurity, ControlPlaneSource, Identity
+from sidecar.sources.file import FileSource
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +262,7 @@ class SourcesCollector(Collector):
             "problem (unsigned, bad_signature, ...) or a size limit (too_large, ...).",
             labels=("reason",),
         )
-        reasons = ("invalid", "stale", "corrupt_cache", *signing.REASONS, *limits.SNAPSHOT_LIMITS)
+        reasons = ("invalid", "stale", "corrupt_cache", *signing.REASONS, *SNAPSHOT_LIMITS)
         for reason in reasons:
             refused.add_metric((reason,), sources.refusals.get(reason, 0))
         yield refused

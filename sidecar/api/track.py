@@ -14,7 +14,7 @@ import math
 import re
 import time
 
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api import wire
 from sidecar.api.wire import BadRequest

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from fader.snapshot.snapshot import Snapshot
+
 from sidecar import limits
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 
 
 class TooManyStreams(Exception):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.rules.result import Result
 
 from sidecar import limits
-from sidecar.rules.result import Result
 
 # Split's SDKs refuse keys longer than this; so do we, instead of answering differently.
 MAX_KEY_LENGTH = 250

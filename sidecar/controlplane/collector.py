@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from fader._gen.fader.v1 import telemetry_pb2 as pb
-from fader._gen.fader.v1 import telemetry_pb2_grpc
+from fader.pb.fader.v1 import telemetry_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2_grpc
 
 from sidecar.auth import TokenFile
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
 from google.protobuf import json_format
 
 from sidecar.auth import TokenFile
@@ -23,7 +23,7 @@ from sidecar.controlplane.collector import Collector, Outputs
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.service import ControlPlaneServicer
-from sidecar.snapshot.sources.controlplane import ChannelSecurity
+from sidecar.sources.controlplane import ChannelSecurity
 
 log = logging.getLogger(__name__)
 

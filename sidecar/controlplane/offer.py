@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.snapshot.codec import decode, format_for, normalize
-from sidecar.snapshot.issues import SnapshotError
-from sidecar.snapshot.signing import signature_path
-from sidecar.snapshot.sources.file import read_settled
-from sidecar.snapshot.sources.watch import PathWatcher
+from fader.snapshot.codec import decode, format_for, normalize
+from fader.snapshot.issues import SnapshotError
+
+from sidecar.delivery.signing import signature_path
+from sidecar.plumbing.filewatch import PathWatcher
+from sidecar.sources.file import read_settled
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from fader._gen.fader.v1 import controlplane_pb2, snapshot_pb2
+from fader.pb.fader.v1 import controlplane_pb2, snapshot_pb2
 
 
 @dataclass

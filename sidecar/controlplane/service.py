@@ -13,12 +13,12 @@ import threading
 from collections.abc import Iterator
 
 import grpc
-from fader._gen.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
 
 from sidecar.auth import TokenFile
 from sidecar.controlplane.offer import Offer, OfferSource
 from sidecar.controlplane.registry import Registry
-from sidecar.snapshot.wire import to_message
+from sidecar.delivery.messages import to_message
 
 log = logging.getLogger(__name__)
 

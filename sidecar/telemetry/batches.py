@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from fader._gen.fader.v1 import telemetry_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Impression

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import NamedTuple
 
-from sidecar.rules.result import LABEL_NOT_FOUND, Result
-from sidecar.snapshot.snapshot import Snapshot
+from fader.rules.result import LABEL_NOT_FOUND, Result
+from fader.snapshot.snapshot import Snapshot
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

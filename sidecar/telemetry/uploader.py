@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from fader._gen.fader.v1 import telemetry_pb2 as pb
-from fader._gen.fader.v1 import telemetry_pb2_grpc
+from fader.pb.fader.v1 import telemetry_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2_grpc
 
 PERMANENT = frozenset(
     {

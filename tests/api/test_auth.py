@@ -15,18 +15,19 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.api.admin import AdminServer
 from sidecar.auth import server_credentials
 from sidecar.config import Address, ConfigError, load_settings
 from sidecar.controlplane.main import ControlPlane
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.store import Store
 from sidecar.push import push_main
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.store import Store
 from tests.controlplane.test_security import _certificate, _key, _pem_key
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import (
     RunningSidecar,
     demo_snapshot,
@@ -35,7 +36,6 @@ from tests.integration.harness import (
     serve_process,
     short_tmp,
 )
-from tests.rules.builders import flag, snapshot_doc
 from tests.waiting import wait_for
 
 PEM = serialization.Encoding.PEM

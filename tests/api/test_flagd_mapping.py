@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fader.rules.result import Result
+from fader.snapshot.loader import build_snapshot
 from google.protobuf import struct_pb2
 
 from sidecar.api import flagd_mapping as mapping
 from sidecar.api.flagd_mapping import FlagdError
 from sidecar.api.wire import BadRequest
-from sidecar.rules.result import Result
-from sidecar.snapshot.loader import build_snapshot
-from tests.rules.builders import condition, flag, matcher, snapshot_doc
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
 
 def struct(**values: Any) -> struct_pb2.Struct:

@@ -11,16 +11,17 @@ from typing import Any
 
 import grpc
 import pytest
-from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as v1
-from fader._gen.flagd.evaluation.v1 import evaluation_pb2_grpc as v1_grpc
-from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as v2
-from fader._gen.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
+from fader.pb.flagd.evaluation.v1 import evaluation_pb2 as v1
+from fader.pb.flagd.evaluation.v1 import evaluation_pb2_grpc as v1_grpc
+from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as v2
+from fader.pb.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
 from google.protobuf import json_format, struct_pb2
 
 from sidecar.api import flagd_service
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 from tests.integration.harness import (
     RunningSidecar,
     http_get,
@@ -28,7 +29,6 @@ from tests.integration.harness import (
     running_sidecar,
     short_tmp,
 )
-from tests.rules.builders import condition, flag, matcher, snapshot_doc
 
 TIMEOUT = 5.0
 KEEP_ALIVE = 0.3

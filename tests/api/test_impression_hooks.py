@@ -3,17 +3,17 @@ flag becomes one impression (debug mode): fader.v1 lookups, the fast lane and fl
 
 from __future__ import annotations
 
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.snapshot.loader import build_snapshot
 
 from sidecar.api.fastlane import Handlers
 from sidecar.api.flagd_service import FlagdResolver
 from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.track import EventQueue
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.impressions import Impression, ImpressionModes, Mode, Recorder
 from sidecar.telemetry.metrics import Metrics
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 
 
 def setup() -> tuple[Store, Metrics, Recorder]:

@@ -8,17 +8,18 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
-from fader._gen.flagd.evaluation.v2 import evaluation_pb2 as flagd
-from fader._gen.flagd.evaluation.v2 import evaluation_pb2_grpc as flagd_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as flagd
+from fader.pb.flagd.evaluation.v2 import evaluation_pb2_grpc as flagd_grpc
+from fader.snapshot.limits import SnapshotLimits
 from google.protobuf import struct_pb2
 
 from sidecar import limits
 from sidecar.config import ConfigError, load_settings
-from sidecar.limits import SnapshotLimits
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.store import Store
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.store import Store
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import (
     RunningSidecar,
     demo_snapshot,
@@ -28,7 +29,6 @@ from tests.integration.harness import (
     serve_process,
     short_tmp,
 )
-from tests.rules.builders import flag, snapshot_doc
 
 
 def _bytes(version: int, flags: int = 1, segment_keys: int = 0) -> bytes:

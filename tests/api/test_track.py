@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 from sidecar.api.track import EventQueue, QueueFull, event_from_request
 from sidecar.api.wire import BadRequest

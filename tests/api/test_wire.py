@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.rules.result import Result
 
 from sidecar.api import wire
-from sidecar.rules.result import Result
 
 
 def test_attribute_types() -> None:

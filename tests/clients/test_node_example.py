@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fader.snapshot.loader import build_snapshot
 
-from sidecar.snapshot.loader import build_snapshot
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import RunningSidecar, loopback_settings, running_sidecar, short_tmp
-from tests.rules.builders import flag, snapshot_doc
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "node"
 TIMEOUT = 120.0

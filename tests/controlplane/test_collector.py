@@ -9,14 +9,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import telemetry_pb2 as pb
-from fader._gen.fader.v1 import telemetry_pb2_grpc
+from fader.pb.fader.v1 import telemetry_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2_grpc
 
 from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.controlplane.collector import Outputs
 from sidecar.controlplane.main import ControlPlane
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 
 
 @pytest.fixture

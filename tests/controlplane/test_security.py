@@ -18,15 +18,15 @@ from cryptography.x509.oid import NameOID
 from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.controlplane.main import ControlPlane
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.sources.controlplane import (
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.store import Store
+from sidecar.sources.controlplane import (
     Backoff,
     ChannelSecurity,
     ControlPlaneSource,
     Identity,
 )
-from sidecar.snapshot.store import Store
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.waiting import wait_for
 
 FAST = Backoff(initial=0.05, maximum=0.2)

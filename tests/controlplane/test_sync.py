@@ -10,10 +10,10 @@ import pytest
 
 from sidecar.config import Address
 from sidecar.controlplane.main import ControlPlane
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.sources.controlplane import Backoff, ControlPlaneSource, Identity
-from sidecar.snapshot.store import Store
-from tests.rules.builders import condition, flag, snapshot_doc
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.store import Store
+from sidecar.sources.controlplane import Backoff, ControlPlaneSource, Identity
+from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.waiting import wait_for
 
 FAST = Backoff(initial=0.05, maximum=0.2)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fader.snapshot.codec import format_for
+from fader.snapshot.loader import load_bytes
 
 from sidecar.config import (
     Address,
@@ -27,8 +29,6 @@ from sidecar.config import (
     parse_address,
 )
 from sidecar.controlplane import main as controlplane_module
-from sidecar.snapshot.codec import format_for
-from sidecar.snapshot.loader import load_bytes
 from tests.integration.harness import RunningSidecar, http_get
 
 # pytest.importorskip returns the module typed as Any, so mypy needs no PyYAML stubs.

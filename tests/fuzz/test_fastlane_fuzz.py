@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from fader import _fastlane as fl
+from fader import fastlane as fl
 from hypothesis import given
 from hypothesis import strategies as st
 

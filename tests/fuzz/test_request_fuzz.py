@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
-from fader._gen.flagd.evaluation.v1 import evaluation_pb2 as flagd
-from fader._gen.flagd.evaluation.v1 import evaluation_pb2_grpc as flagd_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.flagd.evaluation.v1 import evaluation_pb2 as flagd
+from fader.pb.flagd.evaluation.v1 import evaluation_pb2_grpc as flagd_grpc
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import given
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.track import event_from_request
 from sidecar.api.wire import BadRequest
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 from sidecar.telemetry.metrics import Metrics
 from tests.fuzz.fuzzing import fuzz_settings
 from tests.integration.harness import (

@@ -7,7 +7,7 @@ raising for a few keys and attribute sets. A refusal from the compile step's cat
 ("could not compile") would mean validation let through something the compiler cannot
 handle, so it counts as a failure here too.
 
-Inputs: structured mutations of valid snapshots (tests.rules.strategies: values replaced
+Inputs: structured mutations of valid snapshots (tests.fader.rules.strategies: values replaced
 with random JSON, keys deleted, containers emptied or wrapped), each sent as JSON or
 msgpack; the same documents truncated or with a flipped byte; and raw bytes. Together
 more than 10,000 inputs, derandomized so that CI runs the same ones every time. Detached
@@ -24,16 +24,16 @@ from typing import Any
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fader.snapshot.codec import JSON, MSGPACK
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.snapshot import signing
-from sidecar.snapshot.apply import Applier, Outcome
-from sidecar.snapshot.codec import JSON, MSGPACK
-from sidecar.snapshot.signing import SignatureError, Verifier
-from sidecar.snapshot.store import Store
+from sidecar.delivery import signing
+from sidecar.delivery.apply import Applier, Outcome
+from sidecar.delivery.signing import SignatureError, Verifier
+from sidecar.delivery.store import Store
+from tests.fader.rules.strategies import snapshots
 from tests.fuzz.fuzzing import fuzz_settings
-from tests.rules.strategies import snapshots
 
 MUTATED_INPUTS = 5000
 RAW_INPUTS = 3000

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api.server import Sidecar
 from sidecar.api.sources import demo_snapshot as demo_snapshot  # re-exported for the tests
 from sidecar.config import Address, Settings
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_ANY_PORT = Address("127.0.0.1", 0)

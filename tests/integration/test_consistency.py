@@ -12,13 +12,13 @@ import threading
 import time
 
 import grpc
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
 
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
+from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.integration.harness import loopback_settings, running_sidecar
-from tests.rules.builders import condition, flag, snapshot_doc
 
 FLAGS = [f"f{i}" for i in range(10)]
 SWAPS = 1000

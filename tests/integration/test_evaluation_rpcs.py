@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
 
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 from tests.integration.harness import RunningSidecar, loopback_settings, running_sidecar
-from tests.rules.builders import condition, flag, matcher, snapshot_doc
 
 TIMEOUT = 5.0
 

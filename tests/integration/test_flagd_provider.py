@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
 
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 from tests.integration.harness import RunningSidecar, loopback_settings, running_sidecar
-from tests.rules.builders import condition, flag, matcher, snapshot_doc
 
 DRIVER = Path(__file__).with_name("flagd_provider_driver.py")
 TIMEOUT = 20.0

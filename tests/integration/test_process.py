@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from tests.integration.harness import http_get, serve_env, serve_process, short_tmp
 

@@ -11,16 +11,17 @@ from typing import Any
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sidecar.api.server import StartupError
 from sidecar.config import Address
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
-from sidecar.snapshot.store import Store
+from sidecar.delivery.store import Store
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import (
     RunningSidecar,
     demo_snapshot,
@@ -28,7 +29,6 @@ from tests.integration.harness import (
     loopback_settings,
     running_sidecar,
 )
-from tests.rules.builders import flag, snapshot_doc
 
 TIMEOUT = 5.0
 SERVING = health_pb2.HealthCheckResponse.SERVING

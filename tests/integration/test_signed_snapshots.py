@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fader.snapshot.loader import load_bytes
 
 from sidecar.api.sources import SnapshotSources
 from sidecar.config import Address, Settings
 from sidecar.controlplane.main import ControlPlane
+from sidecar.delivery import cache, signing
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.store import Store
 from sidecar.keys import keygen, sign_main
 from sidecar.push import push_main
-from sidecar.snapshot import cache, signing
-from sidecar.snapshot.apply import Applier
-from sidecar.snapshot.loader import load_bytes
-from sidecar.snapshot.store import Store
 from tests.integration.harness import ServeProcess, http_get, short_tmp
 from tests.integration.test_snapshot_sources import (
     sc_mgmt,

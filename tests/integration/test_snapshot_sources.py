@@ -17,10 +17,11 @@ from typing import Any
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
-from sidecar.snapshot import cache
+from sidecar.delivery import cache
+from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.integration.harness import (
     REPO,
     ServeProcess,
@@ -29,7 +30,6 @@ from tests.integration.harness import (
     serve_process,
     short_tmp,
 )
-from tests.rules.builders import condition, flag, snapshot_doc
 from tests.waiting import wait_for
 
 SIDECAR_ARGS = ["--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0"]

@@ -15,12 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
-from fader._gen.fader.v1 import evaluation_pb2 as pb
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
-from fader._gen.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
+from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import ServeProcess, http_get, serve_process, short_tmp
-from tests.rules.builders import flag, snapshot_doc
 from tests.waiting import wait_for
 
 FAST = ["--telemetry-flush-interval", "0.2", "--telemetry-batch-records", "50"]

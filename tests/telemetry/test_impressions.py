@@ -3,9 +3,10 @@ impressionsDisabled, and what the hot-path recorder keeps."""
 
 from __future__ import annotations
 
-from sidecar.rules.result import NOT_FOUND, Result
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.snapshot import Snapshot
+from fader.rules.result import NOT_FOUND, Result
+from fader.snapshot.loader import build_snapshot
+from fader.snapshot.snapshot import Snapshot
+
 from sidecar.telemetry.impressions import (
     DAY_MS,
     HOUR_MS,
@@ -16,7 +17,7 @@ from sidecar.telemetry.impressions import (
     Recorder,
     hour_start,
 )
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 
 T0 = 1_700_000_000_000 // DAY_MS * DAY_MS + 3 * HOUR_MS  # 03:00 UTC, start of an hour
 ON = Result("on", "rule", None, 7)

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fader._gen.fader.v1 import telemetry_pb2 as pb
-from fader._gen.fader.v1 import telemetry_pb2_grpc
+from fader.pb.fader.v1 import telemetry_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2_grpc
+from fader.rules.result import Result
+from fader.snapshot.loader import build_snapshot
 
-from sidecar.rules.result import Result
-from sidecar.snapshot.loader import build_snapshot
-from sidecar.snapshot.sources.controlplane import Backoff
+from sidecar.sources.controlplane import Backoff
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Mode, now_ms
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
 from sidecar.telemetry.uploader import CollectorTarget, Uploader
-from tests.rules.builders import flag, snapshot_doc
+from tests.fader.rules.builders import flag, snapshot_doc
 
 SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
 ON = Result("on", "rule", None, 7)

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import grpc
 
-from fader import _fastlane as fl
+from fader import fastlane as fl
 
 SCHEME = "fastlane://"
 STATUS_OF_ERROR = {

@@ -11,10 +11,10 @@ from types import TracebackType
 
 import grpc
 
-from fader import _fastlane, _wire
-from fader._gen.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader import _common, fastlane
+from fader._common import Attributes
 from fader._lane import AsyncLane, LaneError, socket_path
-from fader._wire import Attributes
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader.result import Result
 
 __all__ = ["Client", "Result"]
@@ -23,8 +23,8 @@ __all__ = ["Client", "Result"]
 class _Grpc:
     """fader.v1 over one asyncio gRPC channel (TCP or unix://)."""
 
-    def __init__(self, target: str, timeout: float, fallbacks: _wire.Fallbacks) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=_wire.channel_options(target))
+    def __init__(self, target: str, timeout: float, fallbacks: _common.Fallbacks) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=_common.channel_options(target))
         self._stub = pb_grpc.EvaluationServiceStub(self._channel)
         self._timeout = timeout
         self._fallbacks = fallbacks
@@ -32,17 +32,17 @@ class _Grpc:
     async def evaluate(
         self, key: str, flag: str, bucketing_key: str | None, attributes: Attributes | None
     ) -> Result:
-        request = _wire.treatment_request(key, flag, bucketing_key, attributes)
+        request = _common.treatment_request(key, flag, bucketing_key, attributes)
         try:
             response = await self._stub.GetTreatment(request, timeout=self._timeout)
         except grpc.RpcError as err:
             return self._fallbacks.record("GetTreatment", err)
-        return _wire.result(response.evaluation, response.version)
+        return _common.result(response.evaluation, response.version)
 
     async def treatments(
         self, key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
     ) -> dict[str, str]:
-        request = _wire.treatments_request(key, names, bucketing_key, attributes)
+        request = _common.treatments_request(key, names, bucketing_key, attributes)
         try:
             response = await self._stub.GetTreatments(request, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -58,7 +58,7 @@ class _Grpc:
         value: float | None,
         properties: Attributes | None,
     ) -> bool:
-        request = _wire.track_request(key, traffic_type, event_type, value, properties)
+        request = _common.track_request(key, traffic_type, event_type, value, properties)
         try:
             await self._stub.Track(request, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -73,7 +73,7 @@ class _Grpc:
 class _FastLane:
     """The same operations as pipelined msgpack frames on the fast-lane socket."""
 
-    def __init__(self, path: str, timeout: float, fallbacks: _wire.Fallbacks) -> None:
+    def __init__(self, path: str, timeout: float, fallbacks: _common.Fallbacks) -> None:
         self._lane = AsyncLane(path, timeout)
         self._fallbacks = fallbacks
 
@@ -82,18 +82,18 @@ class _FastLane:
     ) -> Result:
         try:
             response = await self._lane.call(
-                _fastlane.treatment_request(key, flag, bucketing_key, attributes)
+                fastlane.treatment_request(key, flag, bucketing_key, attributes)
             )
         except LaneError as err:
             return self._fallbacks.record_code("treatment", err.code, err.details)
-        return _fastlane.result(response)
+        return fastlane.result(response)
 
     async def treatments(
         self, key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
     ) -> dict[str, str]:
         try:
             response = await self._lane.call(
-                _fastlane.treatments_request(key, names, bucketing_key, attributes)
+                fastlane.treatments_request(key, names, bucketing_key, attributes)
             )
         except LaneError as err:
             fallback = self._fallbacks.record_code("treatments", err.code, err.details)
@@ -110,7 +110,7 @@ class _FastLane:
     ) -> bool:
         try:
             await self._lane.call(
-                _fastlane.track_request(key, traffic_type, event_type, value, properties)
+                fastlane.track_request(key, traffic_type, event_type, value, properties)
             )
         except LaneError as err:
             self._fallbacks.record_code("track", err.code, err.details)
@@ -125,8 +125,8 @@ class Client:
     """`Client("127.0.0.1:8013")`, `Client("unix:///run/fader/fader.sock")` or, for the
     msgpack fast lane, `Client("fastlane:///run/fader/fastlane.sock")`."""
 
-    def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _wire.DEFAULT_TIMEOUT):
-        self._fallbacks = _wire.Fallbacks()
+    def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _common.DEFAULT_TIMEOUT):
+        self._fallbacks = _common.Fallbacks()
         path = socket_path(target)
         self._transport: _Grpc | _FastLane = (
             _Grpc(target, timeout, self._fallbacks)
@@ -168,7 +168,7 @@ class Client:
         *,
         bucketing_key: str | None = None,
     ) -> dict[str, str]:
-        names = _wire.flag_list(flags)
+        names = _common.flag_list(flags)
         return await self._transport.treatments(key, names, bucketing_key, attributes)
 
     async def evaluate(

@@ -1,0 +1,153 @@
+"""Decode snapshot bytes and recognise the three accepted document shapes.
+
+Accepted as-is (DESIGN.md §3): Fader's native ``{"version", "flags", "segments",
+"ruleBasedSegments"}``; Split ``splitChanges`` spec 1.3 ``{"ff": {"d", "t"}, "rbs": ...}``;
+and spec 1.1 ``{"splits", "since", "till"}``. JSON or msgpack, same structure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from fader.snapshot.issues import Issue, SnapshotError
+from fader.snapshot.validate import is_int
+
+JSON = "json"
+MSGPACK = "msgpack"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A snapshot document in native form, with where each part came from for error paths."""
+
+    version: int
+    flags: list[Any]
+    segments: Any
+    rule_based_segments: list[Any]
+    kind: str
+    flags_path: str
+    rbs_path: str
+    segments_path: str
+
+
+def format_for(path: str | Path) -> str:
+    """The encoding implied by a file name (.msgpack/.mpk or JSON)."""
+    suffix = Path(path).suffix.lower()
+    return MSGPACK if suffix in (".msgpack", ".mpk") else JSON
+
+
+def _yield_point(value: Any) -> Any:
+    """Called by the decoders for every object (and msgpack array) they build.
+
+    Decoding a large snapshot is one long C call that holds the GIL; lookups served by
+    other threads would stall for its whole length. A Python-level hook gives the
+    interpreter a point to hand the GIL over at every JSON object / msgpack container, so
+    a lookup waits at most one switch interval instead of the whole decode.
+    """
+    return value
+
+
+def decode(data: bytes, fmt: str) -> Any:
+    """Bytes -> Python objects; a syntax error is a SnapshotError with its position."""
+    try:
+        if fmt == MSGPACK:
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                object_hook=_yield_point,
+                list_hook=_yield_point,
+            )
+        return json.loads(data, object_hook=_yield_point)
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(
+            [Issue(None, "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
+        ) from None
+    except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {exc}")]) from None
+
+
+def _fail(path: str, message: str) -> SnapshotError:
+    return SnapshotError([Issue(None, path, message)])
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(path, "must be a list")
+    return value
+
+
+def normalize(doc: Any) -> Document:
+    """Recognise the document shape and return it in native form."""
+    if not isinstance(doc, Mapping):
+        raise _fail("$", "a snapshot must be an object")
+    if "flags" in doc or "version" in doc:
+        return _native(doc)
+    if "ff" in doc:
+        return _split_13(doc)
+    if "splits" in doc:
+        return _split_11(doc)
+    raise _fail("$", "not a snapshot: expected 'version' and 'flags', or Split's 'ff' or 'splits'")
+
+
+def _version(value: Any, path: str) -> int:
+    if not is_int(value) or value < 0:
+        raise _fail(path, f"version must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _native(doc: Mapping[str, Any]) -> Document:
+    segments = doc.get("segments")
+    return Document(
+        version=_version(doc.get("version"), "$.version"),
+        flags=_list(doc.get("flags"), "$.flags"),
+        segments={} if segments is None else segments,
+        rule_based_segments=_list(doc.get("ruleBasedSegments"), "$.ruleBasedSegments"),
+        kind="fader",
+        flags_path="$.flags",
+        rbs_path="$.ruleBasedSegments",
+        segments_path="$.segments",
+    )
+
+
+def _split_13(doc: Mapping[str, Any]) -> Document:
+    ff = doc.get("ff")
+    rbs = doc.get("rbs") or {}
+    if not isinstance(ff, Mapping) or not isinstance(rbs, Mapping):
+        raise _fail("$", "'ff' and 'rbs' must be objects")
+    till = ff.get("t")
+    rbs_till = rbs.get("t")
+    version = _version(till, "$.ff.t")
+    if is_int(rbs_till) and rbs_till > version:
+        version = rbs_till
+    return Document(
+        version=version,
+        flags=_list(ff.get("d"), "$.ff.d"),
+        segments={},
+        rule_based_segments=_list(rbs.get("d"), "$.rbs.d"),
+        kind="splitChanges 1.3",
+        flags_path="$.ff.d",
+        rbs_path="$.rbs.d",
+        segments_path="$.segments",
+    )
+
+
+def _split_11(doc: Mapping[str, Any]) -> Document:
+    return Document(
+        version=_version(doc.get("till"), "$.till"),
+        flags=_list(doc.get("splits"), "$.splits"),
+        segments={},
+        rule_based_segments=[],
+        kind="splitChanges 1.1",
+        flags_path="$.splits",
+        rbs_path="$.rbs",
+        segments_path="$.segments",
+    )

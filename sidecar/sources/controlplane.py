@@ -1,0 +1,228 @@
+"""The control-plane stream, sidecar side: dial out, receive snapshots, ACK or NACK each.
+
+Modelled on Envoy xDS: the sidecar opens one bidirectional stream, introduces itself
+(id, labels, the version it serves), applies every snapshot it receives through the
+Applier and answers ACK (applied version) or NACK (offered version and every error),
+keeping the last good snapshot. On any failure it reconnects with capped exponential
+backoff and jitter, and keepalive pings detect a dead peer behind a silent network.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
+
+from sidecar.delivery.apply import Applier
+from sidecar.delivery.messages import WireError, ack_for, format_of, nack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet does not reconnect in lockstep."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect ``attempt`` (0-based)."""
+        base = min(self.maximum, self.initial * self.multiplier**attempt)
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    software_version: str = ""
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """TLS (optionally mutual) and a bearer token for the control-plane channel.
+
+    The token is read from its file at every (re)connect, so a rotated token is picked up
+    without a restart.
+    """
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    token_file: Path | None = None
+    tls: bool = False
+
+    def channel(self, target: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+        return grpc.secure_channel(target, credentials, options=options)
+
+    def metadata(self) -> list[tuple[str, str]] | None:
+        if self.token_file is None:
+            return None
+        token = self.token_file.read_text(encoding="utf-8").strip()
+        return [("authorization", f"Bearer {token}")]
+
+
+class ControlPlaneSource:
+    """Keeps a Sync stream to the control plane open until stopped."""
+
+    def __init__(
+        self,
+        target: str,
+        applier: Applier,
+        identity: Identity,
+        *,
+        security: ChannelSecurity | None = None,
+        backoff: Backoff | None = None,
+        keepalive_seconds: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.applier = applier
+        self.identity = identity
+        self.security = security or ChannelSecurity()
+        self.backoff = backoff or Backoff()
+        self.keepalive_seconds = keepalive_seconds
+        self.connected = False
+        self.disconnected_since: float | None = time.time()
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._call: grpc.Call | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def source(self) -> str:
+        return f"controlplane:{self.target}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fader-controlplane", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            received = self._session()
+            if self._stop.is_set():
+                return
+            attempt = 0 if received else attempt + 1
+            self.reconnects += 1
+            delay = self.backoff.delay(attempt)
+            log.warning(
+                "control plane %s: stream ended (%s); reconnecting in %.1f s",
+                self.target,
+                self.last_error or "closed",
+                delay,
+            )
+            self._stop.wait(delay)
+
+    def _channel(self) -> grpc.Channel:
+        options = [
+            ("grpc.keepalive_time_ms", int(self.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+        ]
+        return self.security.channel(self.target, options)
+
+    def _session(self) -> bool:
+        """One stream, until it fails or we stop; True if anything was received."""
+        received = False
+        outbox: queue.Queue[controlplane_pb2.SyncRequest | None] = queue.Queue()
+        outbox.put(controlplane_pb2.SyncRequest(hello=self._hello()))
+        try:
+            metadata = self.security.metadata()
+        except OSError as exc:
+            self.last_error = f"cannot read the token file: {exc.strerror}"
+            return False
+        with self._channel() as channel:
+            stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
+            try:
+                call = stub.Sync(_drain(outbox), metadata=metadata)
+                self._call = call
+                if self._stop.is_set():
+                    call.cancel()
+                for response in call:
+                    if not received:
+                        received = True
+                        self._mark_connected()
+                    outbox.put(controlplane_pb2.SyncRequest(ack=self._apply(response.snapshot)))
+                self.last_error = None
+            except grpc.RpcError as exc:
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+            finally:
+                outbox.put(None)
+                self._call = None
+                self._mark_disconnected()
+        return received
+
+    def _hello(self) -> controlplane_pb2.Hello:
+        active = self.applier.store.current
+        return controlplane_pb2.Hello(
+            identity=controlplane_pb2.SidecarIdentity(
+                id=self.identity.id,
+                labels=dict(self.identity.labels),
+                software_version=self.identity.software_version,
+            ),
+            serving_version=active.version if active else 0,
+            has_snapshot=active is not None,
+        )
+
+    def _apply(self, message: snapshot_pb2.Snapshot) -> snapshot_pb2.SnapshotAck:
+        active = self.applier.store.current
+        if active is not None and active.version == message.version:
+            # A resync after reconnecting: this version is already served.
+            return snapshot_pb2.SnapshotAck(version=active.version, accepted=True)
+        try:
+            fmt = format_of(message)
+        except WireError as exc:
+            return nack(message.version, str(exc))
+        outcome = self.applier.apply_bytes(
+            message.document, fmt, self.source, signature=message.signature or None
+        )
+        return ack_for(outcome, message.version)
+
+    def _mark_connected(self) -> None:
+        if not self.connected:
+            log.info("control plane %s: connected", self.target)
+        self.connected = True
+        self.disconnected_since = None
+
+    def _mark_disconnected(self) -> None:
+        if self.connected:
+            self.disconnected_since = time.time()
+        self.connected = False
+
+
+def _drain(
+    outbox: queue.Queue[controlplane_pb2.SyncRequest | None],
+) -> Iterator[controlplane_pb2.SyncRequest]:
+    """The request side of the stream: whatever is queued, until None."""
+    while True:
+        item = outbox.get()
+        if item is None:
+            return
+        yield item

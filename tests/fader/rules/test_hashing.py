@@ -1,0 +1,96 @@
+"""Bucketing against every row of Split's own hash vectors, through the public function."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+
+import mmh3
+import pytest
+from fader.rules.hashing import bucket, legacy_hash, murmur_hash
+
+from tests.shared import split_vector
+
+
+def _csv_rows(name: str) -> Iterator[tuple[int, str, int, int]]:
+    with split_vector(name).open(newline="", encoding="utf-8") as handle:
+        for row in csv.reader(handle):
+            if not row or row[0].startswith("#"):
+                continue
+            seed, key, hash_value, bucket_value = row
+            yield int(seed), key, int(hash_value), int(bucket_value)
+
+
+def _jsonl_rows(name: str) -> Iterator[tuple[int, str, int, int]]:
+    with split_vector(name).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                seed, key, hash_value, bucket_value = json.loads(line)
+                yield seed, key, hash_value, bucket_value
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [
+        ("murmur3-sample-data-v2.csv", 100_000),
+        ("murmur3-custom-uuids.csv", 500),
+        ("murmur3-sample-v3.csv", 1_126),
+        ("murmur3-sample-v4.csv", 1_126),
+    ],
+)
+def test_murmur_vectors(name: str, rows: int) -> None:
+    count = 0
+    for seed, key, hash_value, bucket_value in _csv_rows(name):
+        assert murmur_hash(key, seed) == hash_value, (seed, key)
+        assert bucket(key, seed, 2) == bucket_value, (seed, key)
+        count += 1
+    assert count == rows
+
+
+def test_negative_seed_is_used_as_its_32_bit_pattern() -> None:
+    rows = list(_csv_rows("murmur3-sample-v4.csv"))
+    assert all(seed < 0 for seed, *_ in rows)
+
+
+def test_obsolete_signed_v1_vectors_disagree_on_about_half() -> None:
+    """The trap: signed murmur (java's old file) is not what Split computes today."""
+    rows = list(_csv_rows("murmur3-sample-data.csv"))
+    signed_ok = sum(mmh3.hash(key, seed & 0xFFFFFFFF, signed=True) == h for seed, key, h, _ in rows)
+    ours_ok = sum(bucket(key, seed, 2) == b for seed, key, _, b in rows)
+    assert signed_ok == len(rows) == 100_000
+    assert 0.4 < ours_ok / len(rows) < 0.6
+
+
+@pytest.mark.parametrize(
+    ("name", "reader", "rows"),
+    [
+        ("sample-data.csv", _csv_rows, 100_000),
+        ("small-data.csv", _csv_rows, 15),
+        ("sample-data.jsonl", _jsonl_rows, 10_000),
+        ("sample-data-non-alpha-numeric.jsonl", _jsonl_rows, 10_000),
+    ],
+)
+def test_legacy_vectors(name: str, reader: object, rows: int) -> None:
+    count = 0
+    for seed, key, hash_value, bucket_value in reader(name):  # type: ignore[operator]
+        assert legacy_hash(key, seed) == hash_value, (seed, key)
+        assert bucket(key, seed, 1) == bucket_value, (seed, key)
+        count += 1
+    assert count == rows
+
+
+def test_missing_or_unknown_algo_is_legacy() -> None:
+    key, seed = "some-user", 12345
+    assert bucket(key, seed, None) == bucket(key, seed, 1)
+    assert bucket(key, seed, 3) == bucket(key, seed, 1)
+    assert bucket(key, seed, True) == bucket(key, seed, 1)
+
+
+def test_legacy_counts_utf16_code_units_outside_the_bmp() -> None:
+    """U+1F600 is two UTF-16 units (Java/JS and the vector files); code points would give 1."""
+    expected = 0
+    for unit in (0xD83D, 0xDE00):
+        expected = (31 * expected + unit) & 0xFFFFFFFF
+    expected = expected - (1 << 32) if expected >= 1 << 31 else expected
+    assert legacy_hash("\U0001f600", 0) == expected
