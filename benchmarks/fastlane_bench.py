@@ -33,7 +33,7 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
 from benchmarks.grpc_bench import announce, demo_store, lookup_request, percentile
-from sidecar.api.server import Sidecar
+from sidecar.app.sidecar import Sidecar
 from sidecar.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent

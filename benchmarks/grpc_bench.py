@@ -8,7 +8,7 @@ and UDS, for GetTreatment and for EvaluateBatch with 100 lookups per call:
 
 - ``floor``: empty handlers that return a prebuilt response, on the same stack and with the
   same server options as the sidecar; what gRPC and Python cost with no work at all.
-- ``fader``: the real sidecar (``sidecar.api.server.Sidecar``: grpc.aio on uvloop, metrics
+- ``fader``: the real sidecar (``sidecar.app.sidecar.Sidecar``: grpc.aio on uvloop, metrics
   on) on the demo snapshot.
 - ``fader-bare``: the same without the per-method gRPC metrics, to price them.
 - Unless ``--quick`` or ``--stacks aio``, the floor and the sidecar's lookups are measured
@@ -43,9 +43,9 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
 from sidecar.api.lookups import Limits, Lookups, NotReady
-from sidecar.api.server import Sidecar, server_options
-from sidecar.api.sources import demo_snapshot
 from sidecar.api.wire import BadRequest
+from sidecar.app.sidecar import Sidecar, server_options
+from sidecar.app.sources import demo_snapshot
 from sidecar.config import Address, Settings
 from sidecar.delivery.store import Store
 from sidecar.telemetry.metrics import Metrics

@@ -40,7 +40,7 @@ from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from benchmarks import processes
 from benchmarks.grpc_bench import announce, demo_store
-from sidecar.api.server import Sidecar
+from sidecar.app.sidecar import Sidecar
 from sidecar.config import Settings
 from sidecar.telemetry.impressions import Mode
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Commands with long option lists own their parsers; imported lazily so that the
     # offline commands start fast and need no gRPC runtime.
     if args and args[0] == "serve":
-        from sidecar.api.server import serve_main
+        from sidecar.app.serve import serve_main
 
         return serve_main(args[1:])
     if args and args[0] == "controlplane":

@@ -1,1 +1,1 @@
-"""The sidecar's network surface: gRPC servicers, server assembly, management HTTP."""
+"""The sidecar's network surface: gRPC servicers, the fast lane, health, management HTTP."""

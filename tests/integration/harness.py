@@ -23,8 +23,8 @@ from typing import Any
 import uvloop
 from fader.snapshot.snapshot import Snapshot
 
-from sidecar.api.server import Sidecar
-from sidecar.api.sources import demo_snapshot as demo_snapshot  # re-exported for the tests
+from sidecar.app.sidecar import Sidecar
+from sidecar.app.sources import demo_snapshot as demo_snapshot  # re-exported for the tests
 from sidecar.config import Address, Settings
 from sidecar.delivery.store import Store
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fader.snapshot.loader import load_bytes
 
-from sidecar.api.sources import SnapshotSources
+from sidecar.app.sources import SnapshotSources
 from sidecar.config import Address, Settings
 from sidecar.controlplane.main import ControlPlane
 from sidecar.delivery import cache, signing

@@ -1,27 +1,21 @@
-"""Server assembly and `fader serve`: one process, gRPC on TCP and/or a Unix socket, and the
-msgpack fast lane (sidecar.api.fastlane) on its own Unix socket, on the same event loop.
+"""The serving sidecar assembled from its settings: gRPC on TCP and/or a Unix socket, the
+msgpack fast lane (sidecar.api.fastlane) on its own Unix socket, and management HTTP, on one
+event loop; started all-or-nothing and stopped in a fixed order (`Sidecar.stop`).
 
-Stack: grpc.aio on a uvloop event loop, chosen by measurement (benchmarks/RESULTS.md). An empty
-handler is cheaper on the thread-pool server, but with the sidecar's real handlers that server
-fell further behind its own floor (0.64-0.85 at 64 calls in flight in most runs: its worker
-threads and gRPC's poller contend for the GIL for every microsecond of handler work), while
-grpc.aio stayed at 0.85-0.96 and served 10-40 % more batch evaluations. Streams (WatchChanges,
-health Watch, reflection) cost a coroutine each, not a thread. Lookups run inline on the loop:
-evaluation is ~1 % of a call, so a thread hop would cost more than it saves.
+Stack: grpc.aio on a uvloop event loop, chosen by measurement (benchmarks/RESULTS.md): streams
+(WatchChanges, health Watch, reflection) cost a coroutine each, not a thread, and lookups run
+inline on the loop, since evaluation is a small part of a call and a thread hop would cost
+more than it saves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
-import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,13 +25,11 @@ from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
 from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.management import ManagementServer
-from sidecar.api.sources import SnapshotSources, SourcesCollector
-from sidecar.api.sources import StartupError as SourceError
-from sidecar.api.telemetry import build_pipeline
 from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
+from sidecar.app.sources import SnapshotSources, SourcesCollector
 from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
-from sidecar.config import Address, ConfigError, Settings, load_settings
+from sidecar.config import Address, Settings
 from sidecar.delivery.store import Store
 from sidecar.limits import LimitsCollector
 from sidecar.telemetry.impressions import Recorder
@@ -273,74 +265,3 @@ def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     if settings.grpc_token_file is None:
         return []
     return [EvaluationTokens(TokenFile(settings.grpc_token_file))]
-
-
-async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
-    """Serves until SIGTERM or SIGINT, then drains; a second signal cuts the drain short."""
-    sidecar = Sidecar(settings, store, sources=sources, telemetry=build_pipeline(settings))
-    try:
-        await sidecar.start()
-        sources.start()
-    except (StartupError, uds.SocketError, OSError, ValueError) as err:
-        log.error("%s", err)
-        sources.stop()
-        await sidecar.stop(0)
-        return 1
-    log.info(
-        "listening grpc=%s uds=%s mgmt=%s fastlane=%s",
-        sidecar.grpc_address or "off",
-        sidecar.uds_path or "off",
-        sidecar.mgmt_address or "off",
-        sidecar.fastlane_path or "off",
-    )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, stopping, sidecar, signum)
-    await stopping.wait()
-    sources.stop()
-    log.info("draining for up to %.1f s", settings.shutdown_grace)
-    await sidecar.stop(settings.shutdown_grace)
-    log.info("stopped")
-    return 0
-
-
-def _on_signal(stopping: asyncio.Event, sidecar: Sidecar, signum: int) -> None:
-    name = signal.Signals(signum).name
-    if not stopping.is_set():
-        log.info("%s received: shutting down", name)
-        stopping.set()
-        return
-    log.warning("%s received again: cancelling the calls still in flight", name)
-    asyncio.get_running_loop().create_task(sidecar.cut_drain_short())
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def serve_main(argv: list[str]) -> int:
-    """`fader serve ARGS`: returns the process exit code (0 after a clean shutdown)."""
-    try:
-        settings = load_settings(argv)
-    except SystemExit as exit_:  # --help, or a flag argparse does not know
-        return exit_.code if isinstance(exit_.code, int) else 2
-    except ConfigError as err:
-        print(f"fader serve: {err}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    store = Store()
-    try:
-        sources = SnapshotSources(settings, store)
-        sources.load_initial()
-    except SourceError as err:
-        log.error("%s", err)
-        return 1
-    if store.current is None:
-        log.warning("no snapshot yet: not ready until one arrives (push, control plane)")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run(settings, store, sources))
