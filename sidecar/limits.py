@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from fader.snapshot.limits import SNAPSHOT_LIMITS
@@ -24,6 +25,18 @@ ATTRIBUTE_SIZE: Final = "attribute_size"
 WATCH_STREAMS: Final = "watch_streams"
 REQUEST_LIMITS: Final = (ATTRIBUTES, ATTRIBUTE_SIZE, WATCH_STREAMS)
 DEFAULT_MAX_ATTRIBUTE_SIZE: Final = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one request may carry, in one shape for every lane (fader.v1, flagd, the fast lane
+    and every later one): the settings of the same names."""
+
+    max_attributes: int = 256
+    max_attribute_size: int = DEFAULT_MAX_ATTRIBUTE_SIZE
+    max_batch_items: int = 10_000
+    max_watch_streams: int = 1024
+    max_message_bytes: int = 4 * 1024 * 1024
 
 
 class RefusalCounter:

@@ -6,15 +6,15 @@ uvloop loop, and every answer to one read goes out in one write, so a pipelining
 one system call per batch of requests rather than per request. The protocol is specified in
 docs/fastlane.md; this module is its reference server.
 
-Requests are validated with the same rules (and messages) as the gRPC adapter; evaluations are
-counted in the same metrics. Track goes through the same validation and queue as gRPC's.
+Requests go through the same evaluation core as every other lane (`sidecar.core`): the same
+field rules, attribute policy and limits, messages, metrics, impressions and event
+validation; refusals become error frames named like gRPC's statuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,183 +23,116 @@ from typing import Any, cast
 
 import msgpack
 from fader import fastlane as fl
-from fader.pb.fader.v1 import evaluation_pb2 as pb
-from fader.rules.result import LABEL_NOT_FOUND, Result
+from fader.rules.result import Result
 
-from sidecar.api import uds, wire
-from sidecar.api.lookups import NotReady, active_snapshot, select_flags
-from sidecar.api.track import EventQueue, QueueFull, event_from_request
-from sidecar.api.wire import BadRequest
-from sidecar.delivery.store import Store
-from sidecar.telemetry.impressions import Lookup, Recorder, now_ms
-from sidecar.telemetry.metrics import Metrics
+from sidecar.api import uds
+from sidecar.core import Core
+from sidecar.core.evaluator import Lookup
+from sidecar.core.events import make_event
+from sidecar.core.refusals import BadRequest, Refusal
+from sidecar.core.requests import check_items, check_key, check_name, optional_key, select_flags
+from sidecar.telemetry.impressions import Answer
 
 log = logging.getLogger(__name__)
-
-SCALARS = (str, int, float, bool)
 
 
 class Handlers:
     """The four operations on decoded request maps; each returns the response map."""
 
-    def __init__(
-        self,
-        store: Store,
-        events: EventQueue,
-        metrics: Metrics,
-        max_attributes: int,
-        max_items: int,
-        recorder: Recorder | None = None,
-    ) -> None:
-        self._store = store
-        self._events = events
-        self._metrics = metrics
-        self._max_attributes = max_attributes
-        self._max_items = max_items
-        self._record = recorder.record if recorder is not None else None
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._evaluator = core.evaluator
+        self._max_items = core.limits.max_batch_items
 
     def treatment(self, request: dict[str, Any]) -> dict[str, Any]:
-        start = perf_counter()
-        snap = active_snapshot(self._store)
-        key = _text(request, "key")
-        flag = _text(request, "flag")
-        wire.check_key(key, "key")
-        wire.check_name(flag, "flag")
-        bucketing_key = self._bucketing_key(request.get("bucketing_key"), "bucketing_key")
-        attrs = self._attributes(request.get("attributes"), "attributes")
-        result = snap.evaluate(key, flag, bucketing_key, attrs)
-        shard = self._metrics.shard()
-        shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-        if self._record is not None:
-            self._record(snap, now_ms(), [(key, bucketing_key, flag, result)])
-        shard.lookup("GetTreatment").observe(perf_counter() - start)
-        return {"version": snap.version, **_evaluation(flag, result)}
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
+        lookup = self._lookup(request, "")
+        answer = self._evaluator.evaluate(snap, (lookup,), "GetTreatment", started)[0]
+        return {"version": snap.version, **_evaluation(answer)}
 
     def treatments(self, request: dict[str, Any]) -> dict[str, Any]:
-        start = perf_counter()
-        snap = active_snapshot(self._store)
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
         key = _text(request, "key")
-        wire.check_key(key, "key")
+        check_key(key, "key")
         flags = select_flags(
             snap, _names(request, "flags"), _names(request, "flag_sets"), self._max_items
         )
         attrs = self._attributes(request.get("attributes"), "attributes")
-        bucketing_key = self._bucketing_key(request.get("bucketing_key"), "bucketing_key")
-        shard = self._metrics.shard()
-        evaluations = []
-        recorded: list[Lookup] = []
-        for flag in flags:
-            result = snap.evaluate(key, flag, bucketing_key, attrs)
-            shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            recorded.append((key, bucketing_key, flag, result))
-            evaluations.append(_evaluation(flag, result))
-        if self._record is not None:
-            self._record(snap, now_ms(), recorded)
-        shard.lookup("GetTreatments").observe(perf_counter() - start)
-        return {"version": snap.version, "evaluations": evaluations}
+        bucketing_key = _bucketing_key(request.get("bucketing_key"), "bucketing_key")
+        lookups = [(key, bucketing_key, flag, attrs) for flag in flags]
+        answers = self._evaluator.evaluate(snap, lookups, "GetTreatments", started)
+        return {"version": snap.version, "evaluations": list(map(_evaluation, answers))}
 
     def batch(self, request: dict[str, Any]) -> dict[str, Any]:
-        start = perf_counter()
-        snap = active_snapshot(self._store)
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
         items = request.get("items")
         if not isinstance(items, list):
             raise BadRequest("items: must be an array")
-        if len(items) > self._max_items:
-            raise BadRequest(f"items: {len(items)} given, at most {self._max_items} allowed")
-        shard = self._metrics.shard()
-        evaluations = []
-        recorded: list[Lookup] = []
+        check_items(len(items), self._max_items, "items")
+        lookups: list[Lookup] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise BadRequest(f"items[{index}]: must be a map")
-            key = _text(item, "key", f"items[{index}].key")
-            flag = _text(item, "flag", f"items[{index}].flag")
-            wire.check_key(key, f"items[{index}].key")
-            wire.check_name(flag, f"items[{index}].flag")
-            bucketing_key = self._bucketing_key(
-                item.get("bucketing_key"), f"items[{index}].bucketing_key"
-            )
-            attrs = self._attributes(item.get("attributes"), f"items[{index}].attributes")
-            result = snap.evaluate(key, flag, bucketing_key, attrs)
-            shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-            recorded.append((key, bucketing_key, flag, result))
-            evaluations.append(_evaluation(flag, result))
-        if self._record is not None:
-            self._record(snap, now_ms(), recorded)
-        shard.lookup("EvaluateBatch").observe(perf_counter() - start)
-        return {"version": snap.version, "evaluations": evaluations}
+            lookups.append(self._lookup(item, f"items[{index}]."))
+        answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
+        return {"version": snap.version, "evaluations": list(map(_evaluation, answers))}
 
     def track(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Built into a fader.v1 TrackRequest so that gRPC's validation applies unchanged;
-        track is not the hot path."""
+        events = self._core.events
         try:
-            self._events.put(event_from_request(self._track_request(request), self._max_attributes))
+            stamp = request.get("timestamp")
+            if stamp is not None and not isinstance(stamp, msgpack.Timestamp):
+                raise BadRequest("timestamp: must be a msgpack timestamp or nil")
+            event = make_event(
+                _text(request, "key"),
+                _text(request, "traffic_type"),
+                _text(request, "event_type"),
+                request.get("value"),
+                self._attributes(request.get("properties"), "properties"),
+                None if stamp is None else stamp.seconds * 1000 + stamp.nanoseconds // 1_000_000,
+            )
         except BadRequest:
-            self._metrics.shard().count_track("invalid")
+            events.refused()
             raise
+        events.put(event)
         return {}
 
-    def _track_request(self, request: dict[str, Any]) -> pb.TrackRequest:
-        value = request.get("value")
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise BadRequest("value: must be a number or nil")
-        message = pb.TrackRequest(
-            key=_text(request, "key"),
-            traffic_type=_text(request, "traffic_type"),
-            event_type=_text(request, "event_type"),
-            value=None if value is None else float(value),
+    def _lookup(self, request: dict[str, Any], prefix: str) -> Lookup:
+        """One (key, bucketing key, flag, attributes) from a request or batch item map;
+        `prefix` is where it sits in the request, for the refusal's message."""
+        key = _text(request, "key", f"{prefix}key")
+        flag = _text(request, "flag", f"{prefix}flag")
+        check_key(key, f"{prefix}key")
+        check_name(flag, f"{prefix}flag")
+        bucketing_key = _bucketing_key(request.get("bucketing_key"), f"{prefix}bucketing_key")
+        return (
+            key,
+            bucketing_key,
+            flag,
+            self._attributes(request.get("attributes"), f"{prefix}attributes"),
         )
-        if value is not None and not math.isfinite(message.value):
-            raise BadRequest(f"value: {value} is not a finite number")
-        stamp = request.get("timestamp")
-        if stamp is not None:
-            if not isinstance(stamp, msgpack.Timestamp):
-                raise BadRequest("timestamp: must be a msgpack timestamp or nil")
-            message.timestamp.seconds, message.timestamp.nanos = stamp.seconds, stamp.nanoseconds
-        values = self._attributes(request.get("properties"), "properties") or {}
-        for name, item in values.items():
-            message.properties[name].CopyFrom(_attribute_value(item))
-        return message
-
-    def _bucketing_key(self, value: object, where: str) -> str | None:
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise BadRequest(f"{where}: must be a string or nil")
-        wire.check_key(value, where)
-        return value
 
     def _attributes(self, values: object, where: str) -> dict[str, object] | None:
-        """Engine attributes from the msgpack map: int stays int and float stays float (Split's
-        numeric matchers accept only ints); a msgpack timestamp becomes whole epoch seconds."""
+        """Engine attributes from the msgpack map, through the policy every lane uses; a
+        msgpack timestamp becomes whole epoch seconds."""
         if values is None:
             return None
         if not isinstance(values, dict):
             raise BadRequest(f"{where}: must be a map or nil")
-        if not values:
-            return None
-        if len(values) > self._max_attributes:
-            raise BadRequest(
-                f"{where}: {len(values)} entries, at most {self._max_attributes} allowed"
-            )
-        converted: dict[str, object] = {}
-        for name, value in values.items():
-            if not name:
-                raise BadRequest(f"{where}: an attribute name is empty")
-            if isinstance(value, SCALARS):
-                if type(value) is int and not fl.INT64_MIN <= value <= fl.INT64_MAX:
-                    raise BadRequest(f"{where}[{name!r}]: {value} does not fit in 64 bits")
-                converted[name] = value
-            elif isinstance(value, msgpack.Timestamp):
-                converted[name] = value.seconds
-            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-                converted[name] = value
-            else:
-                raise BadRequest(
-                    f"{where}[{name!r}]: {type(value).__name__} is not one of string, integer, "
-                    "float, boolean, array of strings, timestamp"
-                )
-        return converted
+        return self._core.policy.admit(values, where, _timestamp_seconds)
+
+
+def _timestamp_seconds(value: object) -> object | None:
+    return value.seconds if isinstance(value, msgpack.Timestamp) else None
+
+
+def _bucketing_key(value: object, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{where}: must be a string or nil")
+    return optional_key(value, where)
 
 
 def _text(request: dict[str, Any], field: str, where: str | None = None) -> str:
@@ -218,31 +151,18 @@ def _names(request: dict[str, Any], field: str) -> list[str]:
     for index, name in enumerate(values):
         if not isinstance(name, str):
             raise BadRequest(f"{field}[{index}]: must be a string")
-    return values  # names are checked by lookups.select_flags, as for gRPC
+    return values  # names are checked by select_flags, as for gRPC
 
 
-def _evaluation(flag: str, result: Result) -> dict[str, Any]:
+def _evaluation(answer: Answer) -> dict[str, Any]:
+    result: Result = answer[3]
     return {
-        "flag": flag,
+        "flag": answer[2],
         "treatment": result.treatment,
         "label": result.label,
         "config": result.config,
         "change_number": result.change_number,
     }
-
-
-def _attribute_value(value: object) -> pb.AttributeValue:
-    """An event property (already checked by `_attributes`) as fader.v1 carries it."""
-    if isinstance(value, bool):
-        return pb.AttributeValue(bool_value=value)
-    if isinstance(value, int):
-        return pb.AttributeValue(int_value=value)
-    if isinstance(value, float):
-        return pb.AttributeValue(double_value=value)
-    if isinstance(value, str):
-        return pb.AttributeValue(string_value=value)
-    assert isinstance(value, list)
-    return pb.AttributeValue(string_list_value=pb.StringList(values=value))
 
 
 class Connection(asyncio.Protocol):
@@ -358,14 +278,8 @@ class FastLane:
                 known = ", ".join(self._operations)
                 raise BadRequest(f"op: {request.get('op')!r} is not one of {known}")
             response = operation(request)
-        except BadRequest as err:
-            return fl.encode({"id": request_id, "error": fl.INVALID_ARGUMENT, "message": str(err)})
-        except NotReady as err:
-            return fl.encode({"id": request_id, "error": fl.UNAVAILABLE, "message": str(err)})
-        except QueueFull as err:
-            return fl.encode(
-                {"id": request_id, "error": fl.RESOURCE_EXHAUSTED, "message": str(err)}
-            )
+        except Refusal as err:
+            return fl.encode({"id": request_id, "error": err.code, "message": str(err)})
         response["id"] = request_id
         return fl.encode(response)
 

@@ -37,9 +37,9 @@ from fader.rules.result import (
 )
 from google.protobuf import struct_pb2
 
-from sidecar import limits
-from sidecar.api import wire
-from sidecar.api.wire import BadRequest
+from sidecar.core.attributes import AttributePolicy
+from sidecar.core.refusals import BadRequest, Refusal
+from sidecar.core.requests import check_key, check_name
 
 TARGETING_KEY = "targetingKey"
 
@@ -71,22 +71,31 @@ CHANGE_UPDATE = "update"
 CHANGE_DELETE = "delete"
 
 
-class FlagdError(Exception):
+# flagd's gRPC status (flagd flag_evaluator.go errFormat) and HTTP status (OFREP) for each
+# error code; GENERAL is UNKNOWN, as flagd returns an unclassified error.
+STATUS_OF_ERROR: dict[str, tuple[str, int]] = {
+    FLAG_NOT_FOUND: ("NOT_FOUND", 404),
+    TYPE_MISMATCH: ("INVALID_ARGUMENT", 400),
+    PARSE_ERROR: ("DATA_LOSS", 400),
+    GENERAL: ("UNKNOWN", 500),
+}
+
+
+class FlagdError(Refusal):
     """An evaluation flagd reports as an error status; `error_code` is flagd's name for it."""
 
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(f"{error_code}: {message}")
         self.error_code = error_code
+        self.code, self.http_status = STATUS_OF_ERROR[error_code]
 
 
 def evaluation_context(
-    context: struct_pb2.Struct,
-    max_attributes: int,
-    max_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
+    context: struct_pb2.Struct, policy: AttributePolicy
 ) -> tuple[str, dict[str, object] | None]:
     """(key, attributes) from a flagd context Struct; BadRequest names the offending entry.
-    The same limits as fader.v1: at most `max_attributes` entries, and no string (or string
-    list, in all) longer than `max_size` characters; each refusal is counted."""
+    flagd's own type rules turn each entry into a Python value, then the attribute policy
+    every lane shares checks the count and sizes (each refusal counted)."""
     fields = context.fields
     key_value = fields.get(TARGETING_KEY)
     if key_value is None or key_value.WhichOneof("kind") != "string_value":
@@ -94,11 +103,9 @@ def evaluation_context(
             f"context.{TARGETING_KEY}: a string is required (Fader evaluates flags per key)"
         )
     key = key_value.string_value
-    wire.check_key(key, f"context.{TARGETING_KEY}")
-    if len(fields) - 1 > max_attributes:
-        limits.REFUSALS.count(limits.ATTRIBUTES)
-        raise BadRequest(f"context: {len(fields) - 1} attributes, at most {max_attributes} allowed")
-    attributes: dict[str, object] = {}
+    check_key(key, f"context.{TARGETING_KEY}")
+    policy.check_count(len(fields) - 1, "context")
+    values: dict[str, object] = {}
     for name, value in fields.items():
         if name == TARGETING_KEY:
             continue
@@ -106,21 +113,8 @@ def evaluation_context(
             raise BadRequest("context: an attribute name is empty")
         converted = _attribute(name, value)
         if converted is not None:
-            _check_size(name, converted, max_size)
-            attributes[name] = converted
-    return key, attributes or None
-
-
-def _check_size(name: str, value: object, max_size: int) -> None:
-    if isinstance(value, str):
-        size = len(value)
-    elif isinstance(value, list):
-        size = sum(map(len, value))
-    else:
-        return
-    if size > max_size:
-        limits.REFUSALS.count(limits.ATTRIBUTE_SIZE)
-        raise BadRequest(f"context[{name!r}]: {size} characters, at most {max_size} allowed")
+            values[name] = converted
+    return key, policy.admit(values, "context")
 
 
 def _attribute(name: str, value: struct_pb2.Value) -> object:
@@ -260,7 +254,7 @@ def flag_set(selector: str | None) -> str | None:
     value = value.strip()
     if not value:
         raise BadRequest(f"Flagd-Selector {selector!r}: the flag set name is empty")
-    wire.check_name(value, "Flagd-Selector")
+    check_name(value, "Flagd-Selector")
     return value
 
 

@@ -1,9 +1,9 @@
 """flagd.evaluation.v1.Service and flagd.evaluation.v2.Service on grpc.aio.
 
 Every OpenFeature flagd provider in RPC mode speaks this protocol, so a service in any
-language reads Fader flags with no Fader SDK. The adapters are thin: they read the active
-snapshot once per call, evaluate through `FlagdResolver.resolve` (the one evaluation path of
-both services) and translate with `sidecar.api.flagd_mapping`.
+language reads Fader flags with no Fader SDK. The adapters are thin: they take the active
+snapshot once per call, evaluate through the evaluation core every lane shares
+(`sidecar.core`) and translate with `sidecar.api.flagd_mapping`.
 
 Both versions share one implementation: v2 differs only in its message classes (value and
 variant are `optional`, so a disabled flag sends neither; v1 sends zero values, as flagd does)
@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from time import perf_counter
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from fader.pb.flagd.evaluation.v1 import evaluation_pb2 as v1
 from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as v2
-from fader.rules.result import LABEL_NOT_FOUND, Result
+from fader.rules.result import Result
 from fader.snapshot.snapshot import Snapshot
 
-from sidecar import limits
 from sidecar.api import flagd_mapping as mapping
 from sidecar.api.flagd_mapping import FlagdError
-from sidecar.api.lookups import NotReady, active_snapshot
-from sidecar.api.watch import ChangeFeed, TooManyStreams
-from sidecar.api.wire import BadRequest, check_name
-from sidecar.delivery.store import Store
-from sidecar.telemetry.impressions import Recorder, now_ms
-from sidecar.telemetry.metrics import Metrics
+from sidecar.api.grpc_status import abort
+from sidecar.api.watch import ChangeFeed
+from sidecar.core import Core
+from sidecar.core.refusals import Refusal
+from sidecar.core.requests import check_name
 
 SERVICE_V1 = v1.DESCRIPTOR.services_by_name["Service"]
 SERVICE_V2 = v2.DESCRIPTOR.services_by_name["Service"]
@@ -45,47 +44,32 @@ PROVIDER_READY = "provider_ready"
 CONFIGURATION_CHANGE = "configuration_change"
 KEEP_ALIVE = "keep_alive"
 
-# flagd's gRPC status for each error code (flagd flag_evaluator.go errFormat); GENERAL is
-# UNKNOWN, as flagd returns an unclassified error.
-STATUS_OF_ERROR = {
-    mapping.FLAG_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    mapping.TYPE_MISMATCH: grpc.StatusCode.INVALID_ARGUMENT,
-    mapping.PARSE_ERROR: grpc.StatusCode.DATA_LOSS,
-    mapping.GENERAL: grpc.StatusCode.UNKNOWN,
-}
-
 Convert = Callable[[Result], Any]
 
 
 class FlagdResolver:
-    """Evaluation for both flagd services."""
+    """What both flagd services share: the evaluation core, and the context decoding."""
 
-    def __init__(
-        self,
-        store: Store,
-        metrics: Metrics,
-        max_attributes: int,
-        recorder: Recorder | None = None,
-        max_attribute_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
-    ) -> None:
-        self.store = store
-        self.max_attributes = max_attributes
-        self.max_attribute_size = max_attribute_size
-        self._metrics = metrics
-        self._record = recorder.record if recorder is not None else None
+    def __init__(self, core: Core) -> None:
+        self.evaluator = core.evaluator
+        self.policy = core.policy
+
+    def context(self, request: Any) -> tuple[str, dict[str, object] | None]:
+        return mapping.evaluation_context(request.context, self.policy)
 
     def resolve(
-        self, snap: Snapshot, key: str, flag: str, attributes: dict[str, object] | None
-    ) -> Result:
-        """The single place where a flagd call evaluates a flag: whatever must happen for
-        every flagd evaluation (metrics, impressions) happens here."""
-        result = snap.evaluate(key, flag, None, attributes)
-        self._metrics.shard().count_evaluation(
-            flag, result.treatment, result.label != LABEL_NOT_FOUND
-        )
-        if self._record is not None:
-            self._record(snap, now_ms(), [(key, None, flag, result)])
-        return result
+        self,
+        snap: Snapshot,
+        key: str,
+        flags: list[str],
+        attributes: dict[str, object] | None,
+        operation: str,
+        started: float,
+    ) -> list[Result]:
+        """Evaluates `flags` for one context through the core (counted, recorded, timed)."""
+        lookups = [(key, None, flag, attributes) for flag in flags]
+        answers = self.evaluator.evaluate(snap, lookups, operation, started)
+        return [answer[3] for answer in answers]
 
 
 class FlagdService:
@@ -131,7 +115,7 @@ class FlagdService:
     ) -> Any:
         try:
             return self._answer(request, context, response_type, convert)
-        except (BadRequest, NotReady, FlagdError) as err:
+        except Refusal as err:
             await abort(context, err)
 
     def _answer(
@@ -141,18 +125,17 @@ class FlagdService:
         response_type: Callable[..., Any],
         convert: Convert,
     ) -> Any:
+        started = perf_counter()
         resolver = self._resolver
-        snap = active_snapshot(resolver.store)
+        snap = resolver.evaluator.snapshot()
         flag = request.flag_key
         check_name(flag, "flag_key")
         selected = mapping.flag_set(selector(context))
-        key, attributes = mapping.evaluation_context(
-            request.context, resolver.max_attributes, resolver.max_attribute_size
-        )
+        key, attributes = resolver.context(request)
         compiled = snap.flags.get(flag)
         if not mapping.in_flag_set(compiled, selected):
             raise FlagdError(mapping.FLAG_NOT_FOUND, f"flag not found in flag set {selected!r}")
-        result = resolver.resolve(snap, key, flag, attributes)
+        [result] = resolver.resolve(snap, key, [flag], attributes, "flagd.Resolve", started)
         reason = mapping.reason(compiled, result)
         response = response_type(reason=reason)
         if reason != mapping.REASON_DISABLED:
@@ -166,16 +149,14 @@ class FlagdService:
     ) -> AsyncIterator[Any]:
         try:
             selected = mapping.flag_set(selector(context))
-        except BadRequest as err:
-            await abort(context, err)
-        try:
+            # flagd streams share --max-watch-streams with WatchChanges
             async for kind, data in events(self._feed, selected, self._keep_alive):
                 response = self._pb.EventStreamResponse(type=kind)
                 if data is not None:
                     response.data.update(data)
                 yield response
-        except TooManyStreams as err:  # flagd streams share --max-watch-streams
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        except Refusal as err:
+            await abort(context, err)
 
 
 class FlagdServiceV1(FlagdService):
@@ -186,7 +167,7 @@ class FlagdServiceV1(FlagdService):
     ) -> v1.ResolveAllResponse:
         try:
             return self._resolve_all(request, context)
-        except (BadRequest, NotReady) as err:
+        except Refusal as err:
             await abort(context, err)
 
     def _resolve_all(
@@ -195,16 +176,15 @@ class FlagdServiceV1(FlagdService):
         """Treatments are Fader's variants and all of them are strings, so every flag fits
         `string_value`. A flag whose rules fail is left out, as flagd leaves out flags it
         cannot evaluate; a killed flag is in, DISABLED with no value (flagd's ADR)."""
+        started = perf_counter()
         resolver = self._resolver
-        snap = active_snapshot(resolver.store)
+        snap = resolver.evaluator.snapshot()
         selected = mapping.flag_set(selector(context))
-        key, attributes = mapping.evaluation_context(
-            request.context, resolver.max_attributes, resolver.max_attribute_size
-        )
-        names = snap.flags_in_sets((selected,)) if selected else snap.flag_names()
+        key, attributes = resolver.context(request)
+        names = list(snap.flags_in_sets((selected,)) if selected else snap.flag_names())
+        results = resolver.resolve(snap, key, names, attributes, "flagd.ResolveAll", started)
         response = v1.ResolveAllResponse()
-        for name in names:
-            result = resolver.resolve(snap, key, name, attributes)
+        for name, result in zip(names, results, strict=True):
             try:
                 reason = mapping.reason(snap.flags.get(name), result)
             except FlagdError:
@@ -270,30 +250,9 @@ async def events(
         pending.cancel()
 
 
-async def abort(
-    context: grpc.aio.ServicerContext, err: BadRequest | NotReady | FlagdError
-) -> NoReturn:
-    """Ends the call with flagd's status for `err` and its message as details."""
-    if isinstance(err, FlagdError):
-        code = STATUS_OF_ERROR[err.error_code]
-    elif isinstance(err, NotReady):
-        code = grpc.StatusCode.UNAVAILABLE
-    else:
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    await context.abort(code, str(err))
-    raise AssertionError("unreachable: grpc.aio abort raises")
-
-
-def services(
-    store: Store,
-    metrics: Metrics,
-    feed: ChangeFeed,
-    max_attributes: int,
-    recorder: Recorder | None = None,
-    max_attribute_size: int = limits.DEFAULT_MAX_ATTRIBUTE_SIZE,
-) -> tuple[tuple[FlagdService, Any], ...]:
+def services(core: Core, feed: ChangeFeed) -> tuple[tuple[FlagdService, Any], ...]:
     """(servicer, service descriptor) for flagd v1 and v2, sharing one resolver."""
-    resolver = FlagdResolver(store, metrics, max_attributes, recorder, max_attribute_size)
+    resolver = FlagdResolver(core)
     return (
         (FlagdServiceV1(v1, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V1),
         (FlagdService(v2, resolver, feed, KEEP_ALIVE_SECONDS), SERVICE_V2),

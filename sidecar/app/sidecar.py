@@ -20,19 +20,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidecar.api import flagd_service, instrument, uds
-from sidecar.api.evaluation_service import SERVICE, EvaluationService
+from sidecar.api.fader_v1 import SERVICE, EvaluationService
 from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
-from sidecar.api.lookups import Limits, Lookups
 from sidecar.api.management import ManagementServer
-from sidecar.api.track import EventQueue
 from sidecar.api.watch import ChangeFeed
+from sidecar.app.errors import StartupError
 from sidecar.app.sources import SnapshotSources, SourcesCollector
 from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
 from sidecar.config import Address, Settings
+from sidecar.core import Core
+from sidecar.core.evaluator import Evaluator
+from sidecar.core.events import EventQueue
 from sidecar.delivery.store import Store
-from sidecar.limits import LimitsCollector
-from sidecar.telemetry.impressions import Recorder
+from sidecar.limits import LimitsCollector, RequestLimits
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.pipeline import Pipeline
 
@@ -42,10 +43,6 @@ log = logging.getLogger(__name__)
 # (CANCELLED before the handler runs: 5-10 % of a 2,000-call burst with the defaults).
 MAX_PENDING_REQUESTS = 10_000
 MAX_PENDING_REQUESTS_HARD = 20_000
-
-
-class StartupError(RuntimeError):
-    """The sidecar cannot start as configured; the message says why."""
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -83,6 +80,10 @@ class Sidecar:
             self.metrics.registry.register(telemetry.collector)
         self.metrics.registry.register(LimitsCollector())
         self.events = EventQueue(self.metrics, telemetry)
+        recorder = telemetry.recorder if telemetry is not None else None
+        self.core = Core.build(
+            Evaluator(store, self.metrics, recorder), request_limits(settings), self.events
+        )
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
         self.fastlane_path: Path | None = None
@@ -133,29 +134,13 @@ class Sidecar:
             self._mgmt.start()
 
     def _add_services(self, server: grpc.aio.Server) -> None:
-        settings = self.settings
-        self._feed = ChangeFeed(self.store, settings.max_watch_streams)
+        """Every gRPC lane, each a thin translator over the one evaluation core."""
+        self._feed = ChangeFeed(self.store, self.core.limits.max_watch_streams)
         self.metrics.watch_event_queue(lambda: len(self.events))
-        limits = Limits(
-            settings.max_attributes, settings.max_batch_items, settings.max_attribute_size
-        )
-        service = EvaluationService(
-            Lookups(self.store, limits, self.metrics, self._recorder()),
-            self.events,
-            self._feed,
-            self.metrics,
-            settings.max_attributes,
-        )
+        service = EvaluationService(self.core, self._feed)
         metrics = self.metrics if self._instrumented else None
         instrument.register(server, service, SERVICE, metrics)
-        flagd = flagd_service.services(
-            self.store,
-            self.metrics,
-            self._feed,
-            settings.max_attributes,
-            self._recorder(),
-            settings.max_attribute_size,
-        )
+        flagd = flagd_service.services(self.core, self._feed)
         for flagd_servicer, descriptor in flagd:
             instrument.register(server, flagd_servicer, descriptor, metrics)
         self._health = Health(self.store)
@@ -165,9 +150,6 @@ class Sidecar:
         reflection.enable_server_reflection(
             (SERVICE.full_name, *flagd_names, health_name, reflection.SERVICE_NAME), server
         )
-
-    def _recorder(self) -> Recorder | None:
-        return self.telemetry.recorder if self.telemetry is not None else None
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
         settings = self.settings
@@ -196,16 +178,7 @@ class Sidecar:
         self.uds_path = path
 
     async def _start_fastlane(self, path: Path, gid: int | None) -> None:
-        settings = self.settings
-        handlers = Handlers(
-            self.store,
-            self.events,
-            self.metrics,
-            settings.max_attributes,
-            settings.max_batch_items,
-            self._recorder(),
-        )
-        self._fastlane = FastLane(handlers, settings.max_message_bytes)
+        self._fastlane = FastLane(Handlers(self.core), self.core.limits.max_message_bytes)
         await self._fastlane.start(path, gid)
         self.fastlane_path = path
 
@@ -257,6 +230,16 @@ class Sidecar:
         """Cancels the calls still in flight (a second signal during the drain)."""
         if self._server is not None:
             await self._server.stop(0)
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    return RequestLimits(
+        max_attributes=settings.max_attributes,
+        max_attribute_size=settings.max_attribute_size,
+        max_batch_items=settings.max_batch_items,
+        max_watch_streams=settings.max_watch_streams,
+        max_message_bytes=settings.max_message_bytes,
+    )
 
 
 def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

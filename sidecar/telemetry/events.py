@@ -1,4 +1,4 @@
-"""Track events as the telemetry pipeline carries them (validated in sidecar.api.track)."""
+"""Track events as the telemetry pipeline carries them (validated in sidecar.core.events)."""
 
 from __future__ import annotations
 

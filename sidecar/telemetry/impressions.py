@@ -57,9 +57,9 @@ class Impression(NamedTuple):
 
 
 # One evaluation as the hot path leaves it: (key, bucketing key, flag, result).
-Lookup = tuple[str, str | None, str, Result]
+Answer = tuple[str, str | None, str, Result]
 # One request's evaluations: (snapshot, time ms, lookups).
-Pending = tuple[Snapshot, int, list[Lookup]]
+Pending = tuple[Snapshot, int, list[Answer]]
 
 
 # Builds a NamedTuple from a tuple without its keyword-parsing __new__ (4x cheaper).
@@ -92,7 +92,7 @@ class Recorder:
         self.size = 0  # lookups in `pending`
         self.overflow = 0
 
-    def record(self, snap: Snapshot, time_ms: int, lookups: list[Lookup]) -> None:
+    def record(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> None:
         count = len(lookups)
         if self.size + count > self.capacity:
             self.overflow += count
@@ -180,7 +180,7 @@ class ImpressionModes:
         self._disabled_snap: Snapshot | None = None
         self._disabled: frozenset[str] = frozenset()
 
-    def process(self, snap: Snapshot, time_ms: int, lookups: list[Lookup]) -> None:
+    def process(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> None:
         self.process_all(((snap, time_ms, lookups),))
 
     def process_all(self, requests: Iterable[Pending]) -> None:

@@ -205,7 +205,8 @@ class _Collector(Collector):
         yield evaluations
         lookups = HistogramMetricFamily(
             "fader_lookup_duration_seconds",
-            "Time spent inside the sidecar on one lookup request (decode, evaluate, encode).",
+            "Time spent inside the sidecar on one lookup request, from decoding it to the end "
+            "of its evaluations (the answer's encoding is not included).",
             labels=("method",),
         )
         for method, histogram in sorted(total.lookups.items()):

@@ -1,0 +1,229 @@
+"""fader.v1.EvaluationService: protobuf requests to the evaluation core and back.
+
+`Lookups` translates the three lookup messages (synchronous, independent of the gRPC stack,
+so the benchmarks and fuzz tests drive it directly); `EvaluationService` is the grpc.aio
+servicer around it, with Track and WatchChanges. Responses are filled in place: setting
+fields on a message already in its response costs half of building one and copying it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from time import perf_counter
+
+import grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.rules.result import Result
+
+from sidecar.api.grpc_status import abort
+from sidecar.api.watch import ChangeFeed
+from sidecar.core import Core
+from sidecar.core.attributes import AttributePolicy
+from sidecar.core.evaluator import Lookup
+from sidecar.core.events import make_event
+from sidecar.core.refusals import BadRequest, Refusal
+from sidecar.core.requests import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    check_items,
+    check_key,
+    check_name,
+    optional_key,
+    select_flags,
+)
+from sidecar.telemetry.events import Event
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EvaluationService"]
+SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
+
+
+class Lookups:
+    """GetTreatment, GetTreatments and EvaluateBatch, as plain calls."""
+
+    def __init__(self, core: Core) -> None:
+        self._evaluator = core.evaluator
+        self._policy = core.policy
+        self._max_items = core.limits.max_batch_items
+
+    def get_treatment(self, request: pb.GetTreatmentRequest) -> pb.GetTreatmentResponse:
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
+        key, flag = request.key, request.flag
+        check_key(key, "key")
+        check_name(flag, "flag")
+        bucketing_key = optional_key(request.bucketing_key, "bucketing_key")
+        attrs = attributes(request.attributes, self._policy, "attributes")
+        lookup = (key, bucketing_key, flag, attrs)
+        answer = self._evaluator.evaluate(snap, (lookup,), "GetTreatment", started)[0]
+        response = pb.GetTreatmentResponse(version=snap.version)
+        fill_evaluation(response.evaluation, flag, answer[3])
+        return response
+
+    def get_treatments(self, request: pb.GetTreatmentsRequest) -> pb.GetTreatmentsResponse:
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
+        key = request.key
+        check_key(key, "key")
+        flags = select_flags(snap, request.flags, request.flag_sets, self._max_items)
+        attrs = attributes(request.attributes, self._policy, "attributes")
+        bucketing_key = optional_key(request.bucketing_key, "bucketing_key")
+        lookups = [(key, bucketing_key, flag, attrs) for flag in flags]
+        answers = self._evaluator.evaluate(snap, lookups, "GetTreatments", started)
+        response = pb.GetTreatmentsResponse(version=snap.version)
+        add = response.evaluations.add
+        for _, _, flag, result in answers:
+            fill_evaluation(add(), flag, result)
+        return response
+
+    def evaluate_batch(self, request: pb.EvaluateBatchRequest) -> pb.EvaluateBatchResponse:
+        """The decode loop is written for speed (~1.5 µs per item besides evaluation): fields
+        are read once, and error messages are only built on error."""
+        started = perf_counter()
+        snap = self._evaluator.snapshot()
+        items = request.items
+        check_items(len(items), self._max_items, "items")
+        policy = self._policy
+        lookups: list[Lookup] = []
+        append = lookups.append
+        for index, item in enumerate(items):
+            key, flag = item.key, item.flag
+            if not key or len(key) > MAX_KEY_LENGTH:
+                check_key(key, f"items[{index}].key")
+            if not flag or len(flag) > MAX_NAME_LENGTH:
+                check_name(flag, f"items[{index}].flag")
+            bucketing_key = item.bucketing_key or None
+            if bucketing_key is not None and len(bucketing_key) > MAX_KEY_LENGTH:
+                check_key(bucketing_key, f"items[{index}].bucketing_key")
+            attrs = (
+                attributes(item.attributes, policy, f"items[{index}].attributes")
+                if item.attributes
+                else None
+            )
+            append((key, bucketing_key, flag, attrs))
+        answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
+        response = pb.EvaluateBatchResponse(version=snap.version)
+        add = response.evaluations.add
+        for _, _, flag, result in answers:
+            fill_evaluation(add(), flag, result)
+        return response
+
+
+class EvaluationService:
+    """The grpc.aio servicer: lookups, Track, WatchChanges; refusals become statuses."""
+
+    def __init__(self, core: Core, feed: ChangeFeed) -> None:
+        self._lookups = Lookups(core)
+        self._core = core
+        self._feed = feed
+
+    async def GetTreatment(
+        self, request: pb.GetTreatmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTreatmentResponse:
+        try:
+            return self._lookups.get_treatment(request)
+        except Refusal as err:
+            await abort(context, err)
+
+    async def GetTreatments(
+        self, request: pb.GetTreatmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTreatmentsResponse:
+        try:
+            return self._lookups.get_treatments(request)
+        except Refusal as err:
+            await abort(context, err)
+
+    async def EvaluateBatch(
+        self, request: pb.EvaluateBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EvaluateBatchResponse:
+        try:
+            return self._lookups.evaluate_batch(request)
+        except Refusal as err:
+            await abort(context, err)
+
+    async def Track(
+        self, request: pb.TrackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TrackResponse:
+        events = self._core.events
+        try:
+            try:
+                event = event_from_request(request, self._core.policy)
+            except BadRequest:
+                events.refused()
+                raise
+            events.put(event)
+        except Refusal as err:
+            await abort(context, err)
+        return pb.TrackResponse()
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        try:
+            for index, flag in enumerate(request.flags):
+                check_name(flag, f"flags[{index}]")
+            async for snap, changed in self._feed.changes(frozenset(request.flags)):
+                yield pb.WatchChangesResponse(
+                    version=snap.version, changed_flags=changed, source=snap.source
+                )
+        except Refusal as err:
+            await abort(context, err)
+
+
+def event_from_request(request: pb.TrackRequest, policy: AttributePolicy) -> Event:
+    """The Event a TrackRequest stands for; BadRequest names the first bad field."""
+    stamp = request.timestamp if request.HasField("timestamp") else None
+    return make_event(
+        request.key,
+        request.traffic_type,
+        request.event_type,
+        request.value if request.HasField("value") else None,
+        attributes(request.properties, policy, "properties"),
+        None if stamp is None else stamp.seconds * 1000 + stamp.nanos // 1_000_000,
+    )
+
+
+def attributes(
+    values: Mapping[str, pb.AttributeValue], policy: AttributePolicy, where: str
+) -> dict[str, object] | None:
+    """Engine attributes from the typed wire map (None when there are none), in one pass:
+    int64 stays int, double stays float, a timestamp becomes whole epoch seconds."""
+    if not values:
+        return None
+    policy.check_count(len(values), where)
+    max_size = policy.max_size
+    converted: dict[str, object] = {}
+    for name, value in values.items():
+        kind = value.WhichOneof("kind")
+        if kind in SCALAR_KINDS and name:
+            item = getattr(value, kind)
+            if kind == "string_value" and len(item) > max_size:
+                raise policy.too_long(where, name, len(item))
+            converted[name] = item
+        else:
+            converted[name] = _special(name, value, kind, where, policy)
+    return converted
+
+
+def _special(
+    name: str, value: pb.AttributeValue, kind: str | None, where: str, policy: AttributePolicy
+) -> object:
+    """The uncommon attribute forms, and the errors, out of the common path."""
+    if kind is None:
+        raise BadRequest(f"{where}[{name!r}]: no value set")
+    if not name:
+        raise BadRequest(f"{where}: an attribute name is empty")
+    if kind == "string_list_value":
+        return policy.check_list(where, name, list(value.string_list_value.values))
+    return value.timestamp_value.seconds
+
+
+def fill_evaluation(message: pb.Evaluation, flag: str, result: Result) -> None:
+    """Writes `result` into a message already in its response; absent fields stay unset."""
+    message.flag = flag
+    message.treatment = result.treatment
+    if result.label is not None:
+        message.label = result.label
+    if result.config is not None:
+        message.config = result.config
+    if result.change_number is not None:
+        message.change_number = result.change_number

@@ -1,0 +1,68 @@
+"""The one evaluation path of every lane: a snapshot taken once, a list of lookups evaluated
+on it, each counted, the whole request recorded for impressions and timed.
+
+Every front door (fader.v1, flagd, the fast lane, and each one added later) decodes its wire
+form into `Lookup`s, calls `Evaluator.evaluate`, and encodes the results. What must happen
+for every evaluation happens here and only here, so the lanes cannot drift apart.
+
+Why the snapshot is a parameter: a lane takes it with `snapshot()` before decoding (a request
+for "every flag" or a flag set needs it to know the flags), and every result of the request
+then comes from that one object. An answer never mixes two versions, however a swap lands.
+
+This is the hot path: no logging, no locking. Metrics go to the calling thread's own shard;
+impressions cost one list append per request (the recorder works off the request path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from time import perf_counter
+
+from fader.rules.result import LABEL_NOT_FOUND
+from fader.snapshot.snapshot import Snapshot
+
+from sidecar.core.refusals import NOT_READY_MESSAGE, NotReady
+from sidecar.delivery.store import Store
+from sidecar.telemetry.impressions import Answer, Recorder, now_ms
+from sidecar.telemetry.metrics import Metrics
+
+# One lookup as a lane decodes it: (key, bucketing key, flag, attributes).
+Lookup = tuple[str, str | None, str, dict[str, object] | None]
+
+
+class Evaluator:
+    """Evaluates lookups against the store's active snapshot for every lane."""
+
+    __slots__ = ("_metrics", "_record", "store")
+
+    def __init__(self, store: Store, metrics: Metrics, recorder: Recorder | None = None) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._record = recorder.record if recorder is not None else None
+
+    def snapshot(self) -> Snapshot:
+        """The one snapshot a request reads; NotReady before the first one."""
+        snap = self.store.current
+        if snap is None:
+            raise NotReady(NOT_READY_MESSAGE)
+        return snap
+
+    def evaluate(
+        self, snap: Snapshot, lookups: Iterable[Lookup], operation: str, started: float
+    ) -> list[Answer]:
+        """Evaluates every lookup on `snap`, counts each evaluation, records the request's
+        impressions, and observes the request's latency since `started` (a perf_counter
+        reading taken when the lane began the request) under `operation`."""
+        evaluate = snap.evaluate
+        shard = self._metrics.shard()
+        count = shard.count_evaluation
+        answers: list[Answer] = []
+        append = answers.append
+        for key, bucketing_key, flag, attributes in lookups:
+            result = evaluate(key, flag, bucketing_key, attributes)
+            count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+            append((key, bucketing_key, flag, result))
+        if self._record is not None:
+            self._record(snap, now_ms(), answers)
+        shard.lookup(operation).observe(perf_counter() - started)
+        return answers
