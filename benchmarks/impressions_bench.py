@@ -44,7 +44,7 @@ from sidecar.app.sidecar import Sidecar
 from sidecar.config import Settings
 from sidecar.telemetry.impressions import Mode
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
-from sidecar.telemetry.uploader import CollectorTarget, Uploader
+from sidecar.telemetry.uploader import Uploader
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("off", "optimized", "debug")
@@ -65,7 +65,7 @@ async def serve(mode: str, workdir: Path, collector: str) -> None:
     if mode != "off":
         telemetry = Pipeline(
             PipelineSettings(mode=Mode(mode), sidecar_id=mode, spool_dir=workdir / mode),
-            Uploader(CollectorTarget(collector), timeout=10.0),
+            Uploader(collector, timeout=10.0),
         )
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     sidecar = Sidecar(settings, demo_store(settings), telemetry=telemetry)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.plumbing.channels import ChannelSecurity
+
 ENV_PREFIX = "FADER_"
 OFF = "off"
 IMPRESSIONS_MODES = ("optimized", "debug", "none")
@@ -90,6 +92,8 @@ class Settings:
     grpc_token_file: Path | None = None
     control_plane_cert: Path | None = None
     control_plane_key: Path | None = None
+    collector_cert: Path | None = None
+    collector_key: Path | None = None
 
 
 def parse_address(text: str) -> Address | None:
@@ -466,6 +470,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "control_plane_key", parse_optional_path, "private key of --control-plane-cert", "FILE"
     ),
+    Setting(
+        "collector_cert",
+        parse_optional_path,
+        "client certificate presented to --collector (mTLS; needs --collector-ca)",
+        "FILE",
+    ),
+    Setting("collector_key", parse_optional_path, "private key of --collector-cert", "FILE"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -558,6 +569,7 @@ def check_consistency(settings: Settings) -> None:
         )
     for option, value in (
         ("--collector-ca", settings.collector_ca),
+        ("--collector-cert", settings.collector_cert),
         ("--collector-token-file", settings.collector_token_file),
     ):
         if value is not None and settings.collector is None:
@@ -597,9 +609,40 @@ def check_hardening(settings: Settings) -> None:
         raise ConfigError("--control-plane-cert and --control-plane-key go together")
     if settings.control_plane_cert is not None and settings.control_plane_ca is None:
         raise ConfigError("--control-plane-cert (mTLS) needs --control-plane-ca")
+    if (settings.collector_cert is None) != (settings.collector_key is None):
+        raise ConfigError("--collector-cert and --collector-key go together")
+    if settings.collector_cert is not None and settings.collector_ca is None:
+        raise ConfigError("--collector-cert (mTLS) needs --collector-ca")
     tcp_auth = settings.grpc_tls_cert is not None or settings.grpc_token_file is not None
     if tcp_auth and settings.grpc_listen is None:
         raise ConfigError("--grpc-tls-cert and --grpc-token-file need --grpc-listen")
+
+
+def control_plane_security(settings: Settings) -> ChannelSecurity:
+    """The control-plane channel's TLS, client certificate and token; OSError when a file
+    cannot be read."""
+    return ChannelSecurity.from_files(
+        ca=settings.control_plane_ca,
+        cert=settings.control_plane_cert,
+        key=settings.control_plane_key,
+        token_file=settings.control_plane_token_file,
+    )
+
+
+def collector_target(settings: Settings) -> tuple[str, ChannelSecurity] | None:
+    """--collector with its own TLS, certificate and token, else the control plane with its
+    own: the reference control plane hosts the collector, so one address is enough by
+    default. None when there is neither; OSError when a file cannot be read."""
+    if settings.collector is not None:
+        return settings.collector, ChannelSecurity.from_files(
+            ca=settings.collector_ca,
+            cert=settings.collector_cert,
+            key=settings.collector_key,
+            token_file=settings.collector_token_file,
+        )
+    if settings.control_plane is not None:
+        return settings.control_plane, control_plane_security(settings)
+    return None
 
 
 def sidecar_id(settings: Settings) -> str:

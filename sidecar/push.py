@@ -17,7 +17,7 @@ from fader.snapshot.issues import SnapshotError
 
 from sidecar.delivery.messages import to_message
 from sidecar.delivery.signing import signature_path
-from sidecar.sources.controlplane import ChannelSecurity
+from sidecar.plumbing.channels import ChannelSecurity
 
 
 def push_main(argv: list[str]) -> int:
@@ -46,20 +46,23 @@ def push_main(argv: list[str]) -> int:
         version = normalize(decode(data, fmt)).version
         sig_path = args.signature or signature_path(args.file)
         signature = sig_path.read_bytes() if args.signature or sig_path.exists() else None
-        security = ChannelSecurity(
-            root_certificates=args.ca.read_bytes() if args.ca else None,
-            private_key=args.key.read_bytes() if args.key else None,
-            certificate_chain=args.cert.read_bytes() if args.cert else None,
-            tls=args.ca is not None,
-        )
     except OSError as exc:
         print(f"fader push: {exc.filename or args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     except SnapshotError as exc:
         print(f"fader push: {args.file}: {exc}", file=sys.stderr)
         return 2
-    secret = args.token_file.read_text().strip() if args.token_file else args.token
-    metadata = [("authorization", f"Bearer {secret}")] if secret else None
+    try:
+        security = ChannelSecurity.from_files(
+            ca=args.ca, cert=args.cert, key=args.key, token_file=args.token_file, token=args.token
+        )
+        metadata = security.metadata()
+    except OSError as exc:
+        print(f"fader push: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # TLS options that do not go together
+        print(f"fader push: {exc}", file=sys.stderr)
+        return 2
     request = controlplane_pb2.PushSnapshotRequest(
         snapshot=to_message(data, fmt, version, signature), force=args.force
     )

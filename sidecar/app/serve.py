@@ -14,9 +14,9 @@ import sys
 import uvloop
 
 from sidecar.api import uds
-from sidecar.app.sidecar import Sidecar, StartupError
+from sidecar.app.errors import StartupError
+from sidecar.app.sidecar import Sidecar
 from sidecar.app.sources import SnapshotSources
-from sidecar.app.sources import StartupError as SourceError
 from sidecar.app.telemetry import build_pipeline
 from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.delivery.store import Store
@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 
 async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int:
     """Serves until SIGTERM or SIGINT, then drains; a second signal cuts the drain short."""
-    sidecar = Sidecar(settings, store, sources=sources, telemetry=build_pipeline(settings))
+    try:
+        telemetry = build_pipeline(settings)
+    except StartupError as err:
+        log.error("%s", err)
+        return 1
+    sidecar = Sidecar(settings, store, sources=sources, telemetry=telemetry)
     try:
         await sidecar.start()
         sources.start()
@@ -86,7 +91,7 @@ def serve_main(argv: list[str]) -> int:
     try:
         sources = SnapshotSources(settings, store)
         sources.load_initial()
-    except SourceError as err:
+    except StartupError as err:
         log.error("%s", err)
         return 1
     if store.current is None:

@@ -25,22 +25,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.api.admin import AdminServer
+from sidecar.app.errors import StartupError
 from sidecar.auth import TokenFile, server_credentials
-from sidecar.config import Settings, sidecar_id
+from sidecar.config import Settings, control_plane_security, sidecar_id
 from sidecar.delivery import cache, signing
 from sidecar.delivery.apply import Applier, Outcome
 from sidecar.delivery.signing import KeyFileError, Verifier
 from sidecar.delivery.store import Store
-from sidecar.sources.controlplane import ChannelSecurity, ControlPlaneSource, Identity
+from sidecar.plumbing.channels import ChannelSecurity
+from sidecar.sources.controlplane import ControlPlaneSource, Identity
 from sidecar.sources.file import FileSource
 
 log = logging.getLogger(__name__)
 
 SOFTWARE_VERSION = f"fader/{importlib.metadata.version('fader')}"
-
-
-class StartupError(RuntimeError):
-    """No snapshot source can be set up as configured."""
 
 
 def demo_bytes() -> bytes:
@@ -133,20 +131,8 @@ class SnapshotSources:
         return Identity(sidecar_id(settings), dict(settings.sidecar_labels), SOFTWARE_VERSION)
 
     def _security(self) -> ChannelSecurity:
-        settings = self.settings
-        ca, cert, key = (
-            settings.control_plane_ca,
-            settings.control_plane_cert,
-            settings.control_plane_key,
-        )
         try:
-            return ChannelSecurity(
-                root_certificates=ca.read_bytes() if ca else None,
-                certificate_chain=cert.read_bytes() if cert else None,
-                private_key=key.read_bytes() if key else None,
-                token_file=settings.control_plane_token_file,
-                tls=ca is not None,
-            )
+            return control_plane_security(self.settings)
         except OSError as exc:
             raise StartupError(f"cannot read {exc.filename}: {exc.strerror}") from None
 

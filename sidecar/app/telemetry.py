@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from sidecar.config import Settings, sidecar_id
+from sidecar.app.errors import StartupError
+from sidecar.config import Settings, collector_target, sidecar_id
 from sidecar.telemetry.impressions import Mode
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
-from sidecar.telemetry.uploader import CollectorTarget, Uploader
+from sidecar.telemetry.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -15,29 +16,12 @@ SPOOL_SUBDIR = "spool"
 UPLOAD_TIMEOUT = 10.0
 
 
-def collector_target(settings: Settings) -> CollectorTarget | None:
-    """--collector with its own TLS and token, else the control plane with its own: the
-    reference control plane hosts the collector, so one address is enough by default."""
-    if settings.collector is not None:
-        address, ca, token = (
-            settings.collector,
-            settings.collector_ca,
-            settings.collector_token_file,
-        )
-    elif settings.control_plane is not None:
-        address, ca, token = (
-            settings.control_plane,
-            settings.control_plane_ca,
-            settings.control_plane_token_file,
-        )
-    else:
-        return None
-    return CollectorTarget(address, ca.read_bytes() if ca else None, token)
-
-
 def build_pipeline(settings: Settings) -> Pipeline | None:
     """The pipeline, or None (with a warning) when there is nowhere to upload to."""
-    target = collector_target(settings)
+    try:
+        target = collector_target(settings)
+    except OSError as exc:
+        raise StartupError(f"cannot read {exc.filename}: {exc.strerror}") from None
     if target is None:
         log.warning(
             "impressions and track events are not recorded: no --collector or --control-plane"
@@ -62,4 +46,5 @@ def build_pipeline(settings: Settings) -> Pipeline | None:
         spool_bytes=settings.spool_max_bytes,
         observer_size=settings.impressions_observer_size,
     )
-    return Pipeline(pipeline_settings, Uploader(target, UPLOAD_TIMEOUT))
+    address, security = target
+    return Pipeline(pipeline_settings, Uploader(address, UPLOAD_TIMEOUT, security))

@@ -17,13 +17,13 @@ import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
 from google.protobuf import json_format
 
-from sidecar.auth import TokenFile
+from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, parse_address
 from sidecar.controlplane.collector import Collector, Outputs
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.service import ControlPlaneServicer
-from sidecar.sources.controlplane import ChannelSecurity
+from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,13 @@ def controlplane_main(argv: list[str]) -> int:
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
     parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require clients (sidecars, fader status) to present a certificate signed by this "
+        "CA (mTLS; needs --tls-cert)",
+    )
+    parser.add_argument(
         "--token-file", type=Path, help="require one of these bearer tokens (one per line)"
     )
     for kind, what in (
@@ -151,10 +158,11 @@ def controlplane_main(argv: list[str]) -> int:
             raise ConfigError("--listen cannot be off")
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
+        if args.tls_client_ca is not None and args.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mTLS) needs --tls-cert")
         credentials = None
         if args.tls_cert is not None:
-            pair = (args.tls_key.read_bytes(), args.tls_cert.read_bytes())
-            credentials = grpc.ssl_server_credentials([pair])
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
         tokens = TokenFile(args.token_file) if args.token_file else None
         plane = ControlPlane(
             args.snapshot,
@@ -198,20 +206,28 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--ca", type=Path, help="use TLS, verifying the control plane with this CA")
+    parser.add_argument("--cert", type=Path, help="client certificate for mTLS (with --key)")
+    parser.add_argument("--key", type=Path, help="private key of --cert")
     parser.add_argument("--token-file", type=Path, help="bearer token for the control plane")
     args = parser.parse_args(argv)
-    security = ChannelSecurity(
-        root_certificates=args.ca.read_bytes() if args.ca else None,
-        token_file=args.token_file,
-        tls=args.ca is not None,
-    )
+    try:
+        security = ChannelSecurity.from_files(
+            ca=args.ca, cert=args.cert, key=args.key, token_file=args.token_file
+        )
+        metadata = security.metadata()
+    except OSError as exc:
+        print(f"fader status: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # TLS options that do not go together
+        print(f"fader status: {exc}", file=sys.stderr)
+        return 2
     with security.channel(args.control_plane) as channel:
         stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
         try:
             response = stub.ListSidecars(
                 controlplane_pb2.ListSidecarsRequest(),
                 timeout=args.timeout,
-                metadata=security.metadata(),
+                metadata=metadata,
             )
         except grpc.RpcError as exc:
             print(

@@ -19,8 +19,7 @@ from fader.snapshot.codec import decode, format_for, normalize
 from fader.snapshot.issues import SnapshotError
 
 from sidecar.delivery.signing import signature_path
-from sidecar.plumbing.filewatch import PathWatcher
-from sidecar.sources.file import read_settled
+from sidecar.plumbing.filewatch import PathWatcher, read_settled
 
 log = logging.getLogger(__name__)
 

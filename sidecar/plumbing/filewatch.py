@@ -1,10 +1,11 @@
-"""Watch a path for changes in a background thread, robustly.
+"""Watch a path for changes in a background thread, robustly, and read it whole.
 
 The *parent directory* is watched, not the path itself: that is what survives an
 editor's atomic rename, a Kubernetes ConfigMap update (the ``..data`` symlink swapped to
 a new timestamped directory) and delete-then-restore, all of which replace the inode a
 plain file watch would be attached to (flagd#42, #1876). A periodic stat re-check
-covers anything the event backend misses.
+covers anything the event backend misses. ``read_settled`` then reads the file until two
+reads agree, so half of a write in progress is never taken for the new content.
 """
 
 from __future__ import annotations
@@ -12,12 +13,37 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
 
 log = logging.getLogger(__name__)
+
+_SETTLE_ROUNDS = 20
+
+
+def read_settled(path: Path, settle_seconds: float) -> bytes | None:
+    """Read ``path`` until two reads ``settle_seconds`` apart agree; None when missing."""
+    previous = _read(path)
+    for _ in range(_SETTLE_ROUNDS):
+        time.sleep(settle_seconds)
+        current = _read(path)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc.strerror)
+        return None
 
 
 class PathWatcher:

@@ -11,35 +11,21 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
 
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import WireError, ack_for, format_of, nack
+from sidecar.plumbing.backoff import Backoff
+from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with jitter, so a fleet does not reconnect in lockstep."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before reconnect ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * self.multiplier**attempt)
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 
 @dataclass(frozen=True)
@@ -47,35 +33,6 @@ class Identity:
     id: str
     labels: Mapping[str, str] = field(default_factory=dict)
     software_version: str = ""
-
-
-@dataclass(frozen=True)
-class ChannelSecurity:
-    """TLS (optionally mutual) and a bearer token for the control-plane channel.
-
-    The token is read from its file at every (re)connect, so a rotated token is picked up
-    without a restart.
-    """
-
-    root_certificates: bytes | None = None
-    private_key: bytes | None = None
-    certificate_chain: bytes | None = None
-    token_file: Path | None = None
-    tls: bool = False
-
-    def channel(self, target: str, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
-        if not self.tls:
-            return grpc.insecure_channel(target, options=options)
-        credentials = grpc.ssl_channel_credentials(
-            self.root_certificates, self.private_key, self.certificate_chain
-        )
-        return grpc.secure_channel(target, credentials, options=options)
-
-    def metadata(self) -> list[tuple[str, str]] | None:
-        if self.token_file is None:
-            return None
-        token = self.token_file.read_text(encoding="utf-8").strip()
-        return [("authorization", f"Bearer {token}")]
 
 
 class ControlPlaneSource:
@@ -120,6 +77,15 @@ class ControlPlaneSource:
             call.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "sidecar_id": self.identity.id,
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
 
     def _run(self) -> None:
         attempt = 0

@@ -12,40 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 
 from fader.snapshot.codec import format_for
 
 from sidecar.delivery.apply import Applier, Outcome
 from sidecar.delivery.signing import signature_path
-from sidecar.plumbing.filewatch import PathWatcher
+from sidecar.plumbing.filewatch import PathWatcher, read_settled
 
 log = logging.getLogger(__name__)
-
-_SETTLE_ROUNDS = 20
-
-
-def read_settled(path: Path, settle_seconds: float) -> bytes | None:
-    """Read ``path`` until two reads ``settle_seconds`` apart agree; None when missing."""
-    previous = _read(path)
-    for _ in range(_SETTLE_ROUNDS):
-        time.sleep(settle_seconds)
-        current = _read(path)
-        if current == previous:
-            return current
-        previous = current
-    return previous
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        log.warning("cannot read snapshot file %s: %s", path, exc.strerror)
-        return None
 
 
 class FileSource:

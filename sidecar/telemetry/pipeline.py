@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.sources.controlplane import Backoff
+from sidecar.plumbing.backoff import Backoff
 from sidecar.telemetry.batches import Batch, BatchBuilder, event_row, to_request
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import DEFAULT_OBSERVER_SIZE, ImpressionModes, Mode, Recorder

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 from fader.pb.fader.v1 import telemetry_pb2_grpc
+
+from sidecar.plumbing.channels import ChannelSecurity
 
 PERMANENT = frozenset(
     {
@@ -40,42 +41,30 @@ class Answer:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class CollectorTarget:
-    """Where and how to reach the collector; the token file is read for every upload, so a
-    rotated token is used without a restart."""
-
-    address: str
-    root_certificates: bytes | None = None
-    token_file: Path | None = None
-
-    def channel(self) -> grpc.aio.Channel:
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        if self.root_certificates is None:
-            return grpc.aio.insecure_channel(self.address, options=options)
-        credentials = grpc.ssl_channel_credentials(self.root_certificates)
-        return grpc.aio.secure_channel(self.address, credentials, options=options)
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        if self.token_file is None:
-            return ()
-        token = self.token_file.read_text(encoding="utf-8").strip()
-        return (("authorization", f"Bearer {token}"),)
+# A batch is bounded by --telemetry-batch-bytes (estimated); the wire form may be larger.
+MAX_SEND_BYTES = 64 * 1024 * 1024
 
 
 class Uploader:
-    def __init__(self, target: CollectorTarget, timeout: float) -> None:
-        self._target = target
+    """One channel to the collector at ``address``, opened at the first upload; the token
+    is read for every upload, so a rotated one is used without a restart."""
+
+    def __init__(
+        self, address: str, timeout: float, security: ChannelSecurity | None = None
+    ) -> None:
+        self.address = address
+        self._security = security or ChannelSecurity()
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: telemetry_pb2_grpc.TelemetryServiceStub | None = None
 
     async def send(self, request: pb.UploadRequest) -> Answer:
         if self._stub is None:
-            self._channel = self._target.channel()
+            options = [("grpc.max_send_message_length", MAX_SEND_BYTES)]
+            self._channel = self._security.aio_channel(self.address, options)
             self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         try:
-            metadata = self._target.metadata()
+            metadata = self._security.metadata()
         except OSError as err:
             return Answer(Verdict.RETRY, "TOKEN_UNREADABLE", str(err))
         try:

@@ -18,7 +18,7 @@ from fader.snapshot.snapshot import Snapshot
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sidecar.app.sidecar import StartupError
+from sidecar.app.errors import StartupError
 from sidecar.config import Address
 from sidecar.delivery.store import Store
 from tests.fader.rules.builders import flag, snapshot_doc

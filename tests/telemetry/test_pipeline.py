@@ -16,11 +16,11 @@ from fader.pb.fader.v1 import telemetry_pb2_grpc
 from fader.rules.result import Result
 from fader.snapshot.loader import build_snapshot
 
-from sidecar.sources.controlplane import Backoff
+from sidecar.plumbing.backoff import Backoff
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Mode, now_ms
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
-from sidecar.telemetry.uploader import CollectorTarget, Uploader
+from sidecar.telemetry.uploader import Uploader
 from tests.fader.rules.builders import flag, snapshot_doc
 
 SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
@@ -87,7 +87,7 @@ def pipeline(port: int, **settings: object) -> Pipeline:
     }
     pipe = Pipeline(
         PipelineSettings(**(base | settings)),  # type: ignore[arg-type]
-        Uploader(CollectorTarget(f"127.0.0.1:{port}"), timeout=10.0),
+        Uploader(f"127.0.0.1:{port}", timeout=10.0),
     )
     _started.append(pipe)
     return pipe
