@@ -42,11 +42,14 @@ from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
-from sidecar.api.lookups import Limits, Lookups, NotReady
-from sidecar.api.wire import BadRequest
-from sidecar.app.sidecar import Sidecar, server_options
+from sidecar.api.fader_v1 import Lookups
+from sidecar.app.sidecar import Sidecar, request_limits, server_options
 from sidecar.app.sources import demo_snapshot
 from sidecar.config import Address, Settings
+from sidecar.core import Core
+from sidecar.core.evaluator import Evaluator
+from sidecar.core.events import EventQueue
+from sidecar.core.refusals import Refusal
 from sidecar.delivery.store import Store
 from sidecar.telemetry.metrics import Metrics
 
@@ -139,8 +142,8 @@ def sync_lookup_handlers(lookups: Lookups) -> dict[str, grpc.RpcMethodHandler]:
         def handle(request: Any, context: Any) -> Any:
             try:
                 return lookup(request)
-            except (BadRequest, NotReady) as err:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            except Refusal as err:
+                context.abort(grpc.StatusCode[err.code], str(err))
 
         return handle
 
@@ -155,8 +158,9 @@ def demo_store(settings: Settings) -> Store:
 
 def demo_lookups(settings: Settings) -> Lookups:
     store = demo_store(settings)
-    limits = Limits(settings.max_attributes, settings.max_batch_items)
-    return Lookups(store, limits, Metrics(lambda: store.current))
+    metrics = Metrics(lambda: store.current)
+    evaluator = Evaluator(store, metrics)
+    return Lookups(Core.build(evaluator, request_limits(settings), EventQueue(metrics, None)))
 
 
 def serve_child(kind: str, stack: str, uds: Path, workers: int) -> None:

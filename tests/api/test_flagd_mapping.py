@@ -11,7 +11,8 @@ from google.protobuf import struct_pb2
 
 from sidecar.api import flagd_mapping as mapping
 from sidecar.api.flagd_mapping import FlagdError
-from sidecar.api.wire import BadRequest
+from sidecar.core.attributes import AttributePolicy
+from sidecar.core.refusals import BadRequest
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
 
@@ -36,7 +37,7 @@ def test_context_targeting_key_and_typed_attributes() -> None:
             groups=["a", "b"],
             gone=None,
         ),
-        10,
+        AttributePolicy(10),
     )
     assert key == "user-1"
     assert attrs == {"plan": "pro", "age": 30, "score": 0.5, "beta": True, "groups": ["a", "b"]}
@@ -45,7 +46,7 @@ def test_context_targeting_key_and_typed_attributes() -> None:
 
 
 def test_context_with_only_a_key_has_no_attributes() -> None:
-    assert mapping.evaluation_context(struct(targetingKey="k"), 10) == ("k", None)
+    assert mapping.evaluation_context(struct(targetingKey="k"), AttributePolicy(10)) == ("k", None)
 
 
 @pytest.mark.parametrize(
@@ -59,14 +60,14 @@ def test_context_with_only_a_key_has_no_attributes() -> None:
         ({"targetingKey": "k", "address": {"city": "x"}}, "struct_value is not an attribute"),
         ({"targetingKey": "k", "ids": [1, 2]}, "a list attribute must hold only strings"),
         ({"targetingKey": "k", "": "x"}, "an attribute name is empty"),
-        ({"targetingKey": "k", "a": 1, "b": 2, "c": 3}, "3 attributes, at most 2 allowed"),
+        ({"targetingKey": "k", "a": 1, "b": 2, "c": 3}, "context: 3 entries, at most 2 allowed"),
         ({"targetingKey": "k", "s": "x" * 9}, "context['s']: 9 characters, at most 8 allowed"),
         ({"targetingKey": "k", "l": ["xxxx", "yyyyy"]}, "context['l']: 9 characters, at most 8"),
     ],
 )
 def test_malformed_context_is_a_bad_request(context: dict[str, Any], message: str) -> None:
     with pytest.raises(BadRequest, match=message.replace("(", r"\(").replace("[", r"\[")):
-        mapping.evaluation_context(struct(**context), 2, max_size=8)
+        mapping.evaluation_context(struct(**context), AttributePolicy(2, max_size=8))
 
 
 def test_boolean_treatments() -> None:

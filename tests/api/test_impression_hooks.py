@@ -6,13 +6,13 @@ from __future__ import annotations
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.snapshot.loader import build_snapshot
 
+from sidecar.api.fader_v1 import Lookups
 from sidecar.api.fastlane import Handlers
 from sidecar.api.flagd_service import FlagdResolver
-from sidecar.api.lookups import Limits, Lookups
-from sidecar.api.track import EventQueue
 from sidecar.delivery.store import Store
 from sidecar.telemetry.impressions import Impression, ImpressionModes, Mode, Recorder
 from sidecar.telemetry.metrics import Metrics
+from tests.core.builders import core_for
 from tests.fader.rules.builders import flag, snapshot_doc
 
 
@@ -34,7 +34,7 @@ def recorded(recorder: Recorder) -> list[tuple[str, str | None, str, str]]:
 
 def test_fader_v1_lookups() -> None:
     store, metrics, recorder = setup()
-    lookups = Lookups(store, Limits(10, 10), metrics, recorder)
+    lookups = Lookups(core_for(store, metrics=metrics, recorder=recorder))
     lookups.get_treatment(pb.GetTreatmentRequest(key="a", flag="f", bucketing_key="b"))
     lookups.get_treatments(pb.GetTreatmentsRequest(key="c", flags=["f", "missing", "g"]))
     items = [pb.BatchItem(key="d", flag="g"), pb.BatchItem(key="e", flag="missing")]
@@ -49,7 +49,7 @@ def test_fader_v1_lookups() -> None:
 
 def test_fast_lane_handlers() -> None:
     store, metrics, recorder = setup()
-    handlers = Handlers(store, EventQueue(metrics, None), metrics, 10, 10, recorder)
+    handlers = Handlers(core_for(store, metrics=metrics, recorder=recorder))
     handlers.treatment({"key": "a", "flag": "f"})
     handlers.treatments({"key": "b", "flags": ["g", "missing"]})
     handlers.batch({"items": [{"key": "c", "flag": "f", "bucketing_key": "x"}]})
@@ -62,9 +62,9 @@ def test_fast_lane_handlers() -> None:
 
 def test_flagd_resolver() -> None:
     store, metrics, recorder = setup()
-    resolver = FlagdResolver(store, metrics, 10, recorder)
+    resolver = FlagdResolver(core_for(store, metrics=metrics, recorder=recorder))
     snap = store.current
     assert snap is not None
-    resolver.resolve(snap, "a", "f", None)
-    resolver.resolve(snap, "a", "missing", None)
-    assert recorded(recorder) == [("a", None, "f", "on")]
+    resolver.resolve(snap, "a", ["f"], None, "flagd.Resolve", 0.0)
+    resolver.resolve(snap, "a", ["missing", "g"], None, "flagd.ResolveAll", 0.0)
+    assert recorded(recorder) == [("a", None, "f", "on"), ("a", None, "g", "on")]

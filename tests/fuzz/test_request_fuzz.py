@@ -1,7 +1,7 @@
 """Fuzzing the gRPC request paths: every request is answered or refused with a reason.
 
 Random fader.v1 requests (random keys, flag names, flag sets, typed attributes of every kind,
-and messages parsed from random bytes) go through Lookups and Track's validation directly,
+and messages parsed from random bytes) go through fader.v1's Lookups and Track's validation,
 thousands of them, and a smaller share through a real grpc.aio server: the answer is a
 response or a BadRequest / INVALID_ARGUMENT naming the field, never an internal error.
 flagd's Resolve methods get random evaluation contexts on the same server.
@@ -23,11 +23,13 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.api.lookups import Limits, Lookups
-from sidecar.api.track import event_from_request
-from sidecar.api.wire import BadRequest
+from sidecar.api.fader_v1 import Lookups, event_from_request
+from sidecar.core.attributes import AttributePolicy
+from sidecar.core.refusals import BadRequest
 from sidecar.delivery.store import Store
+from sidecar.limits import RequestLimits
 from sidecar.telemetry.metrics import Metrics
+from tests.core.builders import core_for
 from tests.fuzz.fuzzing import fuzz_settings
 from tests.integration.harness import (
     RunningSidecar,
@@ -116,7 +118,8 @@ def track_requests(draw: st.DrawFn) -> pb.TrackRequest:
 def lookups() -> Lookups:
     store = Store()
     store.swap(demo_snapshot())
-    return Lookups(store, Limits(max_attributes=4, max_batch_items=8), Metrics(lambda: None))
+    limits = RequestLimits(max_attributes=4, max_batch_items=8)
+    return Lookups(core_for(store, metrics=Metrics(lambda: None), limits=limits))
 
 
 def _answer(lookups: Lookups, request: Any) -> bool:
@@ -129,7 +132,7 @@ def _answer(lookups: Lookups, request: Any) -> bool:
         elif isinstance(request, pb.EvaluateBatchRequest):
             lookups.evaluate_batch(request)
         else:
-            event_from_request(request, 4)
+            event_from_request(request, AttributePolicy(4))
     except BadRequest as err:
         assert str(err), "a refusal must say why"
         return False
