@@ -13,7 +13,7 @@ from time import perf_counter
 
 import grpc
 from fader.pb.fader.v1 import evaluation_pb2 as pb
-from fader.rules.result import Result
+from fader.rules.result import Decision
 
 from sidecar.api.grpc_status import abort
 from sidecar.api.watch import ChangeFeed
@@ -217,7 +217,7 @@ def _special(
     return value.timestamp_value.seconds
 
 
-def fill_evaluation(message: pb.Evaluation, flag: str, result: Result) -> None:
+def fill_evaluation(message: pb.Evaluation, flag: str, result: Decision) -> None:
     """Writes `result` into a message already in its response; absent fields stay unset."""
     message.flag = flag
     message.treatment = result.treatment

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import msgpack
 from fader import fastlane as fl
-from fader.rules.result import Result
+from fader.rules.result import Decision
 
 from sidecar.api import uds
 from sidecar.core import Core
@@ -155,7 +155,7 @@ def _names(request: dict[str, Any], field: str) -> list[str]:
 
 
 def _evaluation(answer: Answer) -> dict[str, Any]:
-    result: Result = answer[3]
+    result: Decision = answer[3]
     return {
         "flag": answer[2],
         "treatment": result.treatment,

@@ -33,7 +33,7 @@ from fader.rules.result import (
     LABEL_NOT_FOUND,
     LABEL_NOT_IN_SPLIT,
     LABEL_PREREQUISITES_NOT_MET,
-    Result,
+    Decision,
 )
 from google.protobuf import struct_pb2
 
@@ -144,7 +144,7 @@ def _number(number: float) -> int | float:
     return number
 
 
-def reason(flag: CompiledFlag | None, result: Result) -> str:
+def reason(flag: CompiledFlag | None, result: Decision) -> str:
     """flagd's reason for `result` of `flag`; FlagdError for a missing flag or a failure."""
     label = result.label
     if flag is None or label == LABEL_NOT_FOUND:
@@ -160,11 +160,11 @@ def reason(flag: CompiledFlag | None, result: Result) -> str:
     return REASON_TARGETING_MATCH
 
 
-def string_value(result: Result) -> str:
+def string_value(result: Decision) -> str:
     return result.treatment
 
 
-def boolean_value(result: Result) -> bool:
+def boolean_value(result: Decision) -> bool:
     treatment = result.treatment
     if treatment in TRUE_TREATMENTS:
         return True
@@ -175,14 +175,14 @@ def boolean_value(result: Result) -> bool:
     )
 
 
-def object_value(result: Result) -> dict[str, Any]:
+def object_value(result: Decision) -> dict[str, Any]:
     config = _parsed_config(result)
     if not isinstance(config, dict):
         raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no JSON object config")
     return config
 
 
-def int_value(result: Result) -> int:
+def int_value(result: Decision) -> int:
     number = _number_of(result)
     if isinstance(number, int) and INT64_MIN <= number <= INT64_MAX:
         return number
@@ -191,14 +191,14 @@ def int_value(result: Result) -> int:
     raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no integer value")
 
 
-def float_value(result: Result) -> float:
+def float_value(result: Decision) -> float:
     number = _number_of(result)
     if number is None:
         raise FlagdError(TYPE_MISMATCH, f"treatment {result.treatment!r} has no number value")
     return float(number)
 
 
-def _number_of(result: Result) -> int | float | None:
+def _number_of(result: Decision) -> int | float | None:
     """The config's number (bare, or under "value"), else the treatment as a JSON number."""
     config = _parsed_config(result)
     if isinstance(config, dict):
@@ -216,7 +216,7 @@ def _as_number(value: object) -> int | float | None:
     return value if math.isfinite(value) else None
 
 
-def _parsed_config(result: Result) -> object:
+def _parsed_config(result: Decision) -> object:
     if result.config is None:
         return None
     try:
@@ -227,7 +227,7 @@ def _parsed_config(result: Result) -> object:
         ) from None
 
 
-def metadata(result: Result, version: int) -> dict[str, Any]:
+def metadata(result: Decision, version: int) -> dict[str, Any]:
     """What flagd calls flag metadata: the Split label that explains the answer and the
     snapshot version it came from (flagd's own "version" key means the flag-set version)."""
     meta: dict[str, Any] = {"version": version}

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from fader.pb.flagd.evaluation.v1 import evaluation_pb2 as v1
 from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as v2
-from fader.rules.result import Result
+from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api import flagd_mapping as mapping
@@ -44,7 +44,7 @@ PROVIDER_READY = "provider_ready"
 CONFIGURATION_CHANGE = "configuration_change"
 KEEP_ALIVE = "keep_alive"
 
-Convert = Callable[[Result], Any]
+Convert = Callable[[Decision], Any]
 
 
 class FlagdResolver:
@@ -65,7 +65,7 @@ class FlagdResolver:
         attributes: dict[str, object] | None,
         operation: str,
         started: float,
-    ) -> list[Result]:
+    ) -> list[Decision]:
         """Evaluates `flags` for one context through the core (counted, recorded, timed)."""
         lookups = [(key, None, flag, attributes) for flag in flags]
         answers = self.evaluator.evaluate(snap, lookups, operation, started)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import NamedTuple
 
-from fader.rules.result import LABEL_NOT_FOUND, Result
+from fader.rules.result import LABEL_NOT_FOUND, Decision
 from fader.snapshot.snapshot import Snapshot
 
 HOUR_MS = 3_600_000
@@ -57,7 +57,7 @@ class Impression(NamedTuple):
 
 
 # One evaluation as the hot path leaves it: (key, bucketing key, flag, result).
-Answer = tuple[str, str | None, str, Result]
+Answer = tuple[str, str | None, str, Decision]
 # One request's evaluations: (snapshot, time ms, lookups).
 Pending = tuple[Snapshot, int, list[Answer]]
 

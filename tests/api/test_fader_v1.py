@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 from fader.pb.fader.v1 import evaluation_pb2 as pb
-from fader.rules.result import Result
+from fader.rules.result import Decision
 
 from sidecar.api.fader_v1 import attributes, fill_evaluation
 from sidecar.core.attributes import AttributePolicy
@@ -48,9 +48,9 @@ def test_refusals() -> None:
 
 def test_evaluation_leaves_absent_fields_unset() -> None:
     message = pb.Evaluation()
-    fill_evaluation(message, "f", Result("control", "definition not found", None, None))
+    fill_evaluation(message, "f", Decision("control", "definition not found", None, None))
     assert not message.HasField("config") and not message.HasField("change_number")
     assert (message.flag, message.treatment) == ("f", "control")
     full = pb.Evaluation()
-    fill_evaluation(full, "f", Result("on", "default rule", "{}", 7))
+    fill_evaluation(full, "f", Decision("on", "default rule", "{}", 7))
     assert (full.config, full.change_number, full.label) == ("{}", 7, "default rule")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fader.rules.result import Result
+from fader.rules.result import Decision
 from fader.snapshot.loader import build_snapshot
 from google.protobuf import struct_pb2
 
@@ -22,8 +22,8 @@ def struct(**values: Any) -> struct_pb2.Struct:
     return message
 
 
-def result(treatment: str, config: str | None = None, label: str = "rule") -> Result:
-    return Result(treatment, label, config, 1)
+def result(treatment: str, config: str | None = None, label: str = "rule") -> Decision:
+    return Decision(treatment, label, config, 1)
 
 
 def test_context_targeting_key_and_typed_attributes() -> None:

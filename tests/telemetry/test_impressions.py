@@ -3,7 +3,7 @@ impressionsDisabled, and what the hot-path recorder keeps."""
 
 from __future__ import annotations
 
-from fader.rules.result import NOT_FOUND, Result
+from fader.rules.result import NOT_FOUND, Decision
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
 
@@ -20,7 +20,7 @@ from sidecar.telemetry.impressions import (
 from tests.fader.rules.builders import flag, snapshot_doc
 
 T0 = 1_700_000_000_000 // DAY_MS * DAY_MS + 3 * HOUR_MS  # 03:00 UTC, start of an hour
-ON = Result("on", "rule", None, 7)
+ON = Decision("on", "rule", None, 7)
 
 
 def snapshot() -> Snapshot:
@@ -35,7 +35,7 @@ class Sink:
         self.modes = ImpressionModes(mode, self.sent.extend, observer_size)
         self.snap = snapshot()
 
-    def lookup(self, key: str, at: int, flag: str = "f", result: Result = ON) -> None:
+    def lookup(self, key: str, at: int, flag: str = "f", result: Decision = ON) -> None:
         self.modes.process(self.snap, at, [(key, None, flag, result)])
 
 
@@ -64,9 +64,9 @@ def test_optimized_sends_the_first_per_hour_and_counts_the_repeats() -> None:
 def test_optimized_hash_covers_treatment_label_and_change_number() -> None:
     sink = Sink(Mode.OPTIMIZED)
     sink.lookup("u1", T0)
-    sink.lookup("u1", T0 + 1, result=Result("off", "rule", None, 7))
-    sink.lookup("u1", T0 + 2, result=Result("on", "default rule", None, 7))
-    sink.lookup("u1", T0 + 3, result=Result("on", "rule", None, 8))
+    sink.lookup("u1", T0 + 1, result=Decision("off", "rule", None, 7))
+    sink.lookup("u1", T0 + 2, result=Decision("on", "default rule", None, 7))
+    sink.lookup("u1", T0 + 3, result=Decision("on", "rule", None, 8))
     sink.lookup("u2", T0 + 4)
     sink.lookup("u1", T0 + 5, flag="g")
     assert len(sink.sent) == 6

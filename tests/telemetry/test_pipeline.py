@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 from fader.pb.fader.v1 import telemetry_pb2_grpc
-from fader.rules.result import Result
+from fader.rules.result import Decision
 from fader.snapshot.loader import build_snapshot
 
 from sidecar.plumbing.backoff import Backoff
@@ -24,7 +24,7 @@ from sidecar.telemetry.uploader import Uploader
 from tests.fader.rules.builders import flag, snapshot_doc
 
 SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
-ON = Result("on", "rule", None, 7)
+ON = Decision("on", "rule", None, 7)
 FAST = Backoff(initial=0.01, maximum=0.05)
 
 

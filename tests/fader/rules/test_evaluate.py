@@ -6,19 +6,19 @@ from typing import Any
 
 import pytest
 from fader.rules.hashing import bucket
-from fader.rules.result import Result
+from fader.rules.result import Decision
 from fader.snapshot.loader import build_snapshot
 
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
 
-def _eval(doc: dict[str, Any], key: str = "user-1", name: str = "f", **kw: Any) -> Result:
+def _eval(doc: dict[str, Any], key: str = "user-1", name: str = "f", **kw: Any) -> Decision:
     return build_snapshot(doc).evaluate(key, name, **kw)
 
 
 def test_unknown_flag_is_control_definition_not_found() -> None:
     result = _eval(snapshot_doc(flag()), name="missing")
-    assert result == Result("control", "definition not found", None, None)
+    assert result == Decision("control", "definition not found", None, None)
 
 
 def test_archived_flag_is_not_found() -> None:
@@ -37,14 +37,14 @@ def test_killed_returns_default_with_its_config_before_anything_else() -> None:
         ),
         flag("g"),
     )
-    assert _eval(doc) == Result("safe", "killed", '{"a":1}', 7)
+    assert _eval(doc) == Decision("safe", "killed", '{"a":1}', 7)
 
 
 def test_killed_with_control_default_has_no_config() -> None:
     doc = snapshot_doc(
         flag(killed=True, defaultTreatment="control", configurations={"control": "{}"})
     )
-    assert _eval(doc) == Result("control", "killed", None, 7)
+    assert _eval(doc) == Decision("control", "killed", None, 7)
 
 
 def test_fifty_fifty_rollout_uses_murmur_bucket_of_bucketing_key() -> None:
@@ -71,7 +71,7 @@ def test_traffic_allocation_checked_before_first_rollout_only() -> None:
     )
     doc = snapshot_doc(flag("f", whitelist, condition(label="default rule"), trafficAllocation=20))
     snap = build_snapshot(doc)
-    assert snap.evaluate("vip", "f") == Result("on", "whitelisted", None, 7)
+    assert snap.evaluate("vip", "f") == Decision("on", "whitelisted", None, 7)
     # traffic-allocation buckets (seed -1667452163): user-1..5 = 89, 22, 21, 18, 51
     labels = [snap.evaluate(f"user-{i}", "f").label for i in range(1, 6)]
     assert labels == ["not in split"] * 3 + ["default rule", "not in split"]
@@ -89,7 +89,7 @@ def test_condition_without_type_is_whitelist_and_skips_traffic_allocation() -> N
 def test_no_condition_matches_gives_default_rule() -> None:
     cond = condition(matcher("WHITELIST", whitelistMatcherData={"whitelist": ["x"]}))
     doc = snapshot_doc(flag("f", cond, configurations={"off": '{"d":0}'}))
-    assert _eval(doc) == Result("off", "default rule", '{"d":0}', 7)
+    assert _eval(doc) == Decision("off", "default rule", '{"d":0}', 7)
 
 
 def test_missing_label_is_none() -> None:
@@ -113,12 +113,12 @@ def test_prerequisites_not_met_gives_default() -> None:
         flag("f", prerequisites=[{"n": "g", "ts": ["on"]}]),
         flag("g", condition(partitions={"off": 100})),
     )
-    assert _eval(doc) == Result("off", "prerequisites not met", None, 7)
+    assert _eval(doc) == Decision("off", "prerequisites not met", None, 7)
 
 
 def test_prerequisites_met_continues_to_conditions() -> None:
     doc = snapshot_doc(flag("f", prerequisites=[{"n": "g", "ts": ["on"]}]), flag("g"))
-    assert _eval(doc) == Result("on", "rule", None, 7)
+    assert _eval(doc) == Decision("on", "rule", None, 7)
 
 
 def test_prerequisites_are_skipped_when_the_default_is_control() -> None:
@@ -127,7 +127,7 @@ def test_prerequisites_are_skipped_when_the_default_is_control() -> None:
         flag("f", prerequisites=[{"n": "g", "ts": ["on"]}], defaultTreatment="control"),
         flag("g", condition(partitions={"off": 100})),
     )
-    assert _eval(doc) == Result("on", "rule", None, 7)
+    assert _eval(doc) == Decision("on", "rule", None, 7)
 
 
 def test_dependency_matcher_forwards_bucketing_key_and_attributes() -> None:
@@ -163,7 +163,7 @@ def test_control_treatment_from_a_partition_carries_no_config() -> None:
     doc = snapshot_doc(
         flag("f", condition(partitions={"control": 100}), configurations={"control": "{}"})
     )
-    assert _eval(doc) == Result("control", "rule", None, 7)
+    assert _eval(doc) == Decision("control", "rule", None, 7)
 
 
 def test_exception_inside_rules_is_control_exception() -> None:
@@ -178,7 +178,7 @@ def test_exception_inside_rules_is_control_exception() -> None:
     )
     rules = compile_rules([raw], {}, [])  # unvalidated: the RBS does not exist
     evaluate = make_evaluate(rules.flags, {name: f.run for name, f in rules.flags.items()})
-    assert evaluate("u", "f") == Result("control", "exception", None, 7)
+    assert evaluate("u", "f") == Decision("control", "exception", None, 7)
 
 
 def test_whole_answer_is_from_one_snapshot_version() -> None:

@@ -2,7 +2,7 @@
 
 Everything that can be decided before a request is decided here: inactive flags are
 dropped, matchers become closures, a condition's partitions become a 100-byte table
-from bucket to one of its prebuilt ``Result`` objects, and each flag gets one ``run``
+from bucket to one of its prebuilt ``Decision`` objects, and each flag gets one ``run``
 closure specialised for its shape (killed, one condition, traffic allocation,
 prerequisites).
 The input must already have passed ``fader.snapshot.validate``.
@@ -36,7 +36,7 @@ from fader.rules.result import (
     LABEL_KILLED,
     LABEL_NOT_IN_SPLIT,
     LABEL_PREREQUISITES_NOT_MET,
-    Result,
+    Decision,
 )
 
 ACTIVE = "ACTIVE"
@@ -247,9 +247,9 @@ class _Results:
         self._configs = configs or {}
         self._change_number = change_number
 
-    def make(self, treatment: str, label: str | None) -> Result:
+    def make(self, treatment: str, label: str | None) -> Decision:
         config = None if treatment == CONTROL else self._configs.get(treatment)
-        return Result(treatment, label, config, self._change_number)
+        return Decision(treatment, label, config, self._change_number)
 
 
 class _Condition(NamedTuple):
@@ -258,8 +258,8 @@ class _Condition(NamedTuple):
     # None when one treatment covers every bucket; else ``results[table[bucket - 1]]``.
     # 100 bytes of indexes instead of 100 pointers: 7x less memory on 10,000 flags.
     table: bytes | None
-    results: tuple[Result, ...]
-    fixed: Result
+    results: tuple[Decision, ...]
+    fixed: Decision
 
 
 def _compile_condition(
@@ -343,7 +343,7 @@ def _compile_flag(
         killed=killed,
         has_targeting=_has_targeting(raw, conditions),
         run=run,
-        exception_result=Result(CONTROL, LABEL_EXCEPTION, None, change_number),
+        exception_result=Decision(CONTROL, LABEL_EXCEPTION, None, change_number),
         digest=definition_digest(raw),
         segment_names=frozenset(_segments_named(raw)),
     )
@@ -385,9 +385,9 @@ def _has_targeting(raw: Mapping[str, Any], conditions: Sequence[_Condition]) -> 
 
 def _build_run(
     *,
-    killed_result: Result | None,
+    killed_result: Decision | None,
     prerequisites: tuple[tuple[str, frozenset[str]], ...],
-    prerequisites_result: Result,
+    prerequisites_result: Decision,
     check_prerequisites: bool,
     flags: FlagTable,
     conditions: tuple[_Condition, ...],
@@ -395,8 +395,8 @@ def _build_run(
     traffic_seed: int,
     seed: int,
     murmur: bool,
-    not_in_split: Result,
-    default_result: Result,
+    not_in_split: Decision,
+    default_result: Decision,
 ) -> EvalFn:
     """Split's evaluation algorithm for one flag (splitio/engine/evaluator.py).
 
@@ -419,7 +419,7 @@ def _build_run(
 
     table_ref = weakref.ref(flags)
 
-    def run_after_prerequisites(key: str, bk: str, attrs: Attributes | None) -> Result:
+    def run_after_prerequisites(key: str, bk: str, attrs: Attributes | None) -> Decision:
         table = table_ref()
         for name, allowed in prerequisites:
             flag = None if table is None else table.get(name)
@@ -452,7 +452,7 @@ class _Hashing:
         return self.traffic_seed & 0xFFFFFFFF
 
 
-def _fixed_answer(condition: _Condition, default_result: Result) -> EvalFn:
+def _fixed_answer(condition: _Condition, default_result: Decision) -> EvalFn:
     """One condition answering one treatment: the matchers decide, nothing is hashed.
 
     Unrolled for up to three matchers, the most common shape of a targeted flag.
@@ -463,21 +463,21 @@ def _fixed_answer(condition: _Condition, default_result: Result) -> EvalFn:
     if len(matchers) == 1:
         (one,) = matchers
 
-        def one_matcher(key: str, bk: str, attrs: Attributes | None) -> Result:
+        def one_matcher(key: str, bk: str, attrs: Attributes | None) -> Decision:
             return fixed if one(key, bk, attrs) else default_result
 
         return one_matcher
     if len(matchers) == 2:
         one, two = matchers
 
-        def two_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+        def two_matchers(key: str, bk: str, attrs: Attributes | None) -> Decision:
             return fixed if one(key, bk, attrs) and two(key, bk, attrs) else default_result
 
         return two_matchers
     if len(matchers) == 3:
         one, two, three = matchers
 
-        def three_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+        def three_matchers(key: str, bk: str, attrs: Attributes | None) -> Decision:
             if one(key, bk, attrs) and two(key, bk, attrs) and three(key, bk, attrs):
                 return fixed
             return default_result
@@ -486,20 +486,20 @@ def _fixed_answer(condition: _Condition, default_result: Result) -> EvalFn:
     match = _all_of(matchers)
     assert match is not None
 
-    def many_matchers(key: str, bk: str, attrs: Attributes | None) -> Result:
+    def many_matchers(key: str, bk: str, attrs: Attributes | None) -> Decision:
         return fixed if match(key, bk, attrs) else default_result
 
     return many_matchers
 
 
-def _rollout(condition: _Condition, hashing: _Hashing, default_result: Result) -> EvalFn:
+def _rollout(condition: _Condition, hashing: _Hashing, default_result: Decision) -> EvalFn:
     """One condition split between treatments by bucket, no traffic-allocation cut."""
     match = _all_of(condition.matchers)
     table, answers = condition.table, condition.results
     assert table is not None
     murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
 
-    def rollout(key: str, bk: str, attrs: Attributes | None) -> Result:
+    def rollout(key: str, bk: str, attrs: Attributes | None) -> Decision:
         if match is None or match(key, bk, attrs):
             index = murmur32(bk, seed_u32, False) % 100 if murmur else legacy_index(bk, seed)
             return answers[table[index]]
@@ -512,8 +512,8 @@ def _conditions(
     conditions: tuple[_Condition, ...],
     hashing: _Hashing,
     traffic_allocation: int,
-    not_in_split: Result,
-    default_result: Result,
+    not_in_split: Decision,
+    default_result: Decision,
 ) -> EvalFn:
     """The general shape: conditions in order, traffic allocation before the first ROLLOUT."""
     steps = tuple((c.rollout, _all_of(c.matchers), c.table, c.results, c.fixed) for c in conditions)
@@ -521,7 +521,7 @@ def _conditions(
     murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
     traffic_seed, traffic_seed_u32 = hashing.traffic_seed, hashing.traffic_seed_u32
 
-    def run(key: str, bk: str, attrs: Attributes | None) -> Result:
+    def run(key: str, bk: str, attrs: Attributes | None) -> Decision:
         pending_traffic = check_traffic
         for rollout, match, table, answers, fixed in steps:
             if rollout and pending_traffic:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from fader.rules.model import Attributes, CompiledFlag, EvalFn
-from fader.rules.result import NOT_FOUND, Result
+from fader.rules.result import NOT_FOUND, Decision
 
-Evaluate = Callable[..., Result]
+Evaluate = Callable[..., Decision]
 
 
 def make_evaluate(flags: Mapping[str, CompiledFlag], runs: Mapping[str, EvalFn]) -> Evaluate:
-    """``evaluate(key, flag, bucketing_key=None, attributes=None) -> Result`` for one snapshot.
+    """``evaluate(key, flag, bucketing_key=None, attributes=None) -> Decision`` for one snapshot.
 
     Never raises: an unknown flag is ``control`` / "definition not found"; an unexpected
     error inside a flag's rules is ``control`` / "exception", as Split's SDKs answer.
@@ -24,7 +24,7 @@ def make_evaluate(flags: Mapping[str, CompiledFlag], runs: Mapping[str, EvalFn])
         flag: str,
         bucketing_key: str | None = None,
         attributes: Attributes | None = None,
-    ) -> Result:
+    ) -> Decision:
         run = get_run(flag)
         if run is None:
             return NOT_FOUND

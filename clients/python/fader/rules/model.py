@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fader.rules.result import Result
+from fader.rules.result import Decision
 
 Attributes = Mapping[str, Any]
 # A segment's keys. A dict with None values, not a set: for the same keys it takes about
@@ -20,7 +20,7 @@ Members = Mapping[str, None]
 # (matching key, bucketing key, attributes) -> matched?
 MatchFn = Callable[[str, str, "Attributes | None"], bool]
 # (matching key, bucketing key, attributes) -> result
-EvalFn = Callable[[str, str, "Attributes | None"], Result]
+EvalFn = Callable[[str, str, "Attributes | None"], Decision]
 
 
 @dataclass(slots=True, weakref_slot=True)
@@ -41,7 +41,7 @@ class CompiledFlag:
     killed: bool
     has_targeting: bool
     run: EvalFn
-    exception_result: Result
+    exception_result: Decision
     # Identifies the definition (to tell which flags a new snapshot changed) without
     # keeping the flag's JSON alive: a large snapshot's raw JSON costs more than its rules.
     digest: bytes

@@ -1,6 +1,6 @@
-"""The answer to one lookup, and Split's fixed labels.
+"""The engine's decision for one lookup, and Split's fixed labels.
 
-Results are immutable and, for every reachable (treatment, label) pair of a flag,
+Decisions are immutable and, for every reachable (treatment, label) pair of a flag,
 built once at compile time: evaluation returns a shared instance instead of
 allocating one per request.
 """
@@ -21,7 +21,7 @@ LABEL_EXCEPTION = "exception"
 LABEL_PREREQUISITES_NOT_MET = "prerequisites not met"
 
 
-class Result(NamedTuple):
+class Decision(NamedTuple):
     """Treatment, the label that explains it, its dynamic config and the flag's change number.
 
     A NamedTuple: immutable, and several times cheaper to build than a frozen dataclass,
@@ -34,4 +34,4 @@ class Result(NamedTuple):
     change_number: int | None
 
 
-NOT_FOUND = Result(CONTROL, LABEL_NOT_FOUND, None, None)
+NOT_FOUND = Decision(CONTROL, LABEL_NOT_FOUND, None, None)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from fader.rules.compile import CompiledRules
 from fader.rules.evaluate import make_evaluate
 from fader.rules.model import CompiledFlag
-from fader.rules.result import Result
+from fader.rules.result import Decision
 from fader.snapshot.issues import Issue
 
 
@@ -33,8 +33,8 @@ class Snapshot:
         "warnings",
     )
 
-    evaluate: Callable[..., Result]
-    """``evaluate(key, flag, bucketing_key=None, attributes=None) -> Result``; never raises.
+    evaluate: Callable[..., Decision]
+    """``evaluate(key, flag, bucketing_key=None, attributes=None) -> Decision``; never raises.
 
     A closure over this snapshot's flags (``rules.evaluate.make_evaluate``) rather than a
     method: the hot path then costs one Python frame less.
