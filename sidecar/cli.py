@@ -1,6 +1,6 @@
 """The ``fader`` command: serve, evaluate, validate, push, controlplane, status, keygen, sign.
 
-``evaluate`` and ``validate`` are script-facing contracts (DESIGN.md §4): one JSON
+``evaluate`` and ``validate`` are script-facing contracts (README "Snapshots"): one JSON
 result line per input line, and exit status 0 only for a valid snapshot.
 """
 

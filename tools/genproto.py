@@ -1,9 +1,9 @@
 """Generate the Python code for every proto under proto/ into clients/python/fader/pb/.
 
-This is the one command that produces generated protobuf code (DESIGN.md §1: "generated
-protobuf code lives in one fenced package and is produced by one command"). protoc writes
+This is the one command that produces generated protobuf code, and the code lives in one
+fenced package, `fader.pb`, shared by the sidecar, the control plane and the clients. protoc writes
 imports such as ``from fader.v1 import snapshot_pb2``; in this repository ``fader`` is the
-client package, so every import of a generated module is rewritten to go through the fence
+library package, so every import of a generated module is rewritten to go through the fence
 (``from fader.pb.fader.v1 import snapshot_pb2``). Without that, a proto package named like
 an installed Python package would shadow it, or be shadowed by it.
 

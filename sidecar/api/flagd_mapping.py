@@ -1,7 +1,7 @@
 """How a Fader answer reads in flagd's protocol: pure functions, no gRPC, no I/O.
 
 flagd flags are typed (boolean, string, number, object variants); Split flags answer a
-treatment name and an optional JSON config. The mapping (DESIGN.md §5, README "Use Fader
+treatment name and an optional JSON config. The mapping (README "Use Fader
 from any language"):
 
 - context: ``targetingKey`` is the key; every other entry is an attribute (number, string,

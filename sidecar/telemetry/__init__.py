@@ -1,1 +1,2 @@
-"""Telemetry: metrics now; impressions, events and their upload in later issues."""
+"""Telemetry: Prometheus metrics, impressions in Split's modes, track events, and their
+batched upload with a disk spool (`pipeline`)."""

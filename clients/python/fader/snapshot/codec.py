@@ -1,6 +1,6 @@
 """Decode snapshot bytes and recognise the three accepted document shapes.
 
-Accepted as-is (DESIGN.md §3): Fader's native ``{"version", "flags", "segments",
+Accepted as-is (README "Snapshots"): Fader's native ``{"version", "flags", "segments",
 "ruleBasedSegments"}``; Split ``splitChanges`` spec 1.3 ``{"ff": {"d", "t"}, "rbs": ...}``;
 and spec 1.1 ``{"splits", "since", "till"}``. JSON or msgpack, same structure.
 """
