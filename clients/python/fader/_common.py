@@ -85,6 +85,18 @@ def property_map(properties: Attributes | None) -> dict[str, pb.AttributeValue] 
     return {k: attribute_value(k, v) for k, v in properties.items() if v is not None}
 
 
+# The gRPC methods of the treatment, treatments and track operations.
+METHODS = ("GetTreatment", "GetTreatments", "Track")
+
+
+def read_result(response: pb.GetTreatmentResponse) -> Result:
+    return result(response.evaluation, response.version)
+
+
+def read_treatments(response: pb.GetTreatmentsResponse) -> dict[str, str]:
+    return {e.flag: e.treatment for e in response.evaluations}
+
+
 def result(evaluation: pb.Evaluation, version: int) -> Result:
     return Result(
         evaluation.treatment,
@@ -135,6 +147,16 @@ def flag_list(flags: Iterable[str]) -> list[str]:
     return list(flags)
 
 
+class CallFailed(Exception):
+    """A call to the sidecar failed; `code` is the gRPC status it stands for, whatever the
+    transport, so that the fallback treats gRPC and the fast lane alike."""
+
+    def __init__(self, code: grpc.StatusCode | None, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
 class Fallbacks:
     """Counts lookups answered with "control" because the call failed, and logs them.
 
@@ -148,11 +170,9 @@ class Fallbacks:
         self._unlogged = 0
         self._logged_at = float("-inf")
 
-    def record(self, method: str, err: grpc.RpcError) -> Result:
-        return self.record_code(method, err.code(), err.details())
-
-    def record_code(self, method: str, code: grpc.StatusCode | None, details: str) -> Result:
-        """`record` for transports other than gRPC (the fast lane), which name a status code."""
+    def record(self, method: str, failure: CallFailed) -> Result:
+        """Counts and (at most every LOG_EVERY_SECONDS) logs `failure`; the control result."""
+        code, details = failure.code, failure.details
         with self._lock:
             self.count += 1
             self._unlogged += 1

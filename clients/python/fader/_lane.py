@@ -3,7 +3,7 @@
 `SyncLane` sends one request at a time on one blocking socket (a lock serialises threads);
 `AsyncLane` pipelines every caller's requests on one connection and matches the answers by
 request id, in whatever order they come. Both connect lazily and reconnect after a failure.
-A failed call raises LaneError carrying the grpc.StatusCode it stands for, so the clients'
+A failed call raises CallFailed carrying the grpc.StatusCode it stands for, so the clients'
 "control" fallback treats both transports alike.
 """
 
@@ -19,6 +19,8 @@ from typing import Any, cast
 import grpc
 
 from fader import fastlane as fl
+from fader._calls import Call
+from fader._common import CallFailed
 
 SCHEME = "fastlane://"
 STATUS_OF_ERROR = {
@@ -28,13 +30,6 @@ STATUS_OF_ERROR = {
     fl.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
 }
 READ_BYTES = 65536
-
-
-class LaneError(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 def socket_path(target: str) -> str | None:
@@ -47,9 +42,9 @@ def socket_path(target: str) -> str | None:
     return path
 
 
-def refusal(response: dict[str, Any]) -> LaneError:
+def refusal(response: dict[str, Any]) -> CallFailed:
     code = response.get("error")
-    return LaneError(
+    return CallFailed(
         STATUS_OF_ERROR.get(code, grpc.StatusCode.INTERNAL),  # type: ignore[arg-type]
         str(response.get("message")),
     )
@@ -59,7 +54,7 @@ def check_hello(response: dict[str, Any]) -> None:
     if "error" in response:
         raise refusal(response)
     if response.get("version") != fl.VERSION:
-        raise LaneError(grpc.StatusCode.UNAVAILABLE, f"unexpected hello frame {response!r}")
+        raise CallFailed(grpc.StatusCode.UNAVAILABLE, f"unexpected hello frame {response!r}")
 
 
 class SyncLane:
@@ -73,7 +68,7 @@ class SyncLane:
         self._next_id = 0
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The response map; raises LaneError. A timeout or a broken connection closes the
+        """The response map; raises CallFailed. A timeout or a broken connection closes the
         socket, so a late answer can never be taken for the next request's."""
         deadline = time.monotonic() + self._timeout
         with self._lock:
@@ -86,15 +81,18 @@ class SyncLane:
                 response = self._read(sock, deadline)
             except TimeoutError:
                 self.close()
-                raise LaneError(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time") from None
+                raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time") from None
             except (OSError, fl.ProtocolError) as err:
                 self.close()
-                raise LaneError(grpc.StatusCode.UNAVAILABLE, str(err)) from None
+                raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(err)) from None
             if response.get("id") is None:  # the server is closing this connection
                 self.close()
         if "error" in response:
             raise refusal(response)
         return response
+
+    def send(self, call: Call[Any]) -> dict[str, Any]:
+        return self.call(call.request)
 
     def _connect(self, deadline: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,7 +140,7 @@ class _Connection(asyncio.Protocol):
             for body in self._frames.feed(data):
                 self._deliver(fl.decode(body))
         except fl.ProtocolError as err:
-            self._fail(LaneError(grpc.StatusCode.UNAVAILABLE, str(err)))
+            self._fail(CallFailed(grpc.StatusCode.UNAVAILABLE, str(err)))
 
     def _deliver(self, response: dict[str, Any]) -> None:
         if not self.hello.done():
@@ -157,9 +155,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(response)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(LaneError(grpc.StatusCode.UNAVAILABLE, "the sidecar closed the connection"))
+        self._fail(CallFailed(grpc.StatusCode.UNAVAILABLE, "the sidecar closed the connection"))
 
-    def _fail(self, error: LaneError) -> None:
+    def _fail(self, error: CallFailed) -> None:
         self.closed = True
         for waiter in [self.hello, *self.waiters.values()]:
             if not waiter.done():
@@ -190,7 +188,7 @@ class AsyncLane:
         self._next_id = 0
 
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The response map; raises LaneError. A caller that times out forgets its request
+        """The response map; raises CallFailed. A caller that times out forgets its request
         id, so its late answer is dropped and the connection stays usable."""
         self._next_id += 1
         request_id = self._next_id
@@ -204,12 +202,15 @@ class AsyncLane:
         except TimeoutError:
             if connection is not None:
                 connection.waiters.pop(request_id, None)
-            raise LaneError(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time") from None
+            raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time") from None
         except OSError as err:
-            raise LaneError(grpc.StatusCode.UNAVAILABLE, str(err)) from None
+            raise CallFailed(grpc.StatusCode.UNAVAILABLE, str(err)) from None
         if "error" in response:
             raise refusal(response)
         return response
+
+    async def send(self, call: Call[Any]) -> dict[str, Any]:
+        return await self.call(call.request)
 
     async def _connected(self) -> _Connection:
         async with self._connecting:

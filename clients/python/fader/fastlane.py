@@ -162,5 +162,13 @@ def track_request(
     }
 
 
-def result(response: Mapping[str, Any]) -> Result:
+# The fast-lane ops of the treatment, treatments and track operations.
+METHODS = ("treatment", "treatments", "track")
+
+
+def read_treatments(response: Mapping[str, Any]) -> dict[str, str]:
+    return {e["flag"]: e["treatment"] for e in response["evaluations"]}
+
+
+def read_result(response: Mapping[str, Any]) -> Result:
     return Result(response["treatment"], response["config"], response["label"], response["version"])
