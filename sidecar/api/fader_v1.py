@@ -8,8 +8,9 @@ fields on a message already in its response costs half of building one and copyi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from time import perf_counter
+from typing import TypeVar
 
 import grpc
 from fader.pb.fader.v1 import evaluation_pb2 as pb
@@ -34,6 +35,8 @@ from sidecar.core.requests import (
 from sidecar.telemetry.events import Event
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EvaluationService"]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 
 
@@ -119,26 +122,17 @@ class EvaluationService:
     async def GetTreatment(
         self, request: pb.GetTreatmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTreatmentResponse:
-        try:
-            return self._lookups.get_treatment(request)
-        except Refusal as err:
-            await abort(context, err)
+        return await _answer(self._lookups.get_treatment, request, context)
 
     async def GetTreatments(
         self, request: pb.GetTreatmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTreatmentsResponse:
-        try:
-            return self._lookups.get_treatments(request)
-        except Refusal as err:
-            await abort(context, err)
+        return await _answer(self._lookups.get_treatments, request, context)
 
     async def EvaluateBatch(
         self, request: pb.EvaluateBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.EvaluateBatchResponse:
-        try:
-            return self._lookups.evaluate_batch(request)
-        except Refusal as err:
-            await abort(context, err)
+        return await _answer(self._lookups.evaluate_batch, request, context)
 
     async def Track(
         self, request: pb.TrackRequest, context: grpc.aio.ServicerContext
@@ -167,6 +161,16 @@ class EvaluationService:
                 )
         except Refusal as err:
             await abort(context, err)
+
+
+async def _answer(
+    lookup: Callable[[Req], Resp], request: Req, context: grpc.aio.ServicerContext
+) -> Resp:
+    """The lookup's response, or the call aborted with its refusal's status."""
+    try:
+        return lookup(request)
+    except Refusal as err:
+        await abort(context, err)
 
 
 def event_from_request(request: pb.TrackRequest, policy: AttributePolicy) -> Event:

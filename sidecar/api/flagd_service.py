@@ -114,23 +114,20 @@ class FlagdService:
         convert: Convert,
     ) -> Any:
         try:
-            return self._answer(request, context, response_type, convert)
+            return self._answer(request, selector(context), response_type, convert)
         except Refusal as err:
             await abort(context, err)
 
     def _answer(
-        self,
-        request: Any,
-        context: grpc.aio.ServicerContext,
-        response_type: Callable[..., Any],
-        convert: Convert,
+        self, request: Any, header: str | None, response_type: Callable[..., Any], convert: Convert
     ) -> Any:
+        """One Resolve call; `header` is its Flagd-Selector."""
         started = perf_counter()
         resolver = self._resolver
         snap = resolver.evaluator.snapshot()
         flag = request.flag_key
         check_name(flag, "flag_key")
-        selected = mapping.flag_set(selector(context))
+        selected = mapping.flag_set(header)
         key, attributes = resolver.context(request)
         compiled = snap.flags.get(flag)
         if not mapping.in_flag_set(compiled, selected):
