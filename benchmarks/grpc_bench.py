@@ -44,13 +44,13 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from benchmarks import processes
 from sidecar.api.fader_v1 import Lookups
 from sidecar.app.sidecar import Sidecar, request_limits, server_options
-from sidecar.app.sources import demo_snapshot
 from sidecar.config import Address, Settings
 from sidecar.core import Core
 from sidecar.core.evaluator import Evaluator
 from sidecar.core.events import EventQueue
 from sidecar.core.refusals import Refusal
 from sidecar.delivery.store import Store
+from sidecar.sources.initial import demo_snapshot
 from sidecar.telemetry.metrics import Metrics
 
 REPO = Path(__file__).resolve().parent.parent

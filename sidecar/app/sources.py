@@ -1,17 +1,17 @@
-"""Where the serving sidecar's snapshots come from, wired together for `fader serve`.
+"""The snapshot sources of `fader serve`, built from its settings, and what their owner knows.
 
 One of: the embedded demo, a watched file (`--snapshot`), or the control-plane stream
 (`--control-plane`); plus, with any of them, direct push on the admin listener and the
 last-known-good cache (`--cache-dir`), which is served at once at start when the control
-plane cannot be reached. Every path goes through one Applier (the cache too, so that with
-`--trusted-keys` a cached snapshot is re-verified like any other). This module also answers
-how stale the active snapshot is, for `/status`, `/readyz` and `/metrics`.
+plane cannot be reached. Every source offers to one Applier (the cache too, so that with
+`--trusted-keys` a cached snapshot is re-verified like any other). The owner counts refusals
+by reason and answers how stale the active snapshot is, for readiness, `/status` and
+`/metrics`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.resources
 import logging
 import time
 from collections import Counter
@@ -19,38 +19,32 @@ from collections.abc import Iterator
 from typing import Any
 
 from fader.snapshot.limits import SNAPSHOT_LIMITS, SnapshotLimits
-from fader.snapshot.loader import load_bytes
-from fader.snapshot.snapshot import Snapshot
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.api.admin import AdminServer
 from sidecar.app.errors import StartupError
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Settings, control_plane_security, sidecar_id
-from sidecar.delivery import cache, signing
+from sidecar.delivery import signing
 from sidecar.delivery.apply import Applier, Outcome
 from sidecar.delivery.signing import KeyFileError, Verifier
 from sidecar.delivery.store import Store
 from sidecar.plumbing.channels import ChannelSecurity
+from sidecar.sources.base import Source
 from sidecar.sources.controlplane import ControlPlaneSource, Identity
 from sidecar.sources.file import FileSource
+from sidecar.sources.initial import CacheSource, DemoSource
+from sidecar.sources.push import AdminServer
 
 log = logging.getLogger(__name__)
 
 SOFTWARE_VERSION = f"fader/{importlib.metadata.version('fader')}"
 
 
-def demo_bytes() -> bytes:
-    """The embedded demo snapshot (`--demo`, `make run`)."""
-    return (importlib.resources.files("sidecar") / "demo" / "demo.json").read_bytes()
-
-
-def demo_snapshot() -> Snapshot:
-    return load_bytes(demo_bytes(), "json", "demo")
-
-
 class SnapshotSources:
+    """Owns every source and the Applier they offer to; `load_initial` before the sidecar
+    listens, `start` once it does, `stop` first on shutdown."""
+
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
@@ -71,6 +65,8 @@ class SnapshotSources:
                 settings.max_snapshot_bytes, settings.max_flags, settings.max_segment_keys
             ),
         )
+        self.demo: DemoSource | None = None
+        self.cache: CacheSource | None = None
         self.file: FileSource | None = None
         self.control_plane: ControlPlaneSource | None = None
         self.admin: AdminServer | None = None
@@ -80,15 +76,31 @@ class SnapshotSources:
     def _refused(self, outcome: Outcome) -> None:
         self.refusals[outcome.reason] += 1
 
+    def sources(self) -> dict[str, Source]:
+        """The configured sources by the name `/status` shows them under."""
+        named: dict[str, Source | None] = {
+            "demo": self.demo,
+            "cache": self.cache,
+            "file": self.file,
+            "control_plane": self.control_plane,
+            "push": self.admin,
+        }
+        return {name: source for name, source in named.items() if source is not None}
+
     # --- start-up ------------------------------------------------------------------------
 
     def load_initial(self) -> None:
         """Load what can be served right away; StartupError when a given file is unusable."""
         settings = self.settings
         if settings.demo:
-            self.applier.apply_bytes(demo_bytes(), "json", "demo")
+            self.demo = DemoSource(self.applier)
+            self.demo.load()
             return
-        self._load_cache()
+        if settings.cache_dir is not None:
+            self.cache = CacheSource(settings.cache_dir, self.applier)
+            self.cache.load()
+            if self.cache.error is not None:
+                self.refusals["corrupt_cache"] += 1
         if settings.snapshot is not None:
             self.file = FileSource(settings.snapshot, self.applier)
             outcome = self.file.load()
@@ -101,29 +113,6 @@ class SnapshotSources:
                 self.applier,
                 self._identity(),
                 security=self._security(),
-            )
-
-    def _load_cache(self) -> None:
-        if self.settings.cache_dir is None:
-            return
-        try:
-            cached = cache.read(self.settings.cache_dir)
-        except cache.CacheError as exc:
-            self.refusals["corrupt_cache"] += 1
-            log.error("%s", exc)
-            return
-        if cached is None:
-            return
-        outcome = self.applier.apply_bytes(
-            cached.payload,
-            cached.encoding,
-            cached.source,
-            signature=cached.signature,
-            persist=False,
-        )
-        if outcome.applied:
-            log.info(
-                "serving the cached snapshot version %s until a source answers", outcome.version
             )
 
     def _identity(self) -> Identity:
@@ -139,11 +128,8 @@ class SnapshotSources:
     # --- running -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start every source; the admin listener binds here (OSError when it cannot)."""
         settings = self.settings
-        if self.file is not None:
-            self.file.start()
-        if self.control_plane is not None:
-            self.control_plane.start()
         if settings.admin_listen is not None:
             tokens = TokenFile(settings.admin_token_file) if settings.admin_token_file else None
             credentials = None
@@ -152,17 +138,15 @@ class SnapshotSources:
                     settings.admin_tls_cert, settings.admin_tls_key, settings.admin_client_ca
                 )
             self.admin = AdminServer(settings.admin_listen, self.applier, tokens, credentials)
-            self.admin.start()
+        for source in self.sources().values():
+            source.start()
+        if self.admin is not None:
             log.info("admin API (PushSnapshot) on %s", self.admin.address)
 
     def stop(self) -> None:
-        """Stop taking snapshots in (first thing on shutdown)."""
-        if self.admin is not None:
-            self.admin.stop()
-        if self.control_plane is not None:
-            self.control_plane.stop()
-        if self.file is not None:
-            self.file.stop()
+        """Stop taking snapshots in (first thing on shutdown), the last started first."""
+        for source in reversed(self.sources().values()):
+            source.stop()
 
     # --- freshness -----------------------------------------------------------------------
 
@@ -206,6 +190,7 @@ class SnapshotSources:
             if self.verifier is not None
             else {"required": False},
             "last_refusal": None,
+            "sources": {name: source.status() for name, source in self.sources().items()},
         }
         last = self.applier.last_refusal
         if last is not None:
@@ -215,15 +200,9 @@ class SnapshotSources:
                 "reason": last.reason,
                 "errors": [str(issue) for issue in last.errors[:20]],
             }
-        source = self.control_plane
-        if source is not None:
-            body["control_plane"] = {
-                "target": source.target,
-                "sidecar_id": source.identity.id,
-                "connected": source.connected,
-                "reconnects": source.reconnects,
-                "last_error": source.last_error,
-            }
+        # where they were before every source had a status: kept for dashboards and scripts
+        if self.control_plane is not None:
+            body["control_plane"] = self.control_plane.status()
         if self.admin is not None:
             body["listeners_admin"] = str(self.admin.address)
         return body

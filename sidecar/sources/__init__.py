@@ -1,1 +1,2 @@
-"""Where snapshots come from: a watched file, the control-plane stream, the cache."""
+"""Where snapshots come from, each behind one protocol (`base.Source`): a watched file, the
+control-plane stream, direct push on the admin listener, and the demo or the cache at start."""

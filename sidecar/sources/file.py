@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fader.snapshot.codec import format_for
 
@@ -87,3 +88,6 @@ class FileSource:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._watcher.stop(timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {"path": str(self.path), "missing": self._missing_logged}

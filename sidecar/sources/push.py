@@ -1,4 +1,5 @@
-"""SnapshotAdminService: direct push of one snapshot, with the stream's validation and answer.
+"""Direct push of one snapshot (SnapshotAdminService.PushSnapshot) on the admin listener, with
+the control-plane stream's validation and answer.
 
 Whoever can push a snapshot controls production, so the admin listener is off unless
 configured, and on any address but loopback it requires a bearer token or mTLS (both may
@@ -8,6 +9,7 @@ be on: then a call needs a client certificate and a token).
 from __future__ import annotations
 
 from concurrent import futures
+from typing import Any
 
 import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
@@ -45,11 +47,13 @@ class SnapshotAdminServicer(controlplane_pb2_grpc.SnapshotAdminServiceServicer):
 
 
 class AdminServer:
-    """The admin listener: its own small thread-pool gRPC server, apart from lookups.
+    """The admin listener, a snapshot source: its own small thread-pool gRPC server, apart
+    from lookups.
 
     Pushes are rare and each one validates and compiles a whole snapshot; a separate
     server keeps them off the lookup event loop and lets the admin port have its own
-    address and authentication.
+    address and authentication. The port is bound when constructed (so a busy port is a
+    start-up error), served from `start`.
     """
 
     def __init__(
@@ -80,3 +84,6 @@ class AdminServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self._server.stop(grace).wait()
+
+    def status(self) -> dict[str, Any]:
+        return {"listen": str(self.address)}

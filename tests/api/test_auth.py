@@ -9,24 +9,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.api.admin import AdminServer
 from sidecar.auth import server_credentials
 from sidecar.config import Address, ConfigError, load_settings
 from sidecar.controlplane.main import ControlPlane
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
 from sidecar.push import push_main
-from tests.controlplane.test_security import _certificate, _key, _pem_key
+from sidecar.sources.push import AdminServer
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import (
     RunningSidecar,
@@ -36,44 +33,14 @@ from tests.integration.harness import (
     serve_process,
     short_tmp,
 )
+from tests.pki import Pki, make_pki
 from tests.waiting import wait_for
-
-PEM = serialization.Encoding.PEM
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    stranger_cert: Path  # a client certificate from another CA
-    stranger_key: Path
-
-    def read(self, name: str) -> bytes:
-        return Path(getattr(self, name)).read_bytes()
 
 
 @pytest.fixture(scope="module")
 def pki() -> Iterator[Pki]:
     with short_tmp() as tmp:
-        ca_key, other_ca_key = _key(), _key()
-        ca = _certificate("fader test CA", ca_key, None, ca_key, ca=True)
-        other_ca = _certificate("other CA", other_ca_key, None, other_ca_key, ca=True)
-        files: dict[str, bytes] = {"ca": ca.public_bytes(PEM)}
-        for name, issuer, issuer_key in (
-            ("server", ca, ca_key),
-            ("client", ca, ca_key),
-            ("stranger", other_ca, other_ca_key),
-        ):
-            key = _key()
-            certificate = _certificate("localhost", key, issuer, issuer_key, ca=False)
-            files[f"{name}_cert"] = certificate.public_bytes(PEM)
-            files[f"{name}_key"] = _pem_key(key)
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        yield Pki(**{name: tmp / name for name in files})
+        yield make_pki(tmp)
 
 
 def _channel(target: str, pki: Pki, client: str | None) -> grpc.Channel:

@@ -24,9 +24,9 @@ import uvloop
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.app.sidecar import Sidecar
-from sidecar.app.sources import demo_snapshot as demo_snapshot  # re-exported for the tests
 from sidecar.config import Address, Settings
 from sidecar.delivery.store import Store
+from sidecar.sources.initial import demo_snapshot as demo_snapshot  # re-exported for tests
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_ANY_PORT = Address("127.0.0.1", 0)
