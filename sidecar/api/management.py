@@ -32,6 +32,9 @@ class _HTTPServerV6(ThreadingHTTPServer):
 
 
 class ManagementServer:
+    """`/readyz` and `/status` "state" come from the callables it is given (the sidecar's one
+    readiness object), so that they agree with gRPC health."""
+
     def __init__(
         self,
         address: Address,
@@ -39,10 +42,12 @@ class ManagementServer:
         metrics: Metrics,
         status_extra: Callable[[], dict[str, Any]],
         *,
-        fresh: Callable[[], bool] | None = None,
+        state: Callable[[], str],
+        ready: Callable[[], bool],
     ) -> None:
         self._store = store
-        self._fresh = fresh or (lambda: True)
+        self._state = state
+        self._ready = ready
         self._metrics = metrics
         self._status_extra = status_extra
         server_class = _HTTPServerV6 if ":" in address.host else ThreadingHTTPServer
@@ -51,7 +56,6 @@ class ManagementServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(POLL_SECONDS,), name="fader-mgmt", daemon=True
         )
-        self.draining = False
 
     @property
     def address(self) -> Address:
@@ -67,13 +71,12 @@ class ManagementServer:
         self._thread.join()
 
     def ready(self) -> bool:
-        """A snapshot is active, not stale beyond --max-staleness, and not draining."""
-        return self._store.current is not None and not self.draining and self._fresh()
+        return self._ready()
 
     def status(self) -> dict[str, Any]:
         snap = self._store.current
         body: dict[str, Any] = {
-            "state": "draining" if self.draining else "serving" if snap else "not ready",
+            "state": self._state(),
             "version": None,
             "source": None,
             "loaded_at": None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sidecar.api.health import Health
 from sidecar.api.management import ManagementServer
 from sidecar.api.watch import ChangeFeed
 from sidecar.app.errors import StartupError
+from sidecar.app.readiness import Readiness
 from sidecar.app.sources import SnapshotSources, SourcesCollector
 from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
 from sidecar.config import Address, Settings
@@ -75,6 +77,7 @@ class Sidecar:
         self.metrics = Metrics(lambda: store.current)
         if sources is not None:
             self.metrics.registry.register(SourcesCollector(sources))
+        self.readiness = Readiness(store, sources.fresh if sources is not None else None)
         self.telemetry = telemetry
         if telemetry is not None:
             self.metrics.registry.register(telemetry.collector)
@@ -92,6 +95,7 @@ class Sidecar:
         self._server: grpc.aio.Server | None = None
         self._fastlane: FastLane | None = None
         self._health: Health | None = None
+        self._unsubscribe_health: Callable[[], None] | None = None
         self._feed: ChangeFeed | None = None
         self._mgmt: ManagementServer | None = None
         self._started_at = time.time()
@@ -129,6 +133,8 @@ class Sidecar:
             await self._start_fastlane(settings.fastlane_uds, gid)
         assert self._health is not None
         await self._health.start()
+        health = self._health
+        self._unsubscribe_health = self.store.subscribe(lambda _old, _new: health.changed())
         if settings.mgmt_listen is not None:
             self._mgmt = self._management(settings.mgmt_listen)
             self._mgmt.start()
@@ -143,7 +149,7 @@ class Sidecar:
         flagd = flagd_service.services(self.core, self._feed)
         for flagd_servicer, descriptor in flagd:
             instrument.register(server, flagd_servicer, descriptor, metrics)
-        self._health = Health(self.store)
+        self._health = Health(self.readiness.ready)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         flagd_names = tuple(descriptor.full_name for _, descriptor in flagd)
@@ -184,9 +190,13 @@ class Sidecar:
 
     def _management(self, address: Address) -> ManagementServer:
         try:
-            fresh = self.sources.fresh if self.sources is not None else None
             return ManagementServer(
-                address, self.store, self.metrics, self._status_extra, fresh=fresh
+                address,
+                self.store,
+                self.metrics,
+                self._status_extra,
+                state=self.readiness.state,
+                ready=self.readiness.ready,
             )
         except OSError as err:
             raise StartupError(f"cannot listen on {address} for management HTTP: {err}") from None
@@ -207,10 +217,12 @@ class Sidecar:
         }
 
     async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING, end watch streams, stop accepting, drain within `grace`
-        seconds, upload or spool telemetry, then release the socket and the management port."""
-        if self._mgmt is not None:
-            self._mgmt.draining = True
+        """Not ready (health NOT_SERVING, /readyz 503), end watch streams, stop accepting,
+        drain within `grace` seconds, upload or spool telemetry, then release the socket and
+        the management port."""
+        self.readiness.drain()
+        if self._unsubscribe_health is not None:
+            self._unsubscribe_health()
         if self._health is not None:
             await self._health.shutdown()
         if self._feed is not None:
