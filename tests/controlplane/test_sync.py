@@ -12,7 +12,8 @@ from sidecar.config import Address
 from sidecar.controlplane.main import ControlPlane
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
-from sidecar.sources.controlplane import Backoff, ControlPlaneSource, Identity
+from sidecar.plumbing.backoff import Backoff
+from sidecar.sources.controlplane import ControlPlaneSource, Identity
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.waiting import wait_for
 
@@ -133,11 +134,3 @@ def test_folder_offers_the_newest_version(tmp_path: Path) -> None:
     finally:
         source.stop()
         cp.stop(0)
-
-
-def test_backoff_is_capped_and_jittered() -> None:
-    backoff = Backoff(initial=1, maximum=8, multiplier=2, jitter=0.25)
-    delays = [backoff.delay(n) for n in range(10)]
-    assert all(0.75 <= d <= 10 for d in delays)
-    assert max(delays[5:]) <= 8 * 1.25
-    assert len({round(backoff.delay(3), 6) for _ in range(20)}) > 1
