@@ -214,7 +214,8 @@ class ExposureStore:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         self.path = path
-        self._lock = threading.Lock()  # the one writer; also guards cursor creation
+        self._lock = threading.Lock()  # the one writer
+        self._cursors = threading.Lock()  # the root connection only hands out cursors
         self._writer = self._root.cursor()
         try:
             self._writer.execute(_SCHEMA)
@@ -224,7 +225,7 @@ class ExposureStore:
         self.ingested = {"batches": 0, "duplicates": 0, "exposures": 0, "events": 0}
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._cursors:
             self._writer.close()
             self._root.close()
 
@@ -273,7 +274,7 @@ class ExposureStore:
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor of its own for one reader (one thread); closed on exit. For ad-hoc reads;
         writing through it would bypass the batch bookkeeping."""
-        with self._lock:
+        with self._cursors:
             cursor = self._root.cursor()
         try:
             yield cursor
