@@ -1,15 +1,21 @@
-"""`fader controlplane` (serve snapshots to sidecars) and `fader status` (what they serve)."""
+"""`fader controlplane` (serve snapshots to sidecars) and `fader status` (what they serve).
+
+By default the control plane runs releases: its flag store (``release``) makes every new
+version a snapshot for the sidecars, and its HTTP listener serves the admin API, ``/status``
+and ``/healthz``. ``--forward FILE|DIR`` instead passes a file's bytes (and ``FILE.sig``)
+through unvalidated, as before the store existed: for snapshots signed elsewhere.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import signal
 import sys
 import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +25,14 @@ from google.protobuf import json_format
 
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, parse_address
+from sidecar.controlplane import release as release_control
+from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.collector import Collector, Outputs
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
-from sidecar.controlplane.service import ControlPlaneServicer
+from sidecar.controlplane.release import ReleaseControl
+from sidecar.controlplane.service import ControlPlaneServicer, Offers
+from sidecar.controlplane.web import PUBLIC, Request, Response, Router, WebServer
 from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
@@ -34,7 +44,7 @@ class ControlPlane:
 
     def __init__(
         self,
-        snapshot: Path,
+        source: Path | Offers,
         listen: Address,
         *,
         max_sidecars: int = 64,
@@ -42,7 +52,8 @@ class ControlPlane:
         tokens: TokenFile | None = None,
         outputs: Outputs | None = None,
     ) -> None:
-        self.offers = OfferSource(snapshot)
+        # A path is forwarded as it is (--forward); the release control passes its offers.
+        self.offers: Offers = OfferSource(source) if isinstance(source, Path) else source
         self.registry = Registry()
         self.servicer = ControlPlaneServicer(self.offers, self.registry, tokens)
         # One thread per open Sync stream, plus some for ListSidecars and telemetry uploads.
@@ -81,42 +92,95 @@ class ControlPlane:
             self.collector.close()
 
 
-def _status_server(address: Address, plane: ControlPlane) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/status":
-                body, code = json.dumps(plane.status(), indent=2).encode(), 200
-            elif self.path == "/healthz":
-                body, code = b"ok\n", 200
-            else:
-                body, code = b"not found\n", 404
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json" if code == 200 else "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def http_router(plane: ControlPlane, release: ReleaseControl | None) -> Router:
+    """The HTTP listener's routes: /healthz, /status, /openapi.json and the release API."""
+    router = Router()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("status http: " + format, *args)
+    def status(request: Request) -> Response:
+        body = plane.status()
+        if release is not None:
+            body["release"] = release.status()
+        return Response.json(body)
 
-    httpd = ThreadingHTTPServer((address.host, address.port), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
-    return httpd
+    def openapi(request: Request) -> Response:
+        return Response.json(router.openapi("Fader control plane", _version()))
+
+    router.add(
+        "GET",
+        "/healthz",
+        lambda _: Response.text("ok\n"),
+        role=PUBLIC,
+        summary="liveness: 200 while the process runs",
+        tag="status",
+    )
+    router.add(
+        "GET",
+        "/status",
+        status,
+        role=PUBLIC,
+        summary="offered version, each sidecar's ACK or NACK, the store, the collector",
+        tag="status",
+    )
+    router.add(
+        "GET",
+        "/api/v1/sidecars",
+        lambda _: Response.json(plane.status()),
+        role="viewer",
+        summary="each sidecar: the version it ACKed, or the NACK with its errors",
+        tag="status",
+    )
+    router.add(
+        "GET",
+        "/openapi.json",
+        openapi,
+        role=PUBLIC,
+        summary="this API, as an OpenAPI 3 document",
+        tag="status",
+    )
+    if release is not None:
+        release.register(router)
+    return router
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fader")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def controlplane_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fader controlplane",
-        description="Reference control plane: pushes the snapshot in FILE (or the newest in DIR) "
-        "to every connected sidecar and shows which version each ACKed or NACKed.",
+        description="Reference control plane: keeps the flags (versioned, with history), "
+        "pushes every new version to each connected sidecar, shows which version each ACKed "
+        "or NACKed, and serves the admin API for releases (fader flags, fader rollout).",
     )
     parser.add_argument(
         "--listen", default="127.0.0.1:8017", help="gRPC HOST:PORT (default %(default)s)"
     )
-    parser.add_argument("--snapshot", required=True, type=Path, metavar="FILE|DIR")
     parser.add_argument(
-        "--status-listen", default="127.0.0.1:8018", help="HTTP /status HOST:PORT or 'off'"
+        "--http-listen",
+        "--status-listen",
+        dest="http_listen",
+        default="127.0.0.1:8018",
+        metavar="HOST:PORT",
+        help="HTTP: the admin API, /status, /healthz and /openapi.json, or 'off' "
+        "(default %(default)s; --status-listen is the old name)",
+    )
+    parser.add_argument(
+        "--api-tokens",
+        type=Path,
+        metavar="FILE",
+        help="require bearer tokens on the admin API: lines 'ROLE TOKEN [NAME]', ROLE viewer "
+        "(read) or editor (read and write); without it, everyone who reaches it is an editor",
+    )
+    parser.add_argument(
+        "--forward",
+        type=Path,
+        metavar="FILE|DIR",
+        help="no flag store: forward this file (or the newest in DIR) and its FILE.sig to "
+        "sidecars unvalidated, as it is (for snapshots signed elsewhere)",
     )
     parser.add_argument("--max-sidecars", type=int, default=64, help="concurrent Sync streams")
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM)")
@@ -143,17 +207,22 @@ def controlplane_main(argv: list[str]) -> int:
             metavar="FILE.jsonl",
             help=f"collect {what} uploaded by sidecars into this JSONL file",
         )
+    release_control.add_arguments(parser)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not args.snapshot.exists():
-        print(f"fader controlplane: {args.snapshot} does not exist", file=sys.stderr)
-        return 2
+    for option, path in (("--snapshot", args.snapshot), ("--forward", args.forward)):
+        if path is not None and not path.exists():
+            print(f"fader controlplane: {option} {path} does not exist", file=sys.stderr)
+            return 2
+    release: ReleaseControl | None = None
     try:
         listen = parse_address(args.listen)
-        status_listen = parse_address(args.status_listen)
+        http_listen = parse_address(args.http_listen)
+        if args.forward is not None and (args.snapshot is not None or args.store is not None):
+            raise ConfigError("--forward runs without a flag store: no --snapshot or --store")
         if listen is None:
             raise ConfigError("--listen cannot be off")
         if (args.tls_cert is None) != (args.tls_key is None):
@@ -164,8 +233,11 @@ def controlplane_main(argv: list[str]) -> int:
         if args.tls_cert is not None:
             credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
         tokens = TokenFile(args.token_file) if args.token_file else None
+        api_tokens = RoleTokens(args.api_tokens) if args.api_tokens else None
+        if args.forward is None:
+            release = ReleaseControl(release_control.settings_from(args))
         plane = ControlPlane(
-            args.snapshot,
+            args.forward if release is None else release.offers,
             listen,
             max_sidecars=args.max_sidecars,
             credentials=credentials,
@@ -178,23 +250,42 @@ def controlplane_main(argv: list[str]) -> int:
             ),
         )
     except (ConfigError, OSError, ValueError) as exc:
+        if release is not None:
+            release.stop()
         print(f"fader controlplane: {exc}", file=sys.stderr)
         return 2
+    if release is not None:
+        release.start()
     plane.start()
-    httpd = _status_server(status_listen, plane) if status_listen else None
+    web = None
+    if http_listen is not None:
+        try:
+            web = WebServer(http_listen, http_router(plane, release), api_tokens)
+        except OSError as exc:
+            print(f"fader controlplane: cannot listen on {http_listen}: {exc}", file=sys.stderr)
+            plane.stop(0)
+            if release is not None:
+                release.stop()
+            return 2
+        web.start()
     log.info(
-        "control plane listening on %s:%d (status %s)",
+        "control plane listening on %s:%d (http %s, %s)",
         listen.host,
         plane.port,
-        status_listen or "off",
+        web.address if web is not None else "off",
+        f"store {release.store.db.description} at version {release.store.version}"
+        if release is not None
+        else f"forwarding {args.forward}",
     )
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     stopping.wait()
-    if httpd is not None:
-        httpd.shutdown()
+    if web is not None:
+        web.stop()
     plane.stop()
+    if release is not None:
+        release.stop()
     return 0
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
 
 from sidecar.auth import TokenFile
-from sidecar.controlplane.offer import Offer, OfferSource
+from sidecar.controlplane.offer import Offer
 from sidecar.controlplane.registry import Registry
 from sidecar.delivery.messages import to_message
 
@@ -26,10 +27,21 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.5
 
 
+class Offers(Protocol):
+    """What the streams send: a file forwarded (``offer.OfferSource``) or the flag store's
+    newest version (``snapshots.StoreOffers``)."""
+
+    current: Offer | None
+
+    def subscribe(self, subscriber: Callable[[Offer], None]) -> Callable[[], None]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class ControlPlaneServicer(controlplane_pb2_grpc.ControlPlaneServiceServicer):
-    def __init__(
-        self, offers: OfferSource, registry: Registry, tokens: TokenFile | None = None
-    ) -> None:
+    def __init__(self, offers: Offers, registry: Registry, tokens: TokenFile | None = None) -> None:
         self._offers = offers
         self._registry = registry
         self._tokens = tokens

@@ -328,7 +328,7 @@ def test_controlplane_args_probes_and_service(
     args = controlplane_args(item, monkeypatch)
     container = item.container
     listen = parse_address(args.listen)
-    status = parse_address(args.status_listen)
+    status = parse_address(args.http_listen)
     assert listen is not None and status is not None
     # Sidecars in other pods dial it, kubelet probes /healthz: both off loopback.
     assert not is_loopback(listen.host) and not is_loopback(status.host)

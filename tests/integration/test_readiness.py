@@ -68,7 +68,7 @@ def agree_on(sc: ServeProcess, ready: bool, state: str) -> None:
 def controlplane(
     snapshot: Path, port: int, log_dir: Path, name: str
 ) -> AbstractContextManager[ServeProcess]:
-    args = ["--listen", f"127.0.0.1:{port}", "--snapshot", str(snapshot), "--status-listen", "off"]
+    args = ["--listen", f"127.0.0.1:{port}", "--forward", str(snapshot), "--http-listen", "off"]
     return serve_process(args, log_dir, command="controlplane", log_name=name)
 
 

@@ -92,7 +92,7 @@ def sidecar_record(port: int, sidecar_id: str) -> dict[str, Any]:
 
 
 def controlplane(snapshot: Path, port: int, log_dir: Path, name: str = "cp.log") -> Any:
-    args = ["--listen", f"127.0.0.1:{port}", "--snapshot", str(snapshot), "--status-listen", "off"]
+    args = ["--listen", f"127.0.0.1:{port}", "--forward", str(snapshot), "--http-listen", "off"]
     return serve_process(args, log_dir, command="controlplane", log_name=name)
 
 

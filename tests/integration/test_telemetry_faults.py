@@ -108,8 +108,8 @@ def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
     out = tmp / "impressions.jsonl"
     cp_args = [
         "--listen", f"127.0.0.1:{port}",
-        "--snapshot", str(snapshot(tmp)),
-        "--status-listen", "off",
+        "--forward", str(snapshot(tmp)),
+        "--http-listen", "off",
         "--impressions-out", str(out),
     ]  # fmt: skip
     with (
@@ -226,8 +226,8 @@ def test_optimized_counts_and_events_reach_the_control_planes_collector(tmp: Pat
     port, out = free_port(), tmp / "out"
     cp_args = [
         "--listen", f"127.0.0.1:{port}",
-        "--snapshot", str(snapshot(tmp)),
-        "--status-listen", "off",
+        "--forward", str(snapshot(tmp)),
+        "--http-listen", "off",
         "--impressions-out", str(out / "impressions.jsonl"),
         "--counts-out", str(out / "counts.jsonl"),
         "--events-out", str(out / "events.jsonl"),
