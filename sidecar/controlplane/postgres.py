@@ -76,7 +76,10 @@ class PostgresDatabase:
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed or self._connection.broken:
-            self._connection = psycopg.connect(self.dsn, autocommit=True)
+            try:
+                self._connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            except psycopg.Error as exc:
+                raise ConnectionError(f"cannot reach {redact(self.dsn)}: {exc}") from None
         return self._connection
 
     @contextmanager

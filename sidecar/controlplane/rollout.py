@@ -323,27 +323,34 @@ class RolloutEngine:
         for plan in self.plans().values():
             if plan.status == RUNNING:
                 try:
-                    self._advance(plan)
-                except _Superseded:
-                    log.debug("rollout of %s changed meanwhile; re-reading", plan.flag)
+                    self.advance(plan)
                 except Exception:
                     log.exception("rollout of %s: cannot take the next step", plan.flag)
 
-    def _advance(self, plan: Plan) -> None:
+    def advance(self, plan: Plan) -> bool:
+        """Take ``plan``'s next step if it is due and allowed; False when it was not, or when
+        the stored plan is no longer ``plan`` (another replica moved it first)."""
+        try:
+            return self._advance(plan)
+        except _Superseded:
+            log.debug("rollout of %s changed meanwhile; re-reading", plan.flag)
+            return False
+
+    def _advance(self, plan: Plan) -> bool:
         now = self.clock()
         definition = self.store.state.flags.flags.get(plan.flag)
         if definition is None:
             self._end(plan, ABORTED, "the flag was deleted", now)
-            return
+            return False
         if definition.get("killed"):
             self._end(plan, PAUSED, "the flag is killed", now)
-            return
+            return False
         due = plan.due_at()
         if due is None:
             self._end(plan, COMPLETED, "", now)
-            return
+            return False
         if now < due:
-            return
+            return False
         decision = self.gate(plan)
         if not decision.allowed:
             if self.waiting.get(plan.flag) != decision.reason:
@@ -351,7 +358,7 @@ class RolloutEngine:
                     "rollout of %s held at step %s: %s", plan.flag, plan.step_label, decision.reason
                 )
             self.waiting[plan.flag] = decision.reason or "held by the gate"
-            return
+            return False
         self.waiting.pop(plan.flag, None)
         index = plan.index + 1
         label = f"{index + 1}/{len(plan.steps)}"
@@ -367,6 +374,7 @@ class RolloutEngine:
             hook=lambda tx, _version: self._replace_plan(tx, plan, updated),
         )
         log.info("rollout of %s: step %s (%d %%)", plan.flag, label, plan.steps[index])
+        return True
 
     def _end(self, plan: Plan, status: str, note: str, now: float) -> None:
         updated = replace(plan, status=status, note=note).event(status, ROLLOUT_AUTHOR, note, now)

@@ -109,13 +109,16 @@ class SqliteDatabase:
         self.path = data_dir / self.FILE_NAME
         self.description = f"sqlite:{self.path}"
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        with self.transaction() as tx:
-            for statement in SCHEMA:
-                tx.run(statement)
+        try:
+            self._connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            with self.transaction() as tx:
+                for statement in SCHEMA:
+                    tx.run(statement)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open the flag store {self.path}: {exc}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
