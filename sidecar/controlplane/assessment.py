@@ -183,19 +183,27 @@ def assess(
     since_ms: int,
     window_ms: int = DEFAULT_WINDOW_MS,
     min_sample: int = DEFAULT_MIN_SAMPLE,
+    judge_on_mismatch: bool = False,
 ) -> Assessment:
-    """SRM on the current definition's exposures; when it passes, every guardrail."""
+    """SRM on the current definition's exposures; when it passes, every guardrail.
+
+    With a mismatch the metrics are not judged (their verdicts would be suspect) unless
+    ``judge_on_mismatch`` asks for them anyway, to show them; the outcome stays SRM."""
     split = default_split(definition)
     units = default_rule_units(exposures, flag, change_number, split.label)
     srm = sample_ratio_mismatch(units, split.weights) if split.weights else None
-    if srm is not None and srm.mismatch:
-        shown = ", ".join(f"{name} {count}" for name, count in units.items())
-        expected = ", ".join(f"{name} {weight} %" for name, weight in split.weights.items())
-        message = (
-            f"sample ratio mismatch: p = {srm.p_value:.2g} (keys {shown}; expected {expected})"
-        )
+    mismatch = srm is not None and srm.mismatch
+    if mismatch and not judge_on_mismatch:
         return Assessment(
-            flag, change_number, since_ms, split, units, srm, (), Outcome.SRM, message
+            flag,
+            change_number,
+            since_ms,
+            split,
+            units,
+            srm,
+            (),
+            Outcome.SRM,
+            _srm_message(split, units, srm),
         )
     judged = []
     for rule, metric in rules:
@@ -207,9 +215,18 @@ def assess(
         )
         judged.append(Judged(rule, metric, verdict))
     outcome, message = _worst(judged)
+    if mismatch:
+        outcome, message = Outcome.SRM, _srm_message(split, units, srm)
     return Assessment(
         flag, change_number, since_ms, split, units, srm, tuple(judged), outcome, message
     )
+
+
+def _srm_message(split: Split, units: Mapping[str, int], srm: SrmResult | None) -> str:
+    shown = ", ".join(f"{name} {count}" for name, count in units.items())
+    expected = ", ".join(f"{name} {weight} %" for name, weight in split.weights.items())
+    p_value = 0.0 if srm is None else srm.p_value
+    return f"sample ratio mismatch: p = {p_value:.2g} (keys {shown}; expected {expected})"
 
 
 def _worst(judged: Sequence[Judged]) -> tuple[Outcome | None, str]:

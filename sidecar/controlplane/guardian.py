@@ -12,7 +12,7 @@ Per flag with guardrails that is live (not killed, not deleted), one ``assessmen
 * **healthy**: nothing to do here; the rollout's gate lets the plan take its next step once
   its hold time has passed.
 
-The gate (``gate``, plugged into ``RolloutEngine``) allows a guarded plan's next step only
+The gate (``LookGate``, plugged into ``RolloutEngine``) allows a guarded plan's next step only
 when the latest look, taken after the step began, was healthy. It reads that look from the
 database, so replicas without the exposure store hold plans too. Unguarded plans pass.
 
@@ -59,8 +59,34 @@ _STEP_REASON = re.compile(r"rollout step (\d+)/(\d+)")
 PageUrl = Callable[[str], str | None]
 
 
+class LookGate:
+    """The rollout gate: a guarded plan's next step needs a healthy look taken at this step.
+
+    It reads definitions and looks from the database only, so every replica can use it,
+    whether or not it runs the loop."""
+
+    def __init__(self, definitions: Definitions, decisions: DecisionLog) -> None:
+        self.definitions = definitions
+        self.decisions = decisions
+
+    def __call__(self, plan: Plan) -> GateDecision:
+        """May ``plan`` take its next step now? (Its hold time has passed already.)"""
+        try:
+            guarded = bool(self.definitions.guardrails(plan.flag))
+            look = self.decisions.look(plan.flag) if guarded else None
+        except Exception as exc:  # the database is away: never advance blind
+            return GateDecision(False, f"guardrails unreadable: {exc}")
+        if not guarded:
+            return GateDecision(True)
+        if look is None or look.time < plan.step_started_at:
+            return GateDecision(False, "waiting for a guardrail look at this step")
+        if look.outcome == Outcome.HEALTHY.value:
+            return GateDecision(True)
+        return GateDecision(False, f"guardrail {look.outcome}: {look.message}")
+
+
 class Guardian:
-    """Runs the looks (``look``) on a timer, and is the rollout engine's gate (``gate``)."""
+    """Runs the looks (``look``) on a timer; ``gate`` is the rollout gate that goes with them."""
 
     def __init__(
         self,
@@ -92,25 +118,9 @@ class Guardian:
         self.clock = clock
         self.started_at = clock()
         self.looks = 0
+        self.gate = LookGate(definitions, decisions)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    # --- the gate --------------------------------------------------------------------------
-
-    def gate(self, plan: Plan) -> GateDecision:
-        """May ``plan`` take its next step now? (Its hold time has passed already.)"""
-        try:
-            guarded = bool(self.definitions.guardrails(plan.flag))
-            look = self.decisions.look(plan.flag) if guarded else None
-        except Exception as exc:  # the database is away: never advance blind
-            return GateDecision(False, f"guardrails unreadable: {exc}")
-        if not guarded:
-            return GateDecision(True)
-        if look is None or look.time < plan.step_started_at:
-            return GateDecision(False, "waiting for a guardrail look at this step")
-        if look.outcome == Outcome.HEALTHY.value:
-            return GateDecision(True)
-        return GateDecision(False, f"guardrail {look.outcome}: {look.message}")
 
     # --- the looks -------------------------------------------------------------------------
 
