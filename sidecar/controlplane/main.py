@@ -283,9 +283,9 @@ def controlplane_main(argv: list[str]) -> int:
     stopping.wait()
     if web is not None:
         web.stop()
-    plane.stop()
     if release is not None:
-        release.stop()
+        release.stop()  # first: no rollout step may be taken while the streams drain
+    plane.stop()
     return 0
 
 
