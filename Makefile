@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := clients/python/fader/pb/.stamp
 
-.PHONY: setup proto run test lint format bench clean deploy-check
+.PHONY: setup proto run demo test lint format bench clean deploy-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ run: $(GEN)
 	@echo "  try:         $(BIN)/python -c \"from fader import Client; print(Client('127.0.0.1:8013').get_treatment('user-1', 'new-checkout'))\""
 	$(BIN)/fader serve --demo
 
+# A control plane with the demo flags and a sidecar connected to it (see tools/demo.sh);
+# then `.venv/bin/fader flags dial new-checkout 50` in another terminal.
+demo: $(GEN)
+	bash tools/demo.sh
+
 test: $(GEN)
 	$(BIN)/python -m pytest
 
@@ -48,7 +53,7 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.impressions_bench
 
 clean:
-	rm -rf $(VENV) clients/python/fader/pb build *.egg-info
+	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo
 
 # Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
 # newest schema it ships), the Dockerfile with hadolint. Both tools are dev dependencies from
