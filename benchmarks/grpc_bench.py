@@ -43,7 +43,7 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from benchmarks import processes
 from sidecar.api.fader_v1 import Lookups
-from sidecar.app.sidecar import Sidecar, request_limits, server_options
+from sidecar.app.sidecar import Sidecar, server_options
 from sidecar.config import Address, Settings
 from sidecar.core import Core
 from sidecar.core.evaluator import Evaluator
@@ -160,7 +160,7 @@ def demo_lookups(settings: Settings) -> Lookups:
     store = demo_store(settings)
     metrics = Metrics(lambda: store.current)
     evaluator = Evaluator(store, metrics)
-    return Lookups(Core.build(evaluator, request_limits(settings), EventQueue(metrics, None)))
+    return Lookups(Core.build(evaluator, settings.request_limits(), EventQueue(metrics, None)))
 
 
 def serve_child(kind: str, stack: str, uds: Path, workers: int) -> None:

@@ -35,7 +35,7 @@ from sidecar.core import Core
 from sidecar.core.evaluator import Evaluator
 from sidecar.core.events import EventQueue
 from sidecar.delivery.store import Store
-from sidecar.limits import LimitsCollector, RequestLimits
+from sidecar.limits import LimitsCollector
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.pipeline import Pipeline
 
@@ -85,7 +85,7 @@ class Sidecar:
         self.events = EventQueue(self.metrics, telemetry)
         recorder = telemetry.recorder if telemetry is not None else None
         self.core = Core.build(
-            Evaluator(store, self.metrics, recorder), request_limits(settings), self.events
+            Evaluator(store, self.metrics, recorder), settings.request_limits(), self.events
         )
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None
@@ -242,16 +242,6 @@ class Sidecar:
         """Cancels the calls still in flight (a second signal during the drain)."""
         if self._server is not None:
             await self._server.stop(0)
-
-
-def request_limits(settings: Settings) -> RequestLimits:
-    return RequestLimits(
-        max_attributes=settings.max_attributes,
-        max_attribute_size=settings.max_attribute_size,
-        max_batch_items=settings.max_batch_items,
-        max_watch_streams=settings.max_watch_streams,
-        max_message_bytes=settings.max_message_bytes,
-    )
 
 
 def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

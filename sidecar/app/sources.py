@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from fader.snapshot.limits import SNAPSHOT_LIMITS, SnapshotLimits
+from fader.snapshot.limits import SNAPSHOT_LIMITS
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -61,9 +61,7 @@ class SnapshotSources:
             cache_dir=settings.cache_dir,
             on_refused=[self._refused],
             verifier=self.verifier,
-            limits=SnapshotLimits(
-                settings.max_snapshot_bytes, settings.max_flags, settings.max_segment_keys
-            ),
+            limits=settings.snapshot_limits(),
         )
         self.demo: DemoSource | None = None
         self.cache: CacheSource | None = None
