@@ -4,7 +4,7 @@ The demo, the file watcher, the control-plane stream and direct push all call th
 Applier, so they share validation, the forward-only version rule, the last-known-good
 cache and the outcome they report (ACK with the applied version, or NACK with every
 error). A refusal never touches the active snapshot. The cache itself is read once at
-start, before any source, by ``sidecar.app.sources``, and applied through here too.
+start, before any source, by ``sidecar.sources.initial``, and applied through here too.
 
 With a ``Verifier`` (trusted keys configured), every snapshot must carry a valid detached
 signature (``sidecar.delivery.signing``), whatever its source. The signature is checked
