@@ -1,5 +1,5 @@
 """The ``fader`` command: serve, evaluate, validate, push, controlplane, status, flags, rollout,
-keygen, sign.
+metrics, guardrails, keygen, sign.
 
 ``evaluate`` and ``validate`` are script-facing contracts (README "Snapshots"): one JSON
 result line per input line, and exit status 0 only for a valid snapshot.
@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.controlplane.commands import flags_main, rollout_main
 
         return (flags_main if args[0] == "flags" else rollout_main)(args[1:])
+    if args and args[0] in ("metrics", "guardrails"):
+        from sidecar.controlplane.guardrail_commands import guardrails_main, metrics_main
+
+        return (metrics_main if args[0] == "metrics" else guardrails_main)(args[1:])
     if args and args[0] == "push":
         from sidecar.push import push_main
 
@@ -76,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="which snapshot version each sidecar serves")
     sub.add_parser("flags", help="release control: list, apply, dial, kill, history, rollback")
     sub.add_parser("rollout", help="rollout plans: start, status, pause, resume, abort")
+    sub.add_parser("metrics", help="metrics the guardrails judge: create, list, delete")
+    sub.add_parser(
+        "guardrails", help="guardrails that kill a flag on a regression: set, list, clear"
+    )
     sub.add_parser("push", help="push one snapshot file to a sidecar's admin listener")
     sub.add_parser("keygen", help="make an Ed25519 key pair for signing snapshots")
     sub.add_parser("sign", help="write the detached signature FILE.sig of a snapshot file")

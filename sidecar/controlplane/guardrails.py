@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sidecar.controlplane.alerts import Alerts
 from sidecar.controlplane.decisions import DecisionLog
 from sidecar.controlplane.definitions import Definitions, check_webhook
 from sidecar.controlplane.durations import format_duration, parse_duration
-from sidecar.controlplane.exposures import DEFAULT_WINDOW_MS, ExposureStore
+from sidecar.controlplane.exposures import DEFAULT_WINDOW_MS, ExposureStore, StoreError
 from sidecar.controlplane.guardian import DEFAULT_INTERVAL, Guardian, LookGate
 from sidecar.controlplane.guardrail_api import GuardrailApi
 from sidecar.controlplane.releases import Releases
@@ -28,10 +29,12 @@ from sidecar.controlplane.web import Router
 
 log = logging.getLogger(__name__)
 
+EXPOSURES_FILE = "exposures.duckdb"
+
 
 @dataclass(frozen=True)
 class GuardrailSettings:
-    interval: float = DEFAULT_INTERVAL
+    interval: float | None = DEFAULT_INTERVAL  # None: no loop in this process
     window_ms: int = DEFAULT_WINDOW_MS
     min_sample: int = DEFAULT_MIN_SAMPLE
     webhooks: tuple[str, ...] = ()
@@ -44,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guardrail-interval",
         default=str(DEFAULT_INTERVAL),
         metavar="SECONDS",
-        help="how often every guarded flag is judged (default %(default)s; 1 for tests)",
+        help="how often every guarded flag is judged (default %(default)s; 1 for tests); "
+        "'off': no loop here (a replica that does not collect exposures)",
     )
     group.add_argument(
         "--window",
@@ -77,9 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> GuardrailSettings:
     """ValueError naming the option that is wrong."""
-    interval = parse_duration(args.guardrail_interval)
-    if interval <= 0:
-        raise ValueError("--guardrail-interval must be > 0 seconds")
+    interval = None
+    if args.guardrail_interval.strip().lower() != "off":
+        interval = parse_duration(args.guardrail_interval)
+        if interval <= 0:
+            raise ValueError("--guardrail-interval must be > 0 seconds (or off)")
     window = parse_duration(args.window)
     if window < 1:
         raise ValueError("--window must be at least 1s")
@@ -93,8 +99,29 @@ def settings_from(args: argparse.Namespace) -> GuardrailSettings:
     return GuardrailSettings(interval, int(window * 1000), args.min_sample, hooks, public)
 
 
+def open_exposures(data_dir: Path) -> ExposureStore | None:
+    """The exposure store in ``data_dir``, or None when another process holds it (replicas
+    sharing a data directory: the one holding it collects and judges, the others serve the
+    API and the gate); OSError for any other reason it cannot be opened."""
+    try:
+        return ExposureStore(data_dir / EXPOSURES_FILE)
+    except StoreError as exc:
+        if "lock" in str(exc).lower():
+            log.warning(
+                "exposure store %s is held by another process: no collector store and no "
+                "guardrail loop here (%s)",
+                data_dir / EXPOSURES_FILE,
+                exc,
+            )
+            return None
+        raise OSError(str(exc)) from None
+
+
 class Guardrails:
-    """Definitions, decisions, alerts, the gate, the loop (with an exposure store) and the API."""
+    """Definitions, decisions, alerts, the gate, the loop (with an exposure store) and the API.
+
+    It owns the exposure store it is given: ``close`` closes it (after the collector stopped).
+    """
 
     def __init__(
         self,
@@ -104,12 +131,13 @@ class Guardrails:
         exposures: ExposureStore | None,
     ) -> None:
         self.settings = settings
+        self.exposures = exposures
         self.definitions = Definitions(store.db)
         self.decisions = DecisionLog(store.db)
         self.alerts = Alerts(settings.webhooks)
         rollouts.gate = LookGate(self.definitions, self.decisions)
         self.guardian: Guardian | None = None
-        if exposures is not None:
+        if exposures is not None and settings.interval is not None:
             self.guardian = Guardian(
                 store,
                 rollouts,
@@ -149,6 +177,12 @@ class Guardrails:
         if self.guardian is not None:
             self.guardian.stop()
         self.alerts.stop()
+
+    def close(self) -> None:
+        """Close the exposure store (once nothing writes to it any more)."""
+        if self.exposures is not None:
+            self.exposures.close()
+            self.exposures = None
 
     def status(self) -> dict[str, Any]:
         """The guardrails' part of ``/status``."""

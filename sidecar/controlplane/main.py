@@ -25,9 +25,12 @@ from google.protobuf import json_format
 
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, parse_address
+from sidecar.controlplane import guardrails as guardrail_control
 from sidecar.controlplane import release as release_control
 from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.collector import Collector, Outputs
+from sidecar.controlplane.exposures import ExposureStore
+from sidecar.controlplane.guardrails import Guardrails
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.release import ReleaseControl
@@ -51,6 +54,7 @@ class ControlPlane:
         credentials: grpc.ServerCredentials | None = None,
         tokens: TokenFile | None = None,
         outputs: Outputs | None = None,
+        exposures: ExposureStore | None = None,
     ) -> None:
         # A path is forwarded as it is (--forward); the release control passes its offers.
         self.offers: Offers = OfferSource(source) if isinstance(source, Path) else source
@@ -64,8 +68,8 @@ class ControlPlane:
         )
         controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
         self.collector: Collector | None = None
-        if outputs is not None and outputs.paths():
-            self.collector = Collector(outputs, tokens)
+        if (outputs is not None and outputs.paths()) or exposures is not None:
+            self.collector = Collector(outputs or Outputs(), tokens, exposures)
             telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(self.collector, self.server)
         if credentials is None:
             self.port = self.server.add_insecure_port(str(listen))
@@ -208,6 +212,7 @@ def controlplane_main(argv: list[str]) -> int:
             help=f"collect {what} uploaded by sidecars into this JSONL file",
         )
     release_control.add_arguments(parser)
+    guardrail_control.add_arguments(parser)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -218,6 +223,7 @@ def controlplane_main(argv: list[str]) -> int:
             print(f"fader controlplane: {option} {path} does not exist", file=sys.stderr)
             return 2
     release: ReleaseControl | None = None
+    guardrails: Guardrails | None = None
     try:
         listen = parse_address(args.listen)
         http_listen = parse_address(args.http_listen)
@@ -236,6 +242,12 @@ def controlplane_main(argv: list[str]) -> int:
         api_tokens = RoleTokens(args.api_tokens) if args.api_tokens else None
         if args.forward is None:
             release = ReleaseControl(release_control.settings_from(args))
+            guardrails = Guardrails(
+                guardrail_control.settings_from(args),
+                release.store,
+                release.rollouts,
+                guardrail_control.open_exposures(args.data_dir),
+            )
         plane = ControlPlane(
             args.forward if release is None else release.offers,
             listen,
@@ -248,22 +260,33 @@ def controlplane_main(argv: list[str]) -> int:
                 unique_keys=args.unique_keys_out,
                 events=args.events_out,
             ),
+            exposures=guardrails.exposures if guardrails is not None else None,
         )
     except (ConfigError, OSError, ValueError) as exc:
+        if guardrails is not None:
+            guardrails.close()
         if release is not None:
             release.stop()
         print(f"fader controlplane: {exc}", file=sys.stderr)
         return 2
     if release is not None:
         release.start()
+    if guardrails is not None:
+        guardrails.start()
     plane.start()
     web = None
     if http_listen is not None:
         try:
-            web = WebServer(http_listen, http_router(plane, release), api_tokens)
+            router = http_router(plane, release)
+            if guardrails is not None:
+                guardrails.register(router)
+            web = WebServer(http_listen, router, api_tokens)
         except OSError as exc:
             print(f"fader controlplane: cannot listen on {http_listen}: {exc}", file=sys.stderr)
             plane.stop(0)
+            if guardrails is not None:
+                guardrails.stop()
+                guardrails.close()
             if release is not None:
                 release.stop()
             return 2
@@ -283,9 +306,13 @@ def controlplane_main(argv: list[str]) -> int:
     stopping.wait()
     if web is not None:
         web.stop()
+    if guardrails is not None:
+        guardrails.stop()
     if release is not None:
         release.stop()  # first: no rollout step may be taken while the streams drain
     plane.stop()
+    if guardrails is not None:
+        guardrails.close()  # after the collector: nothing writes to the exposure store now
     return 0
 
 
