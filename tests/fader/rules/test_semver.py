@@ -7,7 +7,7 @@ import csv
 import pytest
 from fader.rules import semver
 
-from tests.shared import split_vector
+from tests.vectors import split_vector
 
 
 def _rows(name: str) -> list[list[str]]:

@@ -10,7 +10,7 @@ import pytest
 from fader.snapshot.loader import SnapshotError, build_snapshot, load_file
 
 from tests.fader.rules.builders import flag, snapshot_doc
-from tests.shared import split_vector
+from tests.vectors import split_vector
 
 
 def test_json_and_msgpack_files_load_the_same(tmp_path: Path) -> None:
