@@ -14,6 +14,12 @@ cycles; unique names; regexes that RE2 compiles and that agree with Python ``re`
 input the pools can produce; numbers in definitions are integers; ARCHIVED only for flags
 nothing references; keys stay in the Basic Multilingual Plane when any flag uses the legacy
 hash (Fader hashes legacy over UTF-16 code units, the Python SDK over code points).
+
+About one snapshot in four is an exclusion chain (:func:`exclusion_chains`): rule-based
+segments excluding earlier rule-based and standard segments several levels deep, over a few
+keys that are at once segment members and excluded keys, so that the order-dependent early
+stops of the SDK's exclusion walk decide real answers. Fully random snapshots almost never
+line those up.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ KEYS_BMP: tuple[str, ...] = (
     "alice@split.io", "Ünïcødé", "日本", "a b",
 )
 KEYS_ASTRAL: tuple[str, ...] = ("🙂smile", "\U0001d4b3-key")  # only safe with algo 2 flags
+HOT_KEYS: tuple[str, ...] = KEYS_BMP[:3]  # exclusion chains: segment members and excluded keys
 TREATMENTS: tuple[str, ...] = ("on", "off", "v1", "v2", "on", "off", "v1", "v2", "control")
 LABELS: tuple[str, ...] = ("default rule", "whitelisted", "in segment seg_0", "custom label", "")
 CONFIGS: tuple[str, ...] = ('{"color":"green"}', "{}", '{"size":15,"test":20}', '{"a":[1,2]}')
@@ -626,8 +633,125 @@ def _referenced_flags(nodes: Iterable[Json]) -> set[str]:
 
 
 @st.composite
+def chained_exclusions(draw: Draw, scope: _Scope) -> Json:
+    """An excluded block naming one to three earlier segments, with excluded keys from the
+    same few keys the segments hold.
+
+    Mostly an earlier rule-based segment comes first and something that may exclude the
+    same key follows it: the walk's early stop at the first one decides the answer then.
+    """
+    keys = draw(st.lists(st.sampled_from(HOT_KEYS), unique=True, min_size=1, max_size=2))
+    refs: list[Json] = [{"name": r, "type": "rule-based"} for r in scope.rule_based]
+    refs += [{"name": s, "type": "standard"} for s in scope.segments]
+    first: list[Json] = []
+    if scope.rule_based and not draw(one_in(4)):
+        first = [{"name": draw(st.sampled_from(scope.rule_based)), "type": "rule-based"}]
+    rest = [ref for ref in refs if ref not in first]
+    chosen = draw(
+        st.lists(
+            st.sampled_from(rest),
+            unique_by=lambda r: r["name"],
+            min_size=1,
+            max_size=min(3 - len(first), len(rest)),
+        )
+    )
+    return {"keys": keys, "segments": first + chosen}
+
+
+def _all_keys_condition() -> Json:
+    """A rule-based-segment condition every key meets, so only the exclusions decide."""
+    return {
+        "conditionType": "ROLLOUT",
+        "matcherGroup": {
+            "combiner": "AND",
+            "matchers": [{"matcherType": "ALL_KEYS", "negate": False}],
+        },
+    }
+
+
+@st.composite
+def chained_rule_based_segments(draw: Draw, name: str, scope: _Scope) -> Json:
+    """A rule-based segment of an exclusion chain: often ALL_KEYS, always excluding something."""
+    conditions = (
+        [_all_keys_condition()]
+        if draw(st.booleans())
+        else draw(st.lists(rbs_conditions(scope), min_size=1, max_size=2))
+    )
+    return {
+        "name": name,
+        "trafficTypeName": "user",
+        "changeNumber": draw(st.integers(0, 2**41)),
+        "status": "ACTIVE",
+        "conditions": conditions,
+        "excluded": draw(chained_exclusions(scope)),
+    }
+
+
+@st.composite
+def rule_based_probe(draw: Draw, scope: _Scope) -> Json:
+    """A flag condition asking "is the key in this rule-based segment?": mostly the deepest,
+    always one that can exclude another (not the first); WHITELIST-typed half the time,
+    which the SDK evaluates before the traffic-allocation check."""
+    names = scope.rule_based[1:]
+    name = names[-1] if draw(st.booleans()) else draw(st.sampled_from(names))
+    return {
+        "conditionType": draw(st.sampled_from(["ROLLOUT", "WHITELIST"])),
+        "matcherGroup": {
+            "combiner": "AND",
+            "matchers": [
+                {
+                    "keySelector": {"trafficType": "user", "attribute": None},
+                    "matcherType": "IN_RULE_BASED_SEGMENT",
+                    "negate": False,
+                    "userDefinedSegmentMatcherData": {"segmentName": name},
+                }
+            ],
+        },
+        "partitions": draw(partitions()),
+        "label": f"in {name}",
+    }
+
+
+@st.composite
+def exclusion_chains(draw: Draw) -> Json:
+    """Two to four rule-based segments, each excluding earlier ones and standard segments,
+    then flags whose first condition asks for one of them.
+
+    The SDK's walk over excluded segments is order-dependent (a key in a nested segment's
+    excluded keys ends it with "not excluded", even when a later entry would exclude the
+    key); every key here is drawn from HOT_KEYS, so the cases hit those stops.
+    """
+    members = st.lists(st.sampled_from(HOT_KEYS), unique=True, min_size=2, max_size=3)
+    groups = draw(st.lists(members, min_size=1, max_size=2))
+    segments = {f"seg_{i}": group for i, group in enumerate(groups)}
+    scope = _Scope(segments=sorted(segments))
+    rbs_list: list[Json] = []
+    for index in range(draw(st.integers(2, 4))):
+        name = f"rbs_{index}"
+        rbs_list.append(draw(chained_rule_based_segments(name, scope)))
+        scope.rule_based.append(name)
+    flag_list: list[Json] = []
+    for index in range(draw(st.integers(1, 3))):
+        name = f"flag_{index}"
+        flag = draw(flags(name, scope))
+        flag["conditions"].insert(0, draw(rule_based_probe(scope)))
+        flag_list.append(flag)
+        scope.flags.append(name)
+    return {
+        "version": draw(st.integers(0, 2**41)),
+        "flags": flag_list,
+        "segments": segments,
+        "ruleBasedSegments": rbs_list,
+    }
+
+
+@st.composite
 def snapshots(draw: Draw) -> Json:
-    """A whole valid snapshot: segments, then flags and rule-based segments in a random order."""
+    """A whole valid snapshot: segments, then flags and rule-based segments in a random order
+    (or, one time in four, an exclusion chain)."""
+    if draw(one_in(4)):
+        chain: Json = draw(exclusion_chains())
+        return chain
     segments = draw(segment_maps())
     n_flags = draw(st.integers(1, 5))
     n_rbs = draw(st.integers(0, 3))
@@ -757,14 +881,33 @@ def attribute_maps(draw: Draw, harvested: dict[str | None, list[object]]) -> dic
     return attributes
 
 
+def _contested_keys(document: Json) -> list[str]:
+    """Keys a rule-based segment excludes that are also in a segment or excluded elsewhere:
+    the keys for which the order of the exclusion walk decides the answer."""
+    excluded = [
+        set((rbs.get("excluded") or {}).get("keys") or ()) for rbs in document["ruleBasedSegments"]
+    ]
+    members = set().union(*document["segments"].values())
+    return sorted(
+        key
+        for index, keys in enumerate(excluded)
+        for key in keys
+        if key in members or any(key in other for i, other in enumerate(excluded) if i != index)
+    )
+
+
 @st.composite
 def cases(draw: Draw, document: Json) -> Case:
-    """One request against the snapshot: a known (or unknown) flag, key, bucketing key, attrs."""
+    """One request against the snapshot: a known (or unknown) flag, key, bucketing key, attrs.
+
+    Half the keys are contested ones (see _contested_keys) when the snapshot has any.
+    """
     harvested = _harvest(document)
     names = [flag["name"] for flag in document["flags"]]
     flag = "no_such_flag" if draw(one_in(20)) else draw(st.sampled_from(names))
     keys = _key_pool(document, harvested[None])
-    key = draw(st.sampled_from(keys))
+    contested = [k for k in _contested_keys(document) if k in keys]
+    key = draw(st.sampled_from(contested if contested and draw(st.booleans()) else keys))
     bucketing = draw(st.one_of(st.none(), st.sampled_from(keys)))
     attributes = draw(attribute_maps(harvested))
     return Case(key=key, flag=flag, bucketing_key=bucketing, attributes=attributes)
