@@ -18,6 +18,7 @@ from fader.snapshot.loader import load_bytes
 from sidecar.app.sources import SnapshotSources
 from sidecar.config import Address, Settings
 from sidecar.controlplane.main import ControlPlane
+from sidecar.controlplane.offer import OfferSource
 from sidecar.delivery import cache, signing
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
@@ -180,7 +181,8 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
     snap = tmp / "offer.json"
     write_snapshot(snap, 1)
     sign(snap, key)
-    plane = ControlPlane(snap, Address("127.0.0.1", 0))
+    offers = OfferSource(snap)
+    plane = ControlPlane(offers, Address("127.0.0.1", 0))
     plane.start()
     args = [
         "--control-plane", f"127.0.0.1:{plane.port}", "--trusted-keys", str(trusted),
@@ -202,21 +204,21 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             sig = signing.signature_path(snap)
             sig.unlink()
             write_snapshot(snap, 2)
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(lambda: nacked("unsigned"), what="NACK unsigned")
             sign(snap, tmp / "evil" / "evil.key", key_id="evil")
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(lambda: nacked("unknown key id 'evil'"), what="NACK unknown key")
             sign_expired(snap, key, 2)
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(lambda: nacked("expired"), what="NACK expired")
             assert treatment(target) == "v1" and record()["acked_version"] == "1"
             sign(snap, key)
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(lambda: treatment(target) == "v2", what="v2 signed over the stream")
             write_snapshot(snap, 1)  # replay of a validly signed older snapshot
             sign(snap, key)
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(
                 lambda: (
                     record().get("nacked_version") == "1"
@@ -227,7 +229,7 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             write_snapshot(snap, 3, defaultTreatment="tampered")
             sign(snap, key)
             write_snapshot(snap, 3)  # signed content then changed: tampered
-            plane.offers.refresh()
+            offers.refresh()
             wait_for(
                 lambda: (
                     record().get("nacked_version") == "3"
