@@ -110,6 +110,44 @@ def check(flagset: FlagSet) -> FlagSet:
     return _Merge(flagset, (), replace=False).run()
 
 
+def check_flag(flagset: FlagSet, name: str) -> FlagSet:
+    """``flagset`` after an edit of flag ``name`` that kept every reference it makes (the
+    dimmer, kill, revive): only that flag is validated, next to the flags it names, because
+    the rest of the set was valid and no reference, so no cycle, can have appeared.
+    Validating 1,000 flags for every dial would cost ~30 ms a write."""
+    definition = flagset.flags[name]
+    named = sorted(n for n in _flags_named(definition) if n in flagset.flags and n != name)
+    stubs = [{"name": n, "seed": 0, "defaultTreatment": "control", "conditions": []} for n in named]
+    rbs = [flagset.rule_based_segments[n] for n in sorted(flagset.rule_based_segments)]
+    report = validate([definition, *stubs], dict(flagset.segments), rbs)
+    position = f"$.flags[{sorted(flagset.flags).index(name)}]"
+    errors = [
+        Located(
+            Issue(issue.flag, position + issue.path.removeprefix("$.flags[0]"), issue.message),
+            SNAPSHOT_SOURCE,
+        )
+        for issue in report.errors
+    ]
+    if errors:
+        raise InvalidFlags(errors)
+    return flagset
+
+
+def _flags_named(definition: dict[str, Any]) -> set[str]:
+    """The flags a definition depends on (dependency matchers and prerequisites)."""
+    names: set[str] = set()
+    for prerequisite in definition.get("prerequisites") or ():
+        if isinstance(prerequisite, dict) and isinstance(prerequisite.get("n"), str):
+            names.add(prerequisite["n"])
+    for condition in definition.get("conditions") or ():
+        group = condition.get("matcherGroup") if isinstance(condition, dict) else None
+        for matcher in (group or {}).get("matchers") or ():
+            data = matcher.get("dependencyMatcherData") if isinstance(matcher, dict) else None
+            if isinstance(data, dict) and isinstance(data.get("split"), str):
+                names.add(data["split"])
+    return names
+
+
 _INDEXED = re.compile(r"^\$\.(flags|ruleBasedSegments)\[(\d+)\](.*)$", re.DOTALL)
 _SEGMENT = re.compile(r"^\$\.segments\.([^.\[]+)(.*)$", re.DOTALL)
 

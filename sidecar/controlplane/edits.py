@@ -16,7 +16,7 @@ from typing import Any
 from fader.snapshot.issues import Issue
 
 from sidecar.controlplane import dimmer
-from sidecar.controlplane.documents import InvalidFlags, Located, Part, check, merge
+from sidecar.controlplane.documents import InvalidFlags, Located, Part, check, check_flag, merge
 from sidecar.controlplane.flagset import FLAG, FlagSet, strip_change_number
 
 # The source named in issues about a flag's stored definition.
@@ -85,7 +85,7 @@ def dial(name: str, percent: int, treatment: str | None = None) -> Edit:
             )
         if flag.get("killed"):
             notes.append(f"{name} is killed: sidecars serve its default treatment until revived")
-        return Edited(check(current.with_item(FLAG, name, dialed.flag)), tuple(notes))
+        return Edited(check_flag(current.with_item(FLAG, name, dialed.flag), name), tuple(notes))
 
     return edit
 
@@ -96,7 +96,7 @@ def set_killed(name: str, killed: bool) -> Edit:
     def edit(current: FlagSet) -> Edited:
         flag = dict(_flag(current, name))
         flag["killed"] = killed
-        return Edited(check(current.with_item(FLAG, name, flag)))
+        return Edited(check_flag(current.with_item(FLAG, name, flag), name))
 
     return edit
 

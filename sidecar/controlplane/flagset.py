@@ -160,7 +160,7 @@ def diff(old: FlagSet, new: FlagSet) -> list[Change]:
                 changes.append(Change(kind, name, REMOVED))
             elif name not in before:
                 changes.append(Change(kind, name, ADDED))
-            elif before[name] != after[name]:
+            elif before[name] is not after[name] and before[name] != after[name]:
                 fields = tuple(_field_changes(before[name], after[name], "$"))
                 changes.append(Change(kind, name, CHANGED, fields))
     return changes
@@ -172,7 +172,8 @@ def changed_keys(old: FlagSet, new: FlagSet) -> dict[tuple[str, str], Any | None
     for kind in KINDS:
         before, after = old.table(kind), new.table(kind)
         for name in set(before) | set(after):
-            if before.get(name) != after.get(name):
+            old_body, new_body = before.get(name), after.get(name)
+            if old_body is not new_body and old_body != new_body:
                 out[(kind, name)] = after.get(name)
     return out
 

@@ -11,7 +11,8 @@ from typing import Any, TypedDict
 import pytest
 from fader.snapshot.loader import build_snapshot, check_document
 
-from sidecar.controlplane.documents import InvalidFlags, parse_document
+from sidecar.controlplane.documents import InvalidFlags, check_flag, parse_document
+from sidecar.controlplane.flagset import FlagSet
 from sidecar.controlplane.edits import UnknownFlag
 from sidecar.controlplane.store import FlagStore, StaleVersion, UnknownVersion
 from sidecar.controlplane.storedb import SqliteDatabase
@@ -223,3 +224,23 @@ def test_subscribers_see_every_version_in_order(store: FlagStore) -> None:
     store.dial("a", 1, **ME)  # no change: no version, no notification
     store.kill("a", **ME)
     assert seen == [1, 2, 3]
+
+
+def test_an_edit_that_keeps_references_validates_the_flag_next_to_those_it_names() -> None:
+    parent = flag("parent")
+    child = flag(
+        "child",
+        condition(
+            matcher(
+                "IN_SPLIT_TREATMENT",
+                dependencyMatcherData={"split": "parent", "treatments": ["on"]},
+            )
+        ),
+    )
+    flags = FlagSet({"parent": parent, "child": child, "zz": flag("zz")})
+    assert check_flag(flags, "child") is flags  # the dependency resolves
+    broken = FlagSet({**flags.flags, "zz": flag("zz", algo=5)})
+    with pytest.raises(InvalidFlags) as refused:
+        check_flag(broken, "zz")
+    (error,) = refused.value.errors
+    assert (error.issue.flag, error.issue.path) == ("zz", "$.flags[2].algo")
