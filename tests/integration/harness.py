@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,13 @@ def loopback_settings(uds: Path | None = None, **overrides: Any) -> Settings:
         grpc_listen=LOCAL_ANY_PORT, mgmt_listen=LOCAL_ANY_PORT, uds=uds, shutdown_grace=1.0
     )
     return replace(base, **overrides)
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback, for a process that must listen on a known one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
