@@ -51,6 +51,7 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.grpc_bench
 	$(BIN)/python -m benchmarks.fastlane_bench
 	$(BIN)/python -m benchmarks.impressions_bench
+	$(BIN)/python -m benchmarks.release_bench
 
 clean:
 	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo

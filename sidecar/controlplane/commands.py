@@ -458,8 +458,13 @@ _ROLLOUT_COMMANDS = {
 def _print_plan(plan: dict[str, Any], out: TextIO) -> None:
     steps = plan["steps"]
     marks = " ".join(f"[{s}]" if i + 1 == plan["step"] else str(s) for i, s in enumerate(steps))
+    where = (
+        f"{plan['treatment']} dialled back to 0 %"
+        if plan["status"] == "aborted"
+        else f"{plan['treatment']} at {plan['percent']} %"
+    )
     line = (
-        f"{plan['flag']}: {plan['status']}, {plan['treatment']} at {plan['percent']} % "
+        f"{plan['flag']}: {plan['status']}, {where} "
         f"(step {plan['step']}/{len(steps)}: {marks}; hold {format_duration(plan['hold_seconds'])})"
     )
     print(line, file=out)
