@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from tests.fader.rules.builders import flag, snapshot_doc
-from tests.integration.harness import ServeProcess, http_get, serve_process, short_tmp
+from tests.integration.harness import ServeProcess, free_port, http_get, serve_process, short_tmp
 from tests.pki import Pki, make_pki
 from tests.waiting import wait_for
 
@@ -30,12 +29,6 @@ LISTEN = ["--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0"]
 def tmp() -> Iterator[Path]:
     with short_tmp() as path:
         yield path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stored(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -20,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fader.rules.builders import flag, snapshot_doc
-from tests.integration.harness import ServeProcess, http_get, serve_process, short_tmp
+from tests.integration.harness import ServeProcess, free_port, http_get, serve_process, short_tmp
 from tests.waiting import wait_for
 
 READINESS_NAMES = ("", "readiness", "fader.v1.EvaluationService")
@@ -30,12 +29,6 @@ READINESS_NAMES = ("", "readiness", "fader.v1.EvaluationService")
 def tmp() -> Iterator[Path]:
     with short_tmp() as path:
         yield path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health(target: str, name: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import AbstractContextManager
@@ -20,7 +19,7 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from tests.fader.rules.builders import flag, snapshot_doc
-from tests.integration.harness import ServeProcess, http_get, serve_process, short_tmp
+from tests.integration.harness import ServeProcess, free_port, http_get, serve_process, short_tmp
 from tests.waiting import wait_for
 
 FAST = ["--telemetry-flush-interval", "0.2", "--telemetry-batch-records", "50"]
@@ -30,12 +29,6 @@ FAST = ["--telemetry-flush-interval", "0.2", "--telemetry-batch-records", "50"]
 def tmp() -> Iterator[Path]:
     with short_tmp() as path:
         yield path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def snapshot(tmp: Path) -> Path:
