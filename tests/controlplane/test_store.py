@@ -12,8 +12,8 @@ import pytest
 from fader.snapshot.loader import build_snapshot, check_document
 
 from sidecar.controlplane.documents import InvalidFlags, check_flag, parse_document
-from sidecar.controlplane.flagset import FlagSet
 from sidecar.controlplane.edits import UnknownFlag
+from sidecar.controlplane.flagset import FlagSet
 from sidecar.controlplane.store import FlagStore, StaleVersion, UnknownVersion
 from sidecar.controlplane.storedb import SqliteDatabase
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
