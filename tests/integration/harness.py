@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,13 +22,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import uvloop
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.app.sidecar import Sidecar
 from sidecar.config import Address, Settings
 from sidecar.delivery.store import Store
 from sidecar.sources.initial import demo_snapshot as demo_snapshot  # re-exported for tests
+from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_ANY_PORT = Address("127.0.0.1", 0)
@@ -186,3 +191,40 @@ def serve_process(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+SIDECAR_ARGS = ["--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0"]
+
+
+def write_snapshot(path: Path, version: int, **fields: Any) -> None:
+    """Atomically write a one-flag snapshot ("f") whose every key gets treatment
+    "v<version>", so an answer names the snapshot it came from."""
+    doc = snapshot_doc(
+        flag("f", condition(partitions={f"v{version}": 100}), **fields), version=version
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def treatment(target: str) -> str | None:
+    """Flag "f" for key "u" from the fader.v1 server at ``target``; None if it cannot answer."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.EvaluationServiceStub(channel)
+            response = stub.GetTreatment(pb.GetTreatmentRequest(key="u", flag="f"), timeout=2)
+    except grpc.RpcError:
+        return None
+    return str(response.evaluation.treatment)
+
+
+def start_sidecar(
+    args: list[str], log_dir: Path, name: str
+) -> contextlib.AbstractContextManager[ServeProcess]:
+    """`fader serve ARGS` on ephemeral loopback gRPC and management ports, logging to ``name``."""
+    return serve_process([*args, *SIDECAR_ARGS], log_dir, log_name=name)
+
+
+def sc_mgmt(serve: ServeProcess) -> str:
+    """The base URL of a started sidecar's management HTTP listener."""
+    return "http://" + serve.wait_listening()["mgmt"]

@@ -24,9 +24,11 @@ from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
 from sidecar.keys import keygen, sign_main
 from sidecar.push import push_main
-from tests.integration.harness import ServeProcess, http_get, short_tmp
-from tests.integration.test_snapshot_sources import (
+from tests.integration.harness import (
+    ServeProcess,
+    http_get,
     sc_mgmt,
+    short_tmp,
     start_sidecar,
     treatment,
     write_snapshot,

@@ -4,10 +4,8 @@ the last-known-good cache, the watched file, direct push with a bearer token."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,56 +13,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from fader.pb.fader.v1 import evaluation_pb2 as pb
-from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
 from sidecar.delivery import cache
-from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.integration.harness import (
     REPO,
     ServeProcess,
+    free_port,
     http_get,
+    sc_mgmt,
     serve_env,
     serve_process,
     short_tmp,
+    start_sidecar,
+    treatment,
+    write_snapshot,
 )
 from tests.waiting import wait_for
-
-SIDECAR_ARGS = ["--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0"]
 
 
 @pytest.fixture
 def tmp() -> Iterator[Path]:
     with short_tmp() as path:
         yield path
-
-
-def write_snapshot(path: Path, version: int, **fields: Any) -> None:
-    """Every version answers treatment "v<version>", so an answer names its snapshot."""
-    doc = snapshot_doc(
-        flag("f", condition(partitions={f"v{version}": 100}), **fields), version=version
-    )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def treatment(target: str) -> str | None:
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.EvaluationServiceStub(channel)
-            response = stub.GetTreatment(pb.GetTreatmentRequest(key="u", flag="f"), timeout=2)
-    except grpc.RpcError:
-        return None
-    return str(response.evaluation.treatment)
 
 
 def fader(*args: str) -> subprocess.CompletedProcess[str]:
@@ -94,10 +65,6 @@ def sidecar_record(port: int, sidecar_id: str) -> dict[str, Any]:
 def controlplane(snapshot: Path, port: int, log_dir: Path, name: str = "cp.log") -> Any:
     args = ["--listen", f"127.0.0.1:{port}", "--forward", str(snapshot), "--http-listen", "off"]
     return serve_process(args, log_dir, command="controlplane", log_name=name)
-
-
-def start_sidecar(args: list[str], log_dir: Path, name: str) -> Any:
-    return serve_process([*args, *SIDECAR_ARGS], log_dir, log_name=name)
 
 
 def test_control_plane_push_ack_nack_and_restarts(tmp: Path) -> None:
@@ -159,10 +126,6 @@ def test_control_plane_push_ack_nack_and_restarts(tmp: Path) -> None:
         assert "last-known-good cache refused" in sc.log
         status = json.loads(http_get(sc_mgmt(sc) + "/status")[1])
         assert status["version"] is None and status["refusals"] == {"corrupt_cache": 1}
-
-
-def sc_mgmt(serve: ServeProcess) -> str:
-    return "http://" + serve.wait_listening()["mgmt"]
 
 
 def _connected(serve: ServeProcess) -> bool:
