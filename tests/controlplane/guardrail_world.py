@@ -1,6 +1,6 @@
 """A control plane's guardrail parts on real files (SQLite flag store, DuckDB exposure store)
 with synthetic exposures and events, for the loop, API and page tests; and a real HTTP server
-that receives webhooks."""
+that receives webhooks; the guardrail API served over HTTP."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ from typing import Any
 
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
+from sidecar.config import Address
 from sidecar.controlplane.alerts import Alerts
+from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.decisions import DecisionLog
 from sidecar.controlplane.definitions import Definitions, MetricDef
 from sidecar.controlplane.exposures import ExposureStore
 from sidecar.controlplane.flagset import FLAG
 from sidecar.controlplane.guardian import Guardian
+from sidecar.controlplane.guardrail_api import GuardrailApi
+from sidecar.controlplane.releases import Releases
 from sidecar.controlplane.rollout import RolloutEngine
 from sidecar.controlplane.statistics import Direction, MetricKind
 from sidecar.controlplane.store import FlagStore
 from sidecar.controlplane.storedb import Database, SqliteDatabase
+from sidecar.controlplane.web import Router, WebServer
 from sidecar.plumbing.backoff import Backoff
 
 
@@ -211,3 +216,17 @@ def world_fixture(root: Path, **kwargs: Any) -> Iterator[World]:
         yield world
     finally:
         world.close()
+
+
+def serve(world: World, tokens: RoleTokens | None = None) -> WebServer:
+    """The guardrail API of ``world`` on a real HTTP server (loopback, a free port), started."""
+    releases = Releases(
+        world.store, world.rollouts, world.definitions, world.decisions, world.exposures
+    )
+    router = Router()
+    GuardrailApi(world.store, world.definitions, world.decisions, releases, world.alerts).register(
+        router
+    )
+    server = WebServer(Address("127.0.0.1", 0), router, tokens)
+    server.start()
+    return server

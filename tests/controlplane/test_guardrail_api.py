@@ -12,12 +12,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import Address
 from sidecar.controlplane.apitokens import RoleTokens
-from sidecar.controlplane.guardrail_api import GuardrailApi
-from sidecar.controlplane.releases import Releases, bucket_for
-from sidecar.controlplane.web import Router, WebServer
-from tests.controlplane.guardrail_world import World, world_fixture
+from sidecar.controlplane.releases import bucket_for
+from tests.controlplane.guardrail_world import World, serve, world_fixture
 
 CONTRACT_KEYS = {"flag", "state", "dial", "decisions", "metrics"}
 METRIC_KEYS = {
@@ -29,19 +26,6 @@ METRIC_KEYS = {
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     yield from world_fixture(tmp_path)
-
-
-def serve(world: World, tokens: RoleTokens | None = None) -> WebServer:
-    releases = Releases(
-        world.store, world.rollouts, world.definitions, world.decisions, world.exposures
-    )
-    router = Router()
-    GuardrailApi(world.store, world.definitions, world.decisions, releases, world.alerts).register(
-        router
-    )
-    server = WebServer(Address("127.0.0.1", 0), router, tokens)
-    server.start()
-    return server
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.controlplane.guardrail_commands import guardrails_main, metrics_main
-from tests.controlplane.guardrail_world import World, world_fixture
-from tests.controlplane.test_guardrail_api import serve
+from tests.controlplane.guardrail_world import World, serve, world_fixture
 
 
 @pytest.fixture
