@@ -300,7 +300,7 @@ class ExposureStore:
         value, include = _METRIC_VALUE[metric.kind]
         sql = f"""
             WITH {_UNITS_SQL},
-            {_HITS_SQL.format(group="u.key, u.treatment", bucket="")},
+            {_HITS_SQL.format(group="u.key", bucket="")},
             unit_values AS (SELECT treatment, {value} AS v FROM hits WHERE {include}),
             metric AS (
                 SELECT treatment, count(*) AS n, sum(v) AS total, sum(v * v) AS squares
@@ -416,7 +416,7 @@ class ExposureStore:
         )
         sql = f"""
             WITH {_UNITS_SQL},
-            {_HITS_SQL.format(group="u.key, u.treatment, b", bucket=_EVENT_BUCKET)},
+            {_HITS_SQL.format(group="u.key, b", bucket=_EVENT_BUCKET)},
             running AS (
                 SELECT key, treatment, b,
                        sum(events) OVER w AS events, sum(valued) OVER w AS valued,
@@ -549,7 +549,7 @@ per_treatment AS (
 ),
 all_units AS (
     SELECT key,
-           arg_min(treatment, (since, treatment)) AS treatment,
+           arg_min(treatment, since) AS treatment,
            min(since) AS first_time,
            count(*) > 1 AS switched,
            list_extract(min(since, 2), 2) AS switch_time
@@ -562,8 +562,8 @@ units AS (SELECT * FROM all_units WHERE $keep_switched OR NOT switched)
 # before $end), counted per unit (and per bucket when {bucket} adds one).
 _HITS_SQL = """
 hits AS (
-    SELECT u.key, u.treatment{bucket}, count(*) AS events, count(e.value) AS valued,
-           coalesce(sum(e.value), 0) AS value_sum
+    SELECT u.key, any_value(u.treatment) AS treatment{bucket}, count(*) AS events,
+           count(e.value) AS valued, coalesce(sum(e.value), 0) AS value_sum
     FROM units u JOIN events e ON e.key = u.key
     WHERE e.event_type = $event_type
       AND e.time >= u.first_time AND e.time < u.first_time + $window
