@@ -18,7 +18,8 @@ from sidecar.delivery import signing
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
 from sidecar.keys import keygen
-from sidecar.sources.controlplane import Backoff, ControlPlaneSource, Identity
+from sidecar.plumbing.backoff import Backoff
+from sidecar.sources.controlplane import ControlPlaneSource, Identity
 from tests.fader.rules.builders import condition, flag
 from tests.waiting import wait_for
 
