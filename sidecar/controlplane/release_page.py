@@ -186,7 +186,10 @@ def _metric_chart(
                  color)
         )  # fmt: skip
     harmful = tolerance if direction is Direction.DECREASE else -tolerance
-    rules = [Rule(0.0, "no difference"), Rule(harmful, "tolerated regression", "#dc2626")]
+    rules = [
+        Rule(0.0, "no difference", left=True),
+        Rule(harmful, "tolerated regression", "#dc2626"),
+    ]
     return chart(
         f"{name}: difference with its confidence sequence",
         lines=lines,

@@ -43,6 +43,7 @@ class Rule:
     y: float
     label: str
     color: str = "#6b7280"
+    left: bool = False  # label at the left end (when two rules lie close together)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def chart(
             parts.append(
                 f'<line class="rule" x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" '
                 f'stroke="{rule.color}" stroke-dasharray="4 3"/>'
-                f'<text x="{right - 4}" y="{y - 4:.1f}" font-size="10" text-anchor="end" '
+                f'<text x="{left + 4 if rule.left else right - 4}" y="{y - 4:.1f}" '
+                f'font-size="10" text-anchor="{"start" if rule.left else "end"}" '
                 f'fill="{rule.color}">{escape(rule.label)}</text>'
             )
     for mark in marks:
