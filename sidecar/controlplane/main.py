@@ -146,6 +146,10 @@ def http_router(plane: ControlPlane, release: ReleaseControl | None) -> Router:
     return router
 
 
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("fader")
@@ -291,6 +295,11 @@ def controlplane_main(argv: list[str]) -> int:
                 release.stop()
             return 2
         web.start()
+        if api_tokens is None and release is not None and not _loopback(http_listen.host):
+            log.warning(
+                "the admin API on %s takes writes from anyone who reaches it: give --api-tokens",
+                web.address,
+            )
     log.info(
         "control plane listening on %s:%d (http %s, %s)",
         listen.host,
