@@ -2,8 +2,11 @@
 
 Every input, whatever its shape, is offered to a real Applier (the one path every source
 uses) and must end one of two ways: refused with a reason and at least one error naming a
-JSON path, the active snapshot untouched; or applied, and then every flag evaluates without
-raising for a few keys and attribute sets. A refusal from the compile step's catch-all
+JSON path, the active snapshot untouched; or applied, and then every flag evaluates for a
+few keys and attribute sets without an engine error. ``evaluate`` never raises: it turns an
+error inside a flag's rules into ``control`` / label "exception", so that label is what a
+crash looks like here, and a validated snapshot must never produce it. A refusal from the
+compile step's catch-all
 ("could not compile") would mean validation let through something the compiler cannot
 handle, so it counts as a failure here too.
 
@@ -24,6 +27,9 @@ from typing import Any
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fader.rules import compile as rules_compile
+from fader.rules.matchers import compile_matcher
+from fader.rules.result import LABEL_EXCEPTION
 from fader.snapshot.codec import JSON, MSGPACK
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,6 +38,7 @@ from sidecar.delivery import signing
 from sidecar.delivery.apply import Applier, Outcome
 from sidecar.delivery.signing import SignatureError, Verifier
 from sidecar.delivery.store import Store
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 from tests.fader.rules.strategies import snapshots
 from tests.fuzz.fuzzing import fuzz_settings
 
@@ -131,12 +138,35 @@ def _offer(data: bytes, fmt: str) -> Outcome:
         return outcome
     snapshot = store.current
     assert snapshot is not None and snapshot.version == outcome.version
-    for flag in (*snapshot.flag_names(), "no-such-flag"):
+    for name in (*snapshot.flag_names(), "no-such-flag"):
         for key in KEYS:
             for attributes in ATTRIBUTES:
-                result = snapshot.evaluate(key, flag, None, attributes)
+                result = snapshot.evaluate(key, name, None, attributes)
                 assert isinstance(result.treatment, str)
+                assert result.label != LABEL_EXCEPTION, (
+                    f"the engine raised evaluating {name!r} for {key!r}, {attributes!r}: {result}"
+                )
     return outcome
+
+
+def test_an_engine_crash_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planted bug: every matcher raises when it runs (compile_matcher wrapped so the
+    snapshot still validates and compiles). evaluate answers control / "exception" instead
+    of raising, and _offer must fail on that, not pass it as a string treatment."""
+
+    def raising(raw: Any, ctx: Any) -> Any:
+        compile_matcher(raw, ctx)
+
+        def match(*args: Any) -> bool:
+            raise RuntimeError("planted")
+
+        return match
+
+    monkeypatch.setattr(rules_compile, "compile_matcher", raising)
+    whitelist = matcher("WHITELIST", whitelistMatcherData={"whitelist": ["user-1"]})
+    document = snapshot_doc(flag("f", condition(whitelist)))
+    with pytest.raises(AssertionError, match="the engine raised evaluating 'f'"):
+        _offer(json.dumps(document).encode(), JSON)
 
 
 def test_mutated_snapshots(corpus: list[dict[str, Any]]) -> None:
