@@ -1,11 +1,13 @@
 """Fuzzing the fast lane: random request maps through the dispatcher, random byte streams
 against a real FastLane on a Unix socket. Every request map is answered with a response or
-an error frame (a ProtocolError for a frame the lane cannot attribute to a request), and
-after any garbage the server still answers a valid request on a new connection."""
+an error frame (a ProtocolError for a frame the lane cannot attribute to a request), every
+garbage stream ends with the lane closing the connection (a connection left hanging fails),
+and after any garbage the server still answers a valid request on a new connection."""
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ from tests.integration.harness import (
 DISPATCH_INPUTS = 1000
 STREAM_INPUTS = 150
 MAX_FRAME = 4096
+READ_TIMEOUT = 5.0  # seconds without a byte or a close: the lane hangs
 TREATMENT = {"op": "treatment", "key": "user-1", "flag": "new-checkout"}
 
 
@@ -100,25 +103,54 @@ def test_dispatch(lane: RunningSidecar) -> None:
     assert answer["treatment"] and "error" not in answer
 
 
-def _ask(path: str, payload: bytes) -> list[dict[str, Any]]:
-    """Send ``payload`` on a fresh connection, half-close, read every frame until closed."""
+def _ask(path: str, payload: bytes, timeout: float = READ_TIMEOUT) -> list[dict[str, Any]]:
+    """Send ``payload`` on a fresh connection, half-close, read every frame until closed.
+
+    The lane must close the connection (after its answers) once the client has half-closed
+    it; ``timeout`` seconds with neither data nor a close is a hang and fails the test.
+    """
     frames: list[dict[str, Any]] = []
     buffer = fl.FrameBuffer(1 << 24)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
+        sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        while data := _recv(sock):
+        while data := _recv(sock, payload, frames):
             frames += [fl.decode(body) for body in buffer.feed(data)]
     return frames
 
 
-def _recv(sock: socket.socket) -> bytes:
+def _recv(sock: socket.socket, payload: bytes, frames: list[dict[str, Any]]) -> bytes:
+    """The next bytes, or b"" at the end of the stream (a close or a reset after an error)."""
     try:
         return sock.recv(65536)
-    except (ConnectionResetError, TimeoutError):
+    except ConnectionResetError:
         return b""
+    except TimeoutError:
+        raise AssertionError(
+            f"the fast lane neither answered nor closed the connection within "
+            f"{sock.gettimeout()} s; sent {payload!r}, got {frames!r}"
+        ) from None
+
+
+def test_a_hanging_connection_fails() -> None:
+    """The planted bug: a listener that reads everything and never answers or closes. The
+    stream check must fail on it instead of taking the silence for the end of the stream."""
+    with short_tmp() as tmp, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        path = str(tmp / "hang.sock")
+        server.bind(path)
+        server.listen(1)
+        accepted: list[socket.socket] = []
+        acceptor = threading.Thread(target=lambda: accepted.append(server.accept()[0]))
+        acceptor.start()
+        try:
+            with pytest.raises(AssertionError, match="neither answered nor closed"):
+                _ask(path, fl.PREAMBLE + b"garbage", timeout=0.5)
+        finally:
+            acceptor.join(5)
+            for conn in accepted:
+                conn.close()
 
 
 def _valid_answer(path: str) -> None:
