@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := clients/python/fader/pb/.stamp
 
-.PHONY: setup proto run demo test lint format bench clean deploy-check
+.PHONY: setup proto run demo demo-release test lint format bench clean deploy-check
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ run: $(GEN)
 demo: $(GEN)
 	bash tools/demo.sh
 
+# Guardrails at work: two releases ramped by plans, one harmful (killed), one healthy
+# (completes); prints the release page's address (see tools/release_demo.py).
+demo-release: $(GEN)
+	$(BIN)/python tools/release_demo.py
+
 test: $(GEN)
 	$(BIN)/python -m pytest
 
@@ -54,7 +59,7 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.release_bench
 
 clean:
-	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo
+	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo .fader-demo-release
 
 # Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
 # newest schema it ships), the Dockerfile with hadolint. Both tools are dev dependencies from

@@ -198,7 +198,7 @@ def _metric_chart(
         marks=marks,
         x_range=x_range,
         x_format=clock_time,
-        y_format=lambda v: format_delta(v, kind),
+        y_format=lambda v: f"{v * 100:+.3g} pts" if kind is MetricKind.CONVERSION else f"{v:+.3g}",
     )
 
 
