@@ -15,11 +15,8 @@ from collections.abc import AsyncIterator
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar import limits
+from sidecar.core.refusals import TooManyStreams
 from sidecar.delivery.store import Store
-
-
-class TooManyStreams(Exception):
-    """The stream limit is reached: RESOURCE_EXHAUSTED, counted by limit."""
 
 
 class ChangeFeed:
