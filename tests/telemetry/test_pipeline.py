@@ -1,16 +1,17 @@
 """The telemetry pipeline against a real gRPC collector in the same process, whose answers
 the tests script: delivery, transient failures, permanent refusals, the spool and its limit,
-and shutdown with the collector down followed by a replay."""
+and shutdown with the collector down followed by a replay. The collector stores a batch id
+once, like the reference one, but counts every arrival, so a batch sent twice shows."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 from fader.pb.fader.v1 import telemetry_pb2_grpc
 from fader.rules.result import Decision
@@ -20,8 +21,9 @@ from sidecar.plumbing.backoff import Backoff
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Mode, now_ms
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
-from sidecar.telemetry.uploader import Uploader
+from sidecar.telemetry.uploader import Answer, Uploader
 from tests.fader.rules.builders import flag, snapshot_doc
+from tests.integration.harness import free_port
 
 SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
 ON = Decision("on", "rule", None, 7)
@@ -30,7 +32,12 @@ FAST = Backoff(initial=0.01, maximum=0.05)
 
 class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
     """Answers each upload with the next scripted code (OK once the script is used up) and
-    keeps what it stored, deduplicating by batch id like the reference collector."""
+    keeps what it stored, deduplicating by batch id like the reference collector.
+
+    Deduplication alone hides a sidecar that sends a stored batch again, so the collector
+    also counts: ``arrivals`` is every upload's batch id in order (failed ones included),
+    ``failed`` the uploads the script failed, ``duplicates`` the arrivals of an id already
+    stored."""
 
     def __init__(self, script: list[grpc.StatusCode] | None = None) -> None:
         self.script = list(script or [])
@@ -38,23 +45,51 @@ class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
         self.impressions: list[str] = []
         self.events: list[str] = []
         self.counts: list[tuple[str, int]] = []
-        self.calls = 0
+        self.arrivals: list[str] = []
+        self.failed = 0
+        self.duplicates = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.arrivals)
 
     async def Upload(
         self, request: pb.UploadRequest, context: grpc.aio.ServicerContext
     ) -> pb.UploadResponse:
-        self.calls += 1
+        self.arrivals.append(request.batch_id)
         if self.script:
             code = self.script.pop(0)
             if code is not grpc.StatusCode.OK:
+                self.failed += 1
                 await context.abort(code, f"scripted {code.name}")
         if request.batch_id in self.batch_ids:
+            self.duplicates += 1
             return pb.UploadResponse(duplicate=True)
         self.batch_ids.append(request.batch_id)
         self.impressions += [i.key for i in request.impressions]
         self.events += [e.key for e in request.events]
         self.counts += [(c.flag, c.count) for c in request.counts]
         return pb.UploadResponse()
+
+    def assert_each_batch_once(self) -> None:
+        """No stored batch arrived again, and every extra arrival answers a scripted failure
+        (the retry of a batch the collector failed is the only resend allowed)."""
+        assert self.duplicates == 0, (
+            f"{self.duplicates} upload(s) of a batch sent again after it was stored: "
+            f"{self.arrivals}"
+        )
+        assert len(self.arrivals) == len(self.batch_ids) + self.failed, (
+            f"{len(self.arrivals)} arrivals for {len(self.batch_ids)} stored batches and "
+            f"{self.failed} scripted failures: {self.arrivals}"
+        )
+
+
+class SendsTwice(Uploader):
+    """The planted bug: every batch is uploaded twice (the second answer is the one used)."""
+
+    async def send(self, request: pb.UploadRequest) -> Answer:
+        await super().send(request)
+        return await super().send(request)
 
 
 # Servers and pipelines a scenario started, stopped by `run` even when the scenario fails: a
@@ -71,13 +106,7 @@ async def serve(collector: ScriptedCollector, port: int = 0) -> tuple[grpc.aio.S
     return server, bound
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def pipeline(port: int, **settings: object) -> Pipeline:
+def pipeline(port: int, uploader: type[Uploader] = Uploader, **settings: object) -> Pipeline:
     base: dict[str, object] = {
         "mode": Mode.DEBUG,
         "flush_interval": 0.05,
@@ -87,7 +116,7 @@ def pipeline(port: int, **settings: object) -> Pipeline:
     }
     pipe = Pipeline(
         PipelineSettings(**(base | settings)),  # type: ignore[arg-type]
-        Uploader(f"127.0.0.1:{port}", timeout=10.0),
+        uploader(f"127.0.0.1:{port}", timeout=10.0),
     )
     _started.append(pipe)
     return pipe
@@ -134,6 +163,31 @@ def test_impressions_and_events_are_delivered_in_order() -> None:
         await server.stop(0)
         assert pipe.stats.sent == {"impressions": 35, "events": 1}
         assert pipe.stats.dropped == {}
+        collector.assert_each_batch_once()
+        assert collector.failed == 0
+
+    run(scenario)
+
+
+def test_a_batch_sent_twice_is_caught() -> None:
+    """The planted bug: an uploader that sends every batch twice. The collector stores each
+    id once, so the impressions still arrive exactly once and in order; only the arrival
+    counts show the resend, and assert_each_batch_once must fail on them."""
+
+    async def scenario() -> None:
+        collector = ScriptedCollector()
+        server, port = await serve(collector)
+        pipe = pipeline(port, SendsTwice)
+        await pipe.start()
+        keys = [f"u{i}" for i in range(20)]
+        record(pipe, keys)
+        await until(lambda: pipe.stats.sent.get("impressions") == 20, pipe=pipe)
+        assert collector.impressions == keys
+        assert collector.duplicates == len(collector.batch_ids) > 0
+        with pytest.raises(AssertionError, match="sent again after it was stored"):
+            collector.assert_each_batch_once()
+        await pipe.close(1.0)
+        await server.stop(0)
 
     run(scenario)
 
@@ -158,6 +212,8 @@ def test_transient_errors_are_retried_through_the_spool_in_order(tmp_path: Path)
         await pipe.close(1.0)
         await server.stop(0)
         assert list(tmp_path.glob("*.batch")) == []
+        collector.assert_each_batch_once()  # four scripted failures, each retried once
+        assert collector.failed == 4
 
     run(scenario)
 
@@ -176,6 +232,8 @@ def test_permanent_refusal_drops_that_batch_only_and_counts_it() -> None:
         assert pipe.stats.dropped == {("impressions", "refused_invalid_argument"): 10}
         await pipe.close(1.0)
         await server.stop(0)
+        collector.assert_each_batch_once()  # the refused batch was not sent again
+        assert len(set(collector.arrivals)) == len(collector.arrivals) == 2
 
     run(scenario)
 
@@ -204,6 +262,8 @@ def test_shutdown_with_the_collector_down_spools_and_the_next_run_replays(
         assert collector.impressions == [f"u{i}" for i in range(25)]
         await pipe.close(1.0)
         await server.stop(0)
+        collector.assert_each_batch_once()
+        assert collector.failed == 0
 
     run(first_run)
     assert len(list(tmp_path.glob("*.batch"))) >= 3
@@ -281,5 +341,6 @@ def test_a_batch_stored_while_it_was_spilled_is_not_sent_again(tmp_path: Path) -
         assert list(tmp_path.glob("*.batch")) == []
         await pipe.close(1.0)
         await server.stop(0)
+        collector.assert_each_batch_once()
 
     run(scenario)
