@@ -83,6 +83,7 @@ def lines(path: Path) -> list[dict[str, object]]:
 
 def test_each_kind_lands_in_its_file(plane: Plane, tmp_path: Path) -> None:
     assert plane.stub.Upload(batch("b1")).duplicate is False
+    assert stored(plane) == (1, 0)
     out = tmp_path / "out"
     tag = {"batch_id": "b1", "sidecar_id": "pod-a"}
     assert lines(out / "impressions.jsonl") == [
@@ -126,12 +127,22 @@ def test_each_kind_lands_in_its_file(plane: Plane, tmp_path: Path) -> None:
     ]
 
 
+def stored(plane: Plane) -> tuple[int, int]:
+    """(batches stored, duplicates received) from the collector's status."""
+    status = plane.cp.status()["collector"]
+    return status["batches"], status["duplicates"]
+
+
 def test_a_batch_id_is_stored_once_even_across_a_restart(
     tmp_path: Path, snapshot_file: Path
 ) -> None:
+    """A repeated batch id is stored once but counted as a duplicate received, so a test can
+    tell a sidecar that sends a batch twice from one that sends it once."""
     first = Plane(snapshot_file, outputs(tmp_path))
     first.stub.Upload(batch("b1"))
+    assert stored(first) == (1, 0)
     assert first.stub.Upload(batch("b1")).duplicate is True
+    assert stored(first) == (1, 1)
     first.close()
     with (tmp_path / "out" / "impressions.jsonl").open("a") as handle:
         handle.write('{"key": "torn')  # a crash mid-line
@@ -139,6 +150,7 @@ def test_a_batch_id_is_stored_once_even_across_a_restart(
     try:
         assert second.stub.Upload(batch("b1")).duplicate is True
         assert second.stub.Upload(batch("b2")).duplicate is False
+        assert stored(second) == (1, 1)  # b2 stored; b1, known from the files, a duplicate
     finally:
         second.close()
     text = (tmp_path / "out" / "impressions.jsonl").read_text().splitlines()
