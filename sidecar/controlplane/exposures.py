@@ -295,29 +295,72 @@ class ExposureStore:
         """The guardrail query: per treatment, the sufficient statistics of the per-unit metric
         values. Only exposures in [start_ms, end_ms) and events before end_ms count. Every
         treatment with exposed units is present (n = 0 for a mean metric without values)."""
+        return self.unit_statistics_many(
+            flag,
+            [metric],
+            window_ms=window_ms,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            multiple=multiple,
+            ignore_labels=ignore_labels,
+        )[metric]
+
+    def unit_statistics_many(
+        self,
+        flag: str,
+        metrics: Sequence[Metric],
+        *,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        multiple: Multiple = Multiple.FIRST,
+        ignore_labels: Sequence[str] = NOT_RANDOMISED_LABELS,
+    ) -> dict[Metric, dict[str, UnitStats]]:
+        """`unit_statistics` for several metrics of one flag in one query (one guardrail
+        round): the units, the costly part, are worked out once, and the events of all the
+        metrics' types are joined with them in one pass."""
+        wanted = list(dict.fromkeys(metrics))
+        if not wanted:
+            return {}
         params = _unit_params(flag, start_ms, end_ms, multiple, ignore_labels)
-        params |= {"event_type": metric.event_type, "window": _positive(window_ms, "window_ms")}
-        value, include = _METRIC_VALUE[metric.kind]
+        params["window"] = _positive(window_ms, "window_ms")
+        types = list(dict.fromkeys(metric.event_type for metric in wanted))
+        params |= {f"type{n}": event_type for n, event_type in enumerate(types)}
+        per_metric = []
+        for n, metric in enumerate(wanted):
+            value, include = _METRIC_VALUE[metric.kind]
+            per_metric.append(
+                f"SELECT {n} AS metric, treatment, count(*) AS n, sum({value}) AS total, "
+                f"sum(({value}) * ({value})) AS squares FROM hits "
+                f"WHERE event_type = $type{types.index(metric.event_type)} AND {include} "
+                f"GROUP BY treatment"
+            )
+        hits = _HITS_SQL.format(
+            types=", ".join(f"$type{n}" for n in range(len(types))),
+            extra=", e.event_type",
+            group="u.key, e.event_type",
+        )
         sql = f"""
             WITH {_UNITS_SQL},
-            {_HITS_SQL.format(group="u.key", bucket="")},
-            unit_values AS (SELECT treatment, {value} AS v FROM hits WHERE {include}),
-            metric AS (
-                SELECT treatment, count(*) AS n, sum(v) AS total, sum(v * v) AS squares
-                FROM unit_values GROUP BY treatment
-            ),
+            {hits},
+            metrics AS ({" UNION ALL ".join(per_metric)}),
             arms AS (SELECT treatment, count(*) AS n FROM units GROUP BY treatment)
-            SELECT a.treatment, {_N_SQL[metric.kind]}, coalesce(m.total, 0)::DOUBLE,
-                   coalesce(m.squares, 0)::DOUBLE
-            FROM arms a LEFT JOIN metric m USING (treatment)
-            ORDER BY a.treatment
+            SELECT r.metric, a.treatment, a.n, coalesce(m.n, 0),
+                   coalesce(m.total, 0)::DOUBLE, coalesce(m.squares, 0)::DOUBLE
+            FROM arms a CROSS JOIN range({len(wanted)}) r(metric)
+            LEFT JOIN metrics m ON m.metric = r.metric AND m.treatment = a.treatment
+            ORDER BY r.metric, a.treatment
         """
         with self.cursor() as cursor:
             rows = cursor.execute(sql, params).fetchall()
-        return {
-            treatment: UnitStats(treatment, int(n), float(total), float(squares))
-            for treatment, n, total, squares in rows
-        }
+        found: dict[Metric, dict[str, UnitStats]] = {metric: {} for metric in wanted}
+        for n, treatment, units, valued, total, squares in rows:
+            metric = wanted[n]
+            count = valued if metric.kind is MetricKind.MEAN else units
+            found[metric][treatment] = UnitStats(
+                treatment, int(count), float(total), float(squares)
+            )
+        return found
 
     def exposure_counts(
         self,
@@ -402,7 +445,7 @@ class ExposureStore:
         those (unit, bucket) pairs and accumulated, instead of recomputing every bucket."""
         params = _unit_params(flag, start_ms, end_ms, multiple, ignore_labels)
         params |= {
-            "event_type": metric.event_type,
+            "type0": metric.event_type,
             "window": _positive(window_ms, "window_ms"),
             "bucket": _positive(bucket_ms, "bucket_ms"),
         }
@@ -416,7 +459,7 @@ class ExposureStore:
         )
         sql = f"""
             WITH {_UNITS_SQL},
-            {_HITS_SQL.format(group="u.key, b", bucket=_EVENT_BUCKET)},
+            {_HITS_SQL.format(types="$type0", extra=_EVENT_BUCKET, group="u.key, b")},
             running AS (
                 SELECT key, treatment, b,
                        sum(events) OVER w AS events, sum(valued) OVER w AS valued,
@@ -558,14 +601,14 @@ all_units AS (
 units AS (SELECT * FROM all_units WHERE $keep_switched OR NOT switched)
 """
 
-# A unit's attributed events (of the metric's type, in its window, before it switched and
-# before $end), counted per unit (and per bucket when {bucket} adds one).
+# A unit's attributed events (of the metrics' types, in its window, before it switched and
+# before $end), counted per {group} ({extra} selects what the group adds to the key).
 _HITS_SQL = """
 hits AS (
-    SELECT u.key, any_value(u.treatment) AS treatment{bucket}, count(*) AS events,
+    SELECT u.key, any_value(u.treatment) AS treatment{extra}, count(*) AS events,
            count(e.value) AS valued, coalesce(sum(e.value), 0) AS value_sum
     FROM units u JOIN events e ON e.key = u.key
-    WHERE e.event_type = $event_type
+    WHERE e.event_type IN ({types})
       AND e.time >= u.first_time AND e.time < u.first_time + $window
       AND e.time < $end
       AND (u.switch_time IS NULL OR e.time < u.switch_time)
@@ -590,13 +633,6 @@ _METRIC_VALUE: dict[MetricKind, tuple[str, str]] = {
     MetricKind.CONVERSION: ("1.0", "events > 0"),
     MetricKind.COUNT: ("events::DOUBLE", "events > 0"),
     MetricKind.MEAN: ("value_sum / valued", "valued > 0"),
-}
-
-# Units of a metric: every exposed unit, except for a mean (units with a value).
-_N_SQL: dict[MetricKind, str] = {
-    MetricKind.CONVERSION: "a.n",
-    MetricKind.COUNT: "a.n",
-    MetricKind.MEAN: "coalesce(m.n, 0)",
 }
 
 

@@ -432,6 +432,25 @@ def test_the_query_agrees_with_the_model_on_random_data(store: ExposureStore, se
                     assert found[treatment][2] == pytest.approx(squares)
 
 
+def test_several_metrics_in_one_query_equal_one_query_each(store: ExposureStore) -> None:
+    exposures, events = random_data(5)
+    store.ingest(upload("b1", exposures, events))
+    metrics = [
+        Metric("error", MetricKind.CONVERSION),
+        Metric("error", MetricKind.MEAN),
+        Metric("other", MetricKind.COUNT),
+        Metric("error", MetricKind.CONVERSION),  # asked twice: answered once
+        Metric("never-sent", MetricKind.COUNT),
+    ]
+    together = store.unit_statistics_many("f", metrics, window_ms=6 * HOUR_MS)
+    assert list(together) == metrics[:3] + metrics[4:]
+    for metric, arms in together.items():
+        assert arms == store.unit_statistics("f", metric, window_ms=6 * HOUR_MS)
+    assert all(arm.total == 0 for arm in together[metrics[4]].values())
+    assert together[metrics[4]]["on"].n > 0
+    assert store.unit_statistics_many("f", []) == {}
+
+
 # -- series ------------------------------------------------------------------------------
 
 
