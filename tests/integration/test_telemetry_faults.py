@@ -1,5 +1,14 @@
-"""Impressions through faults, with real `fader serve` and `fader controlplane` processes:
-collector down across a sidecar restart, transient errors, permanent refusal, a full spool."""
+"""Impressions through faults, from real `fader serve` processes: collector down across a
+sidecar restart, transient errors, permanent refusal, a full spool, and the control plane as
+the collector.
+
+The collector is a real `fader controlplane` process where the test needs only one that is
+up or down. Transient errors and permanent refusals need a collector whose answers are
+scripted: those two tests run `Scripted`, a gRPC collector in the test process, against the
+real sidecar process. Every collector counts duplicates apart from what it stores (the
+control plane's /status, tests/telemetry/arrivals.py for `Scripted`), and no test that forces
+no retry may see a batch arrive twice.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import ServeProcess, free_port, http_get, serve_process, short_tmp
+from tests.telemetry.arrivals import Arrivals
 from tests.waiting import wait_for
 
 FAST = ["--telemetry-flush-interval", "0.2", "--telemetry-batch-records", "50"]
@@ -87,8 +97,17 @@ def stored_keys(path: Path) -> list[str]:
     return [line["key"] for line in jsonl(path)]
 
 
+def collector_status(http_port: int) -> dict[str, Any]:
+    """The control plane's collector counters: batches stored, duplicates received, records."""
+    status = json.loads(http_get(f"http://127.0.0.1:{http_port}/status")[1])
+    return dict(status["collector"])
+
+
 def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
-    n, port, spool = 300, free_port(), tmp / "spool"
+    """The real control plane as collector: down while the first sidecar runs (it spools
+    and stops), up for the second, which replays. No upload reached a collector before, so
+    none may arrive twice: the control plane counts zero duplicates."""
+    n, port, spool, http_port = 300, free_port(), tmp / "spool", free_port()
     keys = [f"user-{i}" for i in range(n)]
     with sidecar(tmp, port, "--impressions-mode", "debug", "--spool-dir", str(spool)) as first:
         lookups(first, keys)
@@ -102,7 +121,7 @@ def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
     cp_args = [
         "--listen", f"127.0.0.1:{port}",
         "--forward", str(snapshot(tmp)),
-        "--http-listen", "off",
+        "--http-listen", f"127.0.0.1:{http_port}",
         "--impressions-out", str(out),
     ]  # fmt: skip
     with (
@@ -119,8 +138,11 @@ def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
         )
         second.signal(signal.SIGTERM)
         assert second.wait(30) == 0
+        received = collector_status(http_port)
     stored = stored_keys(out)
-    assert sorted(stored) == sorted(keys)  # exactly N, none twice
+    assert sorted(stored) == sorted(keys)  # exactly N stored, none twice
+    assert received["duplicates"] == 0, received  # and none sent twice
+    assert received["batches"] == len({line["batch_id"] for line in jsonl(out)}), received
     first_line = json.loads(out.read_text().splitlines()[0])
     assert {k: first_line[k] for k in ("flag", "treatment", "label", "change_number")} == {
         "flag": "f",
@@ -132,23 +154,24 @@ def test_collector_down_sigterm_restart_delivers_exactly_n(tmp: Path) -> None:
 
 
 class Scripted(telemetry_pb2_grpc.TelemetryServiceServicer):
-    """A collector that fails the first `failures` uploads with `code` (all when None)."""
+    """A collector in the test process that fails the first `failures` uploads with `code`
+    (all when None); it stores a batch id once and counts every arrival."""
 
     def __init__(self, code: grpc.StatusCode, failures: int | None) -> None:
         self.code, self.failures = code, failures
-        self.calls = 0
+        self.arrivals = Arrivals()
         self.keys: list[str] = []
-        self.ids: set[str] = set()
 
     def Upload(
         self, request: telemetry_pb2.UploadRequest, context: grpc.ServicerContext
     ) -> telemetry_pb2.UploadResponse:
-        self.calls += 1
-        if self.failures is None or self.calls <= self.failures:
+        self.arrivals.arrive(request.batch_id)
+        if self.failures is None or len(self.arrivals.ids) <= self.failures:
+            self.arrivals.fail()
             context.abort(self.code, "scripted failure")
-        if request.batch_id not in self.ids:
-            self.ids.add(request.batch_id)
-            self.keys += [i.key for i in request.impressions]
+        if not self.arrivals.store(request.batch_id):
+            return telemetry_pb2.UploadResponse(duplicate=True)
+        self.keys += [i.key for i in request.impressions]
         return telemetry_pb2.UploadResponse()
 
 
@@ -161,6 +184,9 @@ def scripted_collector(servicer: Scripted) -> tuple[grpc.Server, int]:
 
 
 def test_transient_errors_then_recovery(tmp: Path) -> None:
+    """A real sidecar process against the in-process `Scripted` collector, which answers the
+    first three uploads UNAVAILABLE: everything arrives once, and only the three failed
+    uploads were sent again."""
     collector = Scripted(grpc.StatusCode.UNAVAILABLE, failures=3)
     server, port = scripted_collector(collector)
     keys = [f"user-{i}" for i in range(120)]
@@ -171,11 +197,15 @@ def test_transient_errors_then_recovery(tmp: Path) -> None:
             assert sorted(collector.keys) == sorted(keys)
             assert metric(sc, "fader_telemetry_upload_duration_seconds_count", outcome="retry") == 3
             assert metric(sc, "fader_telemetry_dropped_total") == 0
+            collector.arrivals.assert_each_batch_once()
+            assert collector.arrivals.failed == 3
     finally:
         server.stop(0)
 
 
 def test_permanent_refusal_is_dropped_and_counted(tmp: Path) -> None:
+    """A real sidecar process against the in-process `Scripted` collector, which refuses
+    every upload for good: each batch is dropped and counted, and none is sent again."""
     collector = Scripted(grpc.StatusCode.INVALID_ARGUMENT, failures=None)
     server, port = scripted_collector(collector)
     try:
@@ -188,20 +218,43 @@ def test_permanent_refusal_is_dropped_and_counted(tmp: Path) -> None:
             )
             assert "dropped batch" in sc.log and "refused_invalid_argument" in sc.log
             assert http_get(f"http://{sc.wait_listening()['mgmt']}/healthz")[0] == 200
+            ids = collector.arrivals.ids
+            assert ids and len(set(ids)) == len(ids), ids  # a refused batch is not resent
+            assert collector.arrivals.stored == []
     finally:
         server.stop(0)
 
 
+def accounted(serve: ServeProcess) -> dict[str, float]:
+    """Where the sidecar's impressions went: queued, then sent, spooled or dropped."""
+    names = ("queued", "sent", "spooled", "dropped")
+    return {n: metric(serve, f"fader_telemetry_{n}_total", kind="impressions") for n in names}
+
+
 def test_spool_limit_drops_are_counted_and_the_sidecar_stays_healthy(tmp: Path) -> None:
-    spool = tmp / "spool"
+    """No collector at all: 2,000 impressions go to an 8 KB spool until it is full. Every
+    one is accounted for: sent (none), spooled or dropped, 2,000 in all."""
+    spool, n = tmp / "spool", 2000
     extra = ["--impressions-mode", "debug", "--spool-dir", str(spool)]
     with sidecar(tmp, free_port(), *extra, "--spool-max-bytes", "8000") as sc:
-        lookups(sc, [f"user-{i:05d}" for i in range(2000)])
+        lookups(sc, [f"user-{i:05d}" for i in range(n)])
         wait_for(
             lambda: metric(sc, "fader_telemetry_dropped_total", reason="spool_full") > 0,
             timeout=20,
             what="spool full",
         )
+        wait_for(
+            lambda: (
+                (c := accounted(sc))["queued"] == n and c["sent"] + c["spooled"] + c["dropped"] == n
+            ),
+            timeout=20,
+            what="every impression sent, spooled or dropped",
+        )
+        counts = accounted(sc)
+        assert counts["sent"] == 0 and counts["spooled"] > 0, counts
+        assert counts["dropped"] == metric(
+            sc, "fader_telemetry_dropped_total", kind="impressions", reason="spool_full"
+        ), counts
         assert sum(f.stat().st_size for f in spool.glob("*.batch")) <= 8000
         assert metric(sc, "fader_telemetry_spool_bytes") <= 8000
         status = json.loads(http_get(f"http://{sc.wait_listening()['mgmt']}/status")[1])
@@ -215,12 +268,13 @@ def test_spool_limit_drops_are_counted_and_the_sidecar_stays_healthy(tmp: Path) 
 
 
 def test_optimized_counts_and_events_reach_the_control_planes_collector(tmp: Path) -> None:
-    """No --collector: the control plane is the collector. SIGTERM flushes what is buffered."""
-    port, out = free_port(), tmp / "out"
+    """No --collector: the control plane is the collector. SIGTERM flushes what is buffered.
+    Nothing fails, so the control plane counts zero duplicates received."""
+    port, out, http_port = free_port(), tmp / "out", free_port()
     cp_args = [
         "--listen", f"127.0.0.1:{port}",
         "--forward", str(snapshot(tmp)),
-        "--http-listen", "off",
+        "--http-listen", f"127.0.0.1:{http_port}",
         "--impressions-out", str(out / "impressions.jsonl"),
         "--counts-out", str(out / "counts.jsonl"),
         "--events-out", str(out / "events.jsonl"),
@@ -254,6 +308,8 @@ def test_optimized_counts_and_events_reach_the_control_planes_collector(tmp: Pat
             stub.Track(track, timeout=5)
         sc.signal(signal.SIGTERM)
         assert sc.wait(30) == 0, sc.log
+        received = collector_status(http_port)
+    assert received["duplicates"] == 0 and received["batches"] > 0, received
     impressions = [
         json.loads(line) for line in (out / "impressions.jsonl").read_text().splitlines()
     ]

@@ -24,6 +24,7 @@ from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
 from sidecar.telemetry.uploader import Answer, Uploader
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import free_port
+from tests.telemetry.arrivals import Arrivals
 
 SNAP = build_snapshot(snapshot_doc(flag("f"), version=5))
 ON = Decision("on", "rule", None, 7)
@@ -32,56 +33,35 @@ FAST = Backoff(initial=0.01, maximum=0.05)
 
 class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
     """Answers each upload with the next scripted code (OK once the script is used up) and
-    keeps what it stored, deduplicating by batch id like the reference collector.
-
-    Deduplication alone hides a sidecar that sends a stored batch again, so the collector
-    also counts: ``arrivals`` is every upload's batch id in order (failed ones included),
-    ``failed`` the uploads the script failed, ``duplicates`` the arrivals of an id already
-    stored."""
+    keeps what it stored, deduplicating by batch id like the reference collector; every
+    arrival is also counted (tests/telemetry/arrivals.py), so a resend cannot hide."""
 
     def __init__(self, script: list[grpc.StatusCode] | None = None) -> None:
         self.script = list(script or [])
-        self.batch_ids: list[str] = []
+        self.arrivals = Arrivals()
         self.impressions: list[str] = []
         self.events: list[str] = []
         self.counts: list[tuple[str, int]] = []
-        self.arrivals: list[str] = []
-        self.failed = 0
-        self.duplicates = 0
 
     @property
     def calls(self) -> int:
-        return len(self.arrivals)
+        return len(self.arrivals.ids)
 
     async def Upload(
         self, request: pb.UploadRequest, context: grpc.aio.ServicerContext
     ) -> pb.UploadResponse:
-        self.arrivals.append(request.batch_id)
+        self.arrivals.arrive(request.batch_id)
         if self.script:
             code = self.script.pop(0)
             if code is not grpc.StatusCode.OK:
-                self.failed += 1
+                self.arrivals.fail()
                 await context.abort(code, f"scripted {code.name}")
-        if request.batch_id in self.batch_ids:
-            self.duplicates += 1
+        if not self.arrivals.store(request.batch_id):
             return pb.UploadResponse(duplicate=True)
-        self.batch_ids.append(request.batch_id)
         self.impressions += [i.key for i in request.impressions]
         self.events += [e.key for e in request.events]
         self.counts += [(c.flag, c.count) for c in request.counts]
         return pb.UploadResponse()
-
-    def assert_each_batch_once(self) -> None:
-        """No stored batch arrived again, and every extra arrival answers a scripted failure
-        (the retry of a batch the collector failed is the only resend allowed)."""
-        assert self.duplicates == 0, (
-            f"{self.duplicates} upload(s) of a batch sent again after it was stored: "
-            f"{self.arrivals}"
-        )
-        assert len(self.arrivals) == len(self.batch_ids) + self.failed, (
-            f"{len(self.arrivals)} arrivals for {len(self.batch_ids)} stored batches and "
-            f"{self.failed} scripted failures: {self.arrivals}"
-        )
 
 
 class SendsTwice(Uploader):
@@ -163,8 +143,8 @@ def test_impressions_and_events_are_delivered_in_order() -> None:
         await server.stop(0)
         assert pipe.stats.sent == {"impressions": 35, "events": 1}
         assert pipe.stats.dropped == {}
-        collector.assert_each_batch_once()
-        assert collector.failed == 0
+        collector.arrivals.assert_each_batch_once()
+        assert collector.arrivals.failed == 0
 
     run(scenario)
 
@@ -183,9 +163,9 @@ def test_a_batch_sent_twice_is_caught() -> None:
         record(pipe, keys)
         await until(lambda: pipe.stats.sent.get("impressions") == 20, pipe=pipe)
         assert collector.impressions == keys
-        assert collector.duplicates == len(collector.batch_ids) > 0
+        assert collector.arrivals.duplicates == len(collector.arrivals.stored) > 0
         with pytest.raises(AssertionError, match="sent again after it was stored"):
-            collector.assert_each_batch_once()
+            collector.arrivals.assert_each_batch_once()
         await pipe.close(1.0)
         await server.stop(0)
 
@@ -212,8 +192,8 @@ def test_transient_errors_are_retried_through_the_spool_in_order(tmp_path: Path)
         await pipe.close(1.0)
         await server.stop(0)
         assert list(tmp_path.glob("*.batch")) == []
-        collector.assert_each_batch_once()  # four scripted failures, each retried once
-        assert collector.failed == 4
+        collector.arrivals.assert_each_batch_once()  # four scripted failures, each retried once
+        assert collector.arrivals.failed == 4
 
     run(scenario)
 
@@ -232,8 +212,8 @@ def test_permanent_refusal_drops_that_batch_only_and_counts_it() -> None:
         assert pipe.stats.dropped == {("impressions", "refused_invalid_argument"): 10}
         await pipe.close(1.0)
         await server.stop(0)
-        collector.assert_each_batch_once()  # the refused batch was not sent again
-        assert len(set(collector.arrivals)) == len(collector.arrivals) == 2
+        collector.arrivals.assert_each_batch_once()  # the refused batch was not sent again
+        assert len(set(collector.arrivals.ids)) == len(collector.arrivals.ids) == 2
 
     run(scenario)
 
@@ -262,8 +242,8 @@ def test_shutdown_with_the_collector_down_spools_and_the_next_run_replays(
         assert collector.impressions == [f"u{i}" for i in range(25)]
         await pipe.close(1.0)
         await server.stop(0)
-        collector.assert_each_batch_once()
-        assert collector.failed == 0
+        collector.arrivals.assert_each_batch_once()
+        assert collector.arrivals.failed == 0
 
     run(first_run)
     assert len(list(tmp_path.glob("*.batch"))) >= 3
@@ -341,6 +321,6 @@ def test_a_batch_stored_while_it_was_spilled_is_not_sent_again(tmp_path: Path) -
         assert list(tmp_path.glob("*.batch")) == []
         await pipe.close(1.0)
         await server.stop(0)
-        collector.assert_each_batch_once()
+        collector.arrivals.assert_each_batch_once()
 
     run(scenario)
