@@ -36,6 +36,23 @@ class Document:
     segments_path: str
 
 
+@dataclass(frozen=True, slots=True)
+class RawDocument:
+    """The encoded document a snapshot was built from.
+
+    Compiled rules cannot be turned back into JSON, and compiling drops each flag's JSON to
+    keep a large load's peak memory down; lanes that re-serve the definitions themselves
+    (the Split SDK API) decode these bytes again, off the lookup path. One bytes object
+    costs the file's size and nothing to the garbage collector.
+    """
+
+    data: bytes
+    fmt: str
+
+    def decode(self) -> Document:
+        return normalize(decode(self.data, self.fmt))
+
+
 def format_for(path: str | Path) -> str:
     """The encoding implied by a file name (.msgpack/.mpk or JSON)."""
     suffix = Path(path).suffix.lower()

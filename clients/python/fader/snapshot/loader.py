@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from fader.rules.compile import compile_rules
-from fader.snapshot.codec import decode, format_for, normalize
+from fader.snapshot.codec import MSGPACK, RawDocument, decode, format_for, normalize
 from fader.snapshot.issues import Issue, SnapshotError
 from fader.snapshot.limits import SnapshotLimits
 from fader.snapshot.snapshot import Snapshot
@@ -86,7 +88,10 @@ def check_document(document: Any) -> Report:
 def build_snapshot(document: Mapping[str, Any], source: str = "memory") -> Snapshot:
     """Validate the whole document, then compile it; raises SnapshotError listing every issue."""
     with collector_paused():
-        return _build(document, source, consume=False)
+        snapshot = _build(document, source, consume=False)
+    # packed, not referenced: the caller may go on to change its document
+    snapshot.document = RawDocument(msgpack.packb(document, use_bin_type=True), MSGPACK)
+    return snapshot
 
 
 def _build(
@@ -125,7 +130,9 @@ def load_bytes(
         limits.check_bytes(len(data))
     with collector_paused():
         # The decoded document is ours alone: compile may drop each flag's JSON once done.
-        return _build(decode(data, fmt), source, consume=True, limits=limits)
+        snapshot = _build(decode(data, fmt), source, consume=True, limits=limits)
+    snapshot.document = RawDocument(data, fmt)
+    return snapshot
 
 
 def load_file(path: str | os.PathLike[str], source: str | None = None) -> Snapshot:

@@ -13,6 +13,7 @@ from fader.rules.compile import CompiledRules
 from fader.rules.evaluate import make_evaluate
 from fader.rules.model import CompiledFlag
 from fader.rules.result import Decision
+from fader.snapshot.codec import RawDocument
 from fader.snapshot.issues import Issue
 
 
@@ -25,6 +26,7 @@ class Snapshot:
         "_names",
         "_rules",
         "_runs",
+        "document",
         "evaluate",
         "kind",
         "loaded_at",
@@ -49,6 +51,7 @@ class Snapshot:
         kind: str = "fader",
         warnings: Iterable[Issue] = (),
         loaded_at: float | None = None,
+        document: RawDocument | None = None,
     ) -> None:
         self.version = version
         self._rules = rules
@@ -58,6 +61,8 @@ class Snapshot:
         self.kind = kind
         self.warnings = tuple(warnings)
         self.loaded_at = time.time() if loaded_at is None else loaded_at
+        # what it was built from, for lanes that re-serve definitions (None: not kept)
+        self.document = document
         self._runs = {name: flag.run for name, flag in self._flags.items()}
         self.evaluate = make_evaluate(self._flags, self._runs)
 
