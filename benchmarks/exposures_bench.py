@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import mmh3
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.controlplane.exposures import (
@@ -74,6 +75,7 @@ def _rows(request: pb.UploadRequest) -> list[tuple[Any, ...]]:
             i.time_ms,
             request.sidecar_id,
             request.batch_id,
+            mmh3.hash64(i.key)[0],
         )
         for i in request.impressions
     ]
@@ -138,40 +140,48 @@ def bench_ingest(directory: Path, batch_count: int, rounds: int) -> dict[str, fl
     }
 
 
-def generate(store: ExposureStore, exposures: int, events: int) -> None:
+def generate(store: ExposureStore, exposures: int, events: int, long_keys: bool) -> None:
     """Writes the data set with SQL inside DuckDB (bypassing `ingest`, which is measured
     apart): `exposures` rows of flag `checkout` over 5 days, 5 per key; `events` rows of
     `error` (45 %), `latency` with a value (45 %) and `purchase` (10 %) over 6 days, for keys
-    of which a fifth were never exposed."""
+    of which a fifth were never exposed. Keys are like `user-1234567` (12 bytes, which DuckDB
+    inlines and compresses into integers when hashing), or with `long_keys` 36 bytes, the
+    length of a UUID."""
     keys = exposures // 5
+    pad = "lpad(%s::VARCHAR, 31, '0')" if long_keys else "%s::VARCHAR"
+    # DuckDB's hash() stands in for the store's MurmurHash3 in key_hash: the queries only
+    # need equal keys to have equal hashes.
     with store.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO exposures
-            SELECT 'user-' || (i % {keys}) AS key, NULL, 'checkout',
-                   CASE WHEN hash(i % {keys}) % 100 < 50 THEN 'on' ELSE 'off' END,
-                   'default rule', 1, {T0} + hash(i * 31) % {5 * DAY_MS}, 'pod-' || i % 8,
-                   'gen-' || i // {BATCH}
-            FROM range({exposures}) t(i)
-            """
-        )
-        # 1 % of the keys move to the other treatment after day 3 (a dial change).
-        cursor.execute(
-            f"""
-            UPDATE exposures SET treatment = CASE treatment WHEN 'on' THEN 'off' ELSE 'on' END
-            WHERE hash(key) % 100 = 7 AND time > {T0 + 3 * DAY_MS}
+            SELECT key, NULL, 'checkout',
+                   -- 1 % of the keys move to the other treatment after day 3 (a dial change)
+                   CASE WHEN (arm < 50) <> (moves AND time > {T0 + 3 * DAY_MS})
+                        THEN 'on' ELSE 'off' END,
+                   'default rule', 1, time, 'pod-' || i % 8, 'gen-' || i // {BATCH},
+                   (hash(key) >> 1)::BIGINT
+            FROM (
+                SELECT i, 'user-' || {pad % f"(i % {keys})"} AS key,
+                       hash(i % {keys}) % 100 AS arm, hash(i % {keys} + 1) % 100 = 7 AS moves,
+                       {T0} + hash(i * 31) % {5 * DAY_MS} AS time
+                FROM range({exposures}) t(i)
+            )
             """
         )
         cursor.execute(
             f"""
             INSERT INTO events
-            SELECT 'user-' || (hash(i) % {keys * 5 // 4}), 'user',
+            SELECT key, 'user',
                    CASE WHEN i % 20 < 9 THEN 'error' WHEN i % 20 < 18 THEN 'latency'
                         ELSE 'purchase' END,
                    CASE WHEN i % 20 BETWEEN 9 AND 17 THEN 20 + (hash(i * 7) % 500) / 10.0 END,
                    NULL, {T0} + hash(i * 13) % {6 * DAY_MS}, 'pod-' || i % 8,
-                   'gen-' || i // {BATCH}
-            FROM range({events}) t(i)
+                   'gen-' || i // {BATCH}, (hash(key) >> 1)::BIGINT
+            FROM (
+                SELECT i, 'user-' || {pad % f"(hash(i) % {keys * 5 // 4})"} AS key
+                FROM range({events}) t(i)
+            )
             """
         )
         cursor.execute("CHECKPOINT")
@@ -183,11 +193,13 @@ def _timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def bench_query(directory: Path, exposures: int, events: int, rounds: int) -> dict[str, Any]:
+def bench_query(
+    directory: Path, exposures: int, events: int, rounds: int, long_keys: bool
+) -> dict[str, Any]:
     path = _fresh(directory, "query")
     store = ExposureStore(path)
     started = time.perf_counter()
-    generate(store, exposures, events)
+    generate(store, exposures, events, long_keys)
     generated = time.perf_counter() - started
     store.close()
     print(f"  generated {exposures:,} exposures and {events:,} events in {generated:.1f} s")
@@ -203,6 +215,11 @@ def bench_query(directory: Path, exposures: int, events: int, rounds: int) -> di
         "mean (latency)": lambda: store.unit_statistics(
             "checkout", Metric("latency", MetricKind.MEAN)
         ),
+        "the three in one query (unit_statistics_many)": lambda: store.unit_statistics_many(
+            "checkout",
+            [Metric("error", k) for k in (MetricKind.CONVERSION, MetricKind.COUNT)]
+            + [Metric("latency", MetricKind.MEAN)],
+        ),
         "exposure_counts": lambda: store.exposure_counts("checkout"),
         "metric_series, hourly (error count)": lambda: store.metric_series(
             "checkout", Metric("error", MetricKind.COUNT), bucket_ms=HOUR_MS
@@ -212,11 +229,12 @@ def bench_query(directory: Path, exposures: int, events: int, rounds: int) -> di
     def baseline() -> None:
         with store.cursor() as cursor:
             cursor.execute(
-                "SELECT treatment, count(DISTINCT key) FROM exposures WHERE flag = 'checkout' "
-                "GROUP BY treatment"
+                "SELECT treatment, count(DISTINCT key_hash) FROM exposures "
+                "WHERE flag = 'checkout' GROUP BY treatment"
             ).fetchall()
             cursor.execute(
-                "SELECT count(*) FROM (SELECT key, event_type, count(*) FROM events GROUP BY ALL)"
+                "SELECT count(*) FROM "
+                "(SELECT key_hash, event_type, count(*) FROM events GROUP BY ALL)"
             ).fetchall()
 
     results: dict[str, Any] = {"generated_s": generated}
@@ -230,7 +248,8 @@ def bench_query(directory: Path, exposures: int, events: int, rounds: int) -> di
     for name, values in timings.items():
         results[name] = statistics.median(values)
     arms = store.unit_statistics("checkout", Metric("error", MetricKind.CONVERSION))
-    results["arms"] = {t: (a.n, a.total) for t, a in arms.items()}
+    counts = store.exposure_counts("checkout")
+    results["arms"] = {t: (a.n, a.total, counts[t].switched) for t, a in arms.items()}
     store.close()
     return results
 
@@ -240,18 +259,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a tenth of the rows")
     parser.add_argument("--dir", type=Path, help="where the DuckDB files go (default: a temp dir)")
+    parser.add_argument("--long-keys", action="store_true", help="36-byte keys (UUID length)")
+    parser.add_argument("--skip-ingest", action="store_true")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
         print(f"cores: {os.cpu_count()}, duckdb {duckdb.__version__}, load {os.getloadavg()}")
-        ingest = bench_ingest(directory, batch_count=60 // scale or 1, rounds=args.rounds)
-        print(
-            f"ingest: store {ingest['store']:,.0f} exposures/s (goal >= 100,000), "
-            f"raw DuckDB appender {ingest['raw']:,.0f}/s, store/raw {ingest['ratio']:.2f}"
+        if not args.skip_ingest:
+            ingest = bench_ingest(directory, batch_count=60 // scale or 1, rounds=args.rounds)
+            print(
+                f"ingest: store {ingest['store']:,.0f} exposures/s (goal >= 100,000), "
+                f"raw DuckDB appender {ingest['raw']:,.0f}/s, store/raw {ingest['ratio']:.2f}"
+            )
+        query = bench_query(
+            directory,
+            10_000_000 // scale,
+            10_000_000 // scale,
+            rounds=args.rounds,
+            long_keys=args.long_keys,
         )
-        query = bench_query(directory, 10_000_000 // scale, 10_000_000 // scale, rounds=args.rounds)
-        print(f"arms (units, converted): {query.pop('arms')}")
+        print(f"arms (units, converted, switched): {query.pop('arms')}")
         for name, seconds in query.items():
             print(f"  {name:40} {seconds:8.3f} s")
         print(f"load {os.getloadavg()}")

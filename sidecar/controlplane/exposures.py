@@ -9,10 +9,11 @@ Tables (the column names are Split's impression fields, so the same shape is wha
 warehouse-native tools read from the Parquet export, see `docs/exposures.md`):
 
 * `exposures(key, bucketing_key, flag, treatment, label, change_number, time, sidecar_id,
-  batch_id)`: one row per uploaded impression. `bucketing_key` and `label` are NULL when the
-  sidecar sent them empty.
-* `events(key, traffic_type, event_type, value, properties, time, sidecar_id, batch_id)`: one
-  row per `Track` event; `value` is NULL when the event had none, `properties` is JSON or NULL.
+  batch_id, key_hash)`: one row per uploaded impression. `bucketing_key` and `label` are NULL
+  when the sidecar sent them empty.
+* `events(key, traffic_type, event_type, value, properties, time, sidecar_id, batch_id,
+  key_hash)`: one row per `Track` event; `value` is NULL when the event had none,
+  `properties` is JSON or NULL.
 * `batches(batch_id, sidecar_id, stored_ms, exposures, events)`: every batch id stored, so an
   upload retried after a lost answer, or after a restart, is recognised and not stored twice.
 * `exports(table_name, hour_ms, row_count)`: which hour was written to Parquet with how many
@@ -22,6 +23,13 @@ warehouse-native tools read from the Parquet export, see `docs/exposures.md`):
 Split's impression time: the ingest path appends it without conversion, window arithmetic is
 integer arithmetic, and no time zone can slip in. The Parquet export writes it as a UTC
 timestamp, which is what warehouses index.
+
+`key_hash` is the first 64 bits of the key's MurmurHash3 (x64, 128 bits), computed at ingest.
+The queries group and join on it instead of the key: they then never read a key string, and
+their cost no longer depends on the keys' length (with strings, UUID-long keys cost much more
+than short ones, see benchmarks/RESULTS.md). Two keys sharing a hash
+would count as one unit; with 64 bits the chance that any two of ten million keys do is
+about 3 in a million, and one merged unit among millions changes no statistic.
 
 Attribution (the guardrail query, `unit_statistics`): the unit is the key. A key belongs to
 the treatment of its *first* exposure to the flag; an event of the metric's type counts for
@@ -64,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import mmh3
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.durable import fsync_dir
@@ -94,7 +103,8 @@ CREATE TABLE IF NOT EXISTS exposures (
     change_number BIGINT NOT NULL,
     time BIGINT NOT NULL,
     sidecar_id VARCHAR NOT NULL,
-    batch_id VARCHAR NOT NULL
+    batch_id VARCHAR NOT NULL,
+    key_hash BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     key VARCHAR NOT NULL,
@@ -104,7 +114,8 @@ CREATE TABLE IF NOT EXISTS events (
     properties JSON,
     time BIGINT NOT NULL,
     sidecar_id VARCHAR NOT NULL,
-    batch_id VARCHAR NOT NULL
+    batch_id VARCHAR NOT NULL,
+    key_hash BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS batches (
     batch_id VARCHAR PRIMARY KEY,
@@ -338,7 +349,7 @@ class ExposureStore:
         hits = _HITS_SQL.format(
             types=", ".join(f"$type{n}" for n in range(len(types))),
             extra=", e.event_type",
-            group="u.key, e.event_type",
+            group="u.key_hash, e.event_type",
         )
         sql = f"""
             WITH {_UNITS_SQL},
@@ -459,16 +470,18 @@ class ExposureStore:
         )
         sql = f"""
             WITH {_UNITS_SQL},
-            {_HITS_SQL.format(types="$type0", extra=_EVENT_BUCKET, group="u.key, b")},
+            {_HITS_SQL.format(types="$type0", extra=_EVENT_BUCKET, group="u.key_hash, b")},
             running AS (
-                SELECT key, treatment, b,
+                SELECT key_hash, treatment, b,
                        sum(events) OVER w AS events, sum(valued) OVER w AS valued,
                        sum(value_sum) OVER w AS value_sum
-                FROM hits WINDOW w AS (PARTITION BY key ORDER BY b)
+                FROM hits WINDOW w AS (PARTITION BY key_hash ORDER BY b)
             ),
-            unit_values AS (SELECT key, treatment, b, {value} AS v FROM running WHERE {include}),
+            unit_values AS (
+                SELECT key_hash, treatment, b, {value} AS v FROM running WHERE {include}
+            ),
             changes AS (
-                SELECT treatment, b, v, lag(v) OVER (PARTITION BY key ORDER BY b) AS before
+                SELECT treatment, b, v, lag(v) OVER (PARTITION BY key_hash ORDER BY b) AS before
                 FROM unit_values
             ),
             deltas AS (
@@ -584,19 +597,19 @@ class ExposureStore:
 # to another treatment (NULL when never). `per_treatment` also feeds the exposure counts.
 _UNITS_SQL = """
 per_treatment AS (
-    SELECT key, treatment, min(time) AS since, count(*) AS exposures
+    SELECT key_hash, treatment, min(time) AS since, count(*) AS exposures
     FROM exposures
     WHERE flag = $flag AND time >= $start AND time < $end
       AND (label IS NULL OR NOT list_contains($ignored::VARCHAR[], label))
-    GROUP BY key, treatment
+    GROUP BY key_hash, treatment
 ),
 all_units AS (
-    SELECT key,
+    SELECT key_hash,
            arg_min(treatment, since) AS treatment,
            min(since) AS first_time,
            count(*) > 1 AS switched,
            list_extract(min(since, 2), 2) AS switch_time
-    FROM per_treatment GROUP BY key
+    FROM per_treatment GROUP BY key_hash
 ),
 units AS (SELECT * FROM all_units WHERE $keep_switched OR NOT switched)
 """
@@ -605,9 +618,9 @@ units AS (SELECT * FROM all_units WHERE $keep_switched OR NOT switched)
 # before $end), counted per {group} ({extra} selects what the group adds to the key).
 _HITS_SQL = """
 hits AS (
-    SELECT u.key, any_value(u.treatment) AS treatment{extra}, count(*) AS events,
+    SELECT u.key_hash, any_value(u.treatment) AS treatment{extra}, count(*) AS events,
            count(e.value) AS valued, coalesce(sum(e.value), 0) AS value_sum
-    FROM units u JOIN events e ON e.key = u.key
+    FROM units u JOIN events e ON e.key_hash = u.key_hash
     WHERE e.event_type IN ({types})
       AND e.time >= u.first_time AND e.time < u.first_time + $window
       AND e.time < $end
@@ -652,10 +665,11 @@ def _exposure_rows(request: pb.UploadRequest) -> list[tuple[Any, ...]]:
             i.time_ms,
             sidecar,
             batch,
+            _key_hash(i.key),
         )
         for i in request.impressions
     ]
-    for n, (key, _, flag, treatment, _, _, time_ms, _, _) in enumerate(rows):
+    for n, (key, _, flag, treatment, _, _, time_ms, *_) in enumerate(rows):
         if not key or not flag or not treatment:
             missing = "key" if not key else "flag" if not flag else "treatment"
             raise InvalidBatch(f"impressions[{n}].{missing}: must not be empty")
@@ -687,9 +701,16 @@ def _event_rows(request: pb.UploadRequest) -> list[tuple[Any, ...]]:
                 e.timestamp_ms,
                 request.sidecar_id,
                 request.batch_id,
+                _key_hash(e.key),
             )
         )
     return rows
+
+
+def _key_hash(key: str) -> int:
+    """The first 64 bits of the key's MurmurHash3 x64-128, the unit's identity in queries."""
+    first: int = mmh3.hash64(key)[0]
+    return first
 
 
 def _is_json_object(text: str) -> bool:

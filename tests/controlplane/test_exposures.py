@@ -111,13 +111,18 @@ def test_ingest_stores_every_field(store: ExposureStore) -> None:
     assert store.ingest(request) is True
 
     with store.cursor() as cursor:
-        assert cursor.execute("FROM exposures ORDER BY time").fetchall() == [
+        assert cursor.execute(
+            "SELECT * EXCLUDE (key_hash) FROM exposures ORDER BY time"
+        ).fetchall() == [
             ("u1", "acct", "f", "on", "in segment beta", 42, T0 + 1, "pod-a", "b1"),
             ("u2", None, "f", "off", None, 0, T0 + 2, "pod-a", "b1"),
         ]
         rows = cursor.execute(
             "SELECT key, traffic_type, event_type, value, properties->>'sku', time, sidecar_id, "
             "batch_id FROM events ORDER BY time"
+        ).fetchall()
+        hashes = cursor.execute(
+            "SELECT key, key_hash FROM exposures UNION ALL SELECT key, key_hash FROM events"
         ).fetchall()
         assert rows == [
             ("u1", "user", "buy", 9.5, "x", T0 + 3, "pod-a", "b1"),
@@ -126,6 +131,9 @@ def test_ingest_stores_every_field(store: ExposureStore) -> None:
         assert cursor.execute("SELECT batch_id, exposures, events FROM batches").fetchall() == [
             ("b1", 2, 2)
         ]
+    # One hash per key, the same in both tables, different for different keys.
+    assert len(set(hashes)) == 2
+    assert len({key_hash for _, key_hash in hashes}) == 2
     assert store.ingested == {"batches": 1, "duplicates": 0, "exposures": 2, "events": 2}
 
 
