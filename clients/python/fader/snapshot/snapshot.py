@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from fader.rules.compile import CompiledRules
 from fader.rules.evaluate import make_evaluate
-from fader.rules.model import CompiledFlag
+from fader.rules.model import CompiledFlag, Members
 from fader.rules.result import Decision
 from fader.snapshot.codec import RawDocument
 from fader.snapshot.issues import Issue
@@ -77,6 +77,12 @@ class Snapshot:
     @property
     def segment_count(self) -> int:
         return len(self._rules.segments)
+
+    @property
+    def segments(self) -> Mapping[str, Members]:
+        """Segment name -> its keys. Read only, and only while holding this snapshot: the
+        Reaper empties these tables once nothing references the snapshot any more."""
+        return self._rules.segments
 
     @property
     def segment_key_count(self) -> int:
