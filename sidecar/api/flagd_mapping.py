@@ -23,8 +23,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+from fader.flagd import result as flagd_result
 from fader.rules.model import CompiledFlag
 from fader.rules.result import (
     LABEL_DEFAULT_RULE,
@@ -117,6 +118,74 @@ def evaluation_context(
     return key, policy.admit(values, "context")
 
 
+# How deep and how big a flagd-dialect context may be: its rules read nested objects, but a
+# request must not make the sidecar walk an unbounded tree.
+MAX_CONTEXT_DEPTH = 16
+
+
+def typed_context(
+    context: struct_pb2.Struct, policy: AttributePolicy
+) -> tuple[str, dict[str, object] | None]:
+    """(key, data) for a flagd-dialect flag, whose JsonLogic rules read the context whole:
+    nested objects and lists of any JSON value are kept, and ``targetingKey`` is optional
+    (the key is then empty; rules that need it answer their default). The targeting key
+    stays in the data, as flagd's rules read it with ``{"var": "targetingKey"}``. The
+    policy's count applies to the top level, its size limit to every string, and the
+    whole context may hold at most ``max_attributes`` x 16 values."""
+    fields = context.fields
+    policy.check_count(len(fields) - (TARGETING_KEY in fields), "context")
+    budget = [policy.max_attributes * 16]
+    data: dict[str, object] = {}
+    for name, value in fields.items():
+        if not name:
+            raise BadRequest("context: an attribute name is empty")
+        converted = _json_value(value, f"context[{name!r}]", policy, budget, 0)
+        if converted is not None:
+            data[name] = converted
+    key = data.get(TARGETING_KEY)
+    if isinstance(key, str) and key:
+        check_key(key, f"context.{TARGETING_KEY}")
+    else:
+        key = ""
+    return key, data or None
+
+
+def _json_value(
+    value: struct_pb2.Value, where: str, policy: AttributePolicy, budget: list[int], depth: int
+) -> object:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BadRequest(f"{where}: the context holds too many values")
+    if depth > MAX_CONTEXT_DEPTH:
+        raise BadRequest(f"{where}: nested deeper than {MAX_CONTEXT_DEPTH} levels")
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if len(text) > policy.max_size:
+            raise policy.too_long("context", where, len(text))
+        return text
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "number_value":
+        return _number(value.number_value)
+    if kind == "struct_value":
+        return {
+            name: _json_value(item, f"{where}.{name}", policy, budget, depth + 1)
+            for name, item in value.struct_value.fields.items()
+        }
+    if kind == "list_value":
+        return [
+            _json_value(item, f"{where}[{index}]", policy, budget, depth + 1)
+            for index, item in enumerate(value.list_value.values)
+        ]
+    return None
+
+
+def is_typed(flag: CompiledFlag | None) -> bool:
+    """A flag whose variants carry typed values (flagd's dialect)."""
+    return flag is not None and flag.values is not None
+
+
 def _attribute(name: str, value: struct_pb2.Value) -> object:
     kind = value.WhichOneof("kind")
     if kind == "string_value":
@@ -149,6 +218,8 @@ def reason(flag: CompiledFlag | None, result: Decision) -> str:
     label = result.label
     if flag is None or label == LABEL_NOT_FOUND:
         raise FlagdError(FLAG_NOT_FOUND, "flag not found")
+    if flag.values is not None:
+        return _typed_reason(label)
     if label == LABEL_EXCEPTION:
         raise FlagdError(GENERAL, "the flag's rules failed to evaluate")
     if label == LABEL_KILLED:
@@ -158,6 +229,48 @@ def reason(flag: CompiledFlag | None, result: Decision) -> str:
     if label in DEFAULT_LABELS:
         return REASON_DEFAULT
     return REASON_TARGETING_MATCH
+
+
+def _typed_reason(label: str | None) -> str:
+    """A flagd-dialect flag's reason is its label's (fader.flagd.result)."""
+    error = flagd_result.ERRORS.get(label or "")
+    if error is not None:
+        raise FlagdError(error, flagd_result.ERROR_MESSAGES[label or ""])
+    return flagd_result.REASONS[label or ""]
+
+
+def has_value(flag: CompiledFlag | None, result: Decision) -> bool:
+    """Whether an answer carries a value and a variant: not for a disabled flag, nor for
+    a flagd flag that fell to a missing default variant."""
+    if flag is not None and flag.values is not None:
+        return result.label not in flagd_result.WITHOUT_VALUE
+    return result.label != LABEL_KILLED
+
+
+# The JSON types each typed resolve accepts for a flagd-dialect flag's value.
+TYPED_KINDS: dict[str, tuple[type, ...]] = {
+    "boolean": (bool,),
+    "string": (str,),
+    "integer": (int,),
+    "float": (int, float),
+    "object": (dict,),
+}
+
+
+def typed_value(flag: CompiledFlag, result: Decision, kind: str) -> Any:
+    """The variant's value for a ``kind`` resolve; TYPE_MISMATCH when it is of another type
+    (a boolean is never a number; an integral float is an integer)."""
+    assert flag.values is not None
+    value: Any = flag.values[result.treatment]
+    if isinstance(value, float) and kind == "integer" and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) and kind != "boolean":
+        value = None
+    if value is None or not isinstance(value, TYPED_KINDS[kind]):
+        raise FlagdError(
+            TYPE_MISMATCH, f"variant {result.treatment!r} of {flag.name!r} is not a {kind}"
+        )
+    return float(cast(float, value)) if kind == "float" else value
 
 
 def string_value(result: Decision) -> str:
@@ -227,9 +340,12 @@ def _parsed_config(result: Decision) -> object:
         ) from None
 
 
-def metadata(result: Decision, version: int) -> dict[str, Any]:
-    """What flagd calls flag metadata: the Split label that explains the answer and the
+def metadata(result: Decision, version: int, flag: CompiledFlag | None = None) -> dict[str, Any]:
+    """What flagd calls flag metadata. A flagd-dialect flag's own (its flag set's metadata
+    under the flag's). For a Split flag: the Split label that explains the answer and the
     snapshot version it came from (flagd's own "version" key means the flag-set version)."""
+    if flag is not None and flag.metadata is not None:
+        return dict(flag.metadata)
     meta: dict[str, Any] = {"version": version}
     if result.label is not None:
         meta["label"] = result.label

@@ -54,7 +54,11 @@ class FlagdResolver:
         self.evaluator = core.evaluator
         self.policy = core.policy
 
-    def context(self, request: Any) -> tuple[str, dict[str, object] | None]:
+    def context(self, request: Any, typed: bool = False) -> tuple[str, dict[str, object] | None]:
+        """Split flags need a targeting key and flat attributes; flagd-dialect (`typed`) flags
+        read the context whole."""
+        if typed:
+            return mapping.typed_context(request.context, self.policy)
         return mapping.evaluation_context(request.context, self.policy)
 
     def resolve(
@@ -85,25 +89,27 @@ class FlagdService:
 
     async def ResolveBoolean(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._resolve(
-            request, context, self._pb.ResolveBooleanResponse, mapping.boolean_value
+            request, context, self._pb.ResolveBooleanResponse, mapping.boolean_value, "boolean"
         )
 
     async def ResolveString(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._resolve(
-            request, context, self._pb.ResolveStringResponse, mapping.string_value
+            request, context, self._pb.ResolveStringResponse, mapping.string_value, "string"
         )
 
     async def ResolveFloat(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._resolve(
-            request, context, self._pb.ResolveFloatResponse, mapping.float_value
+            request, context, self._pb.ResolveFloatResponse, mapping.float_value, "float"
         )
 
     async def ResolveInt(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._resolve(request, context, self._pb.ResolveIntResponse, mapping.int_value)
+        return await self._resolve(
+            request, context, self._pb.ResolveIntResponse, mapping.int_value, "integer"
+        )
 
     async def ResolveObject(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._resolve(
-            request, context, self._pb.ResolveObjectResponse, mapping.object_value
+            request, context, self._pb.ResolveObjectResponse, mapping.object_value, "object"
         )
 
     async def _resolve(
@@ -112,33 +118,46 @@ class FlagdService:
         context: grpc.aio.ServicerContext,
         response_type: Callable[..., Any],
         convert: Convert,
+        kind: str,
     ) -> Any:
         try:
-            return self._answer(request, selector(context), response_type, convert)
+            return self._answer(request, selector(context), response_type, convert, kind)
         except Refusal as err:
             await abort(context, err)
 
     def _answer(
-        self, request: Any, header: str | None, response_type: Callable[..., Any], convert: Convert
+        self,
+        request: Any,
+        header: str | None,
+        response_type: Callable[..., Any],
+        convert: Convert,
+        kind: str,
     ) -> Any:
-        """One Resolve call; `header` is its Flagd-Selector."""
+        """One Resolve call; `header` is its Flagd-Selector. A flagd-dialect flag answers its
+        variant's typed value; a Split flag, its treatment read as `kind` (`convert`)."""
         started = perf_counter()
         resolver = self._resolver
         snap = resolver.evaluator.snapshot()
         flag = request.flag_key
         check_name(flag, "flag_key")
         selected = mapping.flag_set(header)
-        key, attributes = resolver.context(request)
         compiled = snap.flags.get(flag)
+        typed = mapping.is_typed(compiled)
+        # an unknown flag is NOT_FOUND whatever its context (a Split flag's needs a key)
+        key, attributes = resolver.context(request, typed or compiled is None)
         if not mapping.in_flag_set(compiled, selected):
             raise FlagdError(mapping.FLAG_NOT_FOUND, f"flag not found in flag set {selected!r}")
         [result] = resolver.resolve(snap, key, [flag], attributes, "flagd.Resolve", started)
         reason = mapping.reason(compiled, result)
         response = response_type(reason=reason)
-        if reason != mapping.REASON_DISABLED:
-            set_value(response, convert(result))
+        if mapping.has_value(compiled, result):
+            if typed:
+                assert compiled is not None
+                set_value(response, mapping.typed_value(compiled, result, kind))
+            else:
+                set_value(response, convert(result))
             response.variant = result.treatment
-        response.metadata.update(mapping.metadata(result, snap.version))
+        response.metadata.update(mapping.metadata(result, snap.version, compiled))
         return response
 
     async def EventStream(
@@ -170,30 +189,58 @@ class FlagdServiceV1(FlagdService):
     def _resolve_all(
         self, request: v1.ResolveAllRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveAllResponse:
-        """Treatments are Fader's variants and all of them are strings, so every flag fits
-        `string_value`. A flag whose rules fail is left out, as flagd leaves out flags it
-        cannot evaluate; a killed flag is in, DISABLED with no value (flagd's ADR)."""
+        """A Split flag's treatment is its variant and its value (`string_value`); a flagd
+        flag's value goes in the field of its type. A flag whose rules fail is left out, as
+        flagd leaves out flags it cannot evaluate; a disabled flag is in, DISABLED with no
+        value (flagd's ADR). Split flags need the context's targetingKey; flagd ones do not."""
         started = perf_counter()
         resolver = self._resolver
         snap = resolver.evaluator.snapshot()
         selected = mapping.flag_set(selector(context))
-        key, attributes = resolver.context(request)
         names = list(snap.flags_in_sets((selected,)) if selected else snap.flag_names())
-        results = resolver.resolve(snap, key, names, attributes, "flagd.ResolveAll", started)
+        typed = [name for name in names if mapping.is_typed(snap.flags[name])]
+        split = [name for name in names if not mapping.is_typed(snap.flags[name])]
+        lookups = []
+        if typed:
+            key, data = resolver.context(request, typed=True)
+            lookups += [(key, None, name, data) for name in typed]
+        if split:
+            key, attributes = resolver.context(request)
+            lookups += [(key, None, name, attributes) for name in split]
+        answers = resolver.evaluator.evaluate(snap, lookups, "flagd.ResolveAll", started)
         response = v1.ResolveAllResponse()
-        for name, result in zip(names, results, strict=True):
+        for _key, _bk, name, result in answers:
+            flag = snap.flags.get(name)
             try:
-                reason = mapping.reason(snap.flags.get(name), result)
+                reason = mapping.reason(flag, result)
             except FlagdError:
                 continue
             entry = response.flags[name]
             entry.reason = reason
-            if reason != mapping.REASON_DISABLED:
+            if mapping.has_value(flag, result):
                 entry.variant = result.treatment
-                entry.string_value = result.treatment
-            entry.metadata.update(mapping.metadata(result, snap.version))
+                set_any_value(entry, flag, result)
+            entry.metadata.update(mapping.metadata(result, snap.version, flag))
         response.metadata.update({"version": snap.version})
         return response
+
+
+def set_any_value(entry: v1.AnyFlag, flag: Any, result: Decision) -> None:
+    """ResolveAll's value: a Split treatment as a string; a flagd variant's value in the
+    field of its type (a list value, which AnyFlag cannot hold, is left out)."""
+    if flag is None or flag.values is None:
+        entry.string_value = result.treatment
+        return
+    value = flag.values[result.treatment]
+    if isinstance(value, bool):
+        entry.bool_value = value
+    elif isinstance(value, str):
+        entry.string_value = value
+    elif isinstance(value, int | float):
+        entry.double_value = float(value)
+    elif isinstance(value, dict):
+        entry.object_value.SetInParent()
+        entry.object_value.update(value)
 
 
 def set_value(response: Any, value: Any) -> None:

@@ -46,10 +46,14 @@ class Store:
         """Make ``snapshot`` active and return the previous one.
 
         Raises StaleVersionError when ``snapshot.version`` is not greater than the active
-        version, unless ``force``; the active snapshot is then untouched.
+        version, unless ``force``; the active snapshot is then untouched. A snapshot without
+        a version of its own (a plain flagd file) becomes the active version + 1.
         """
         with self._lock:
             previous = self.current
+            if not snapshot.versioned:  # a plain flagd file: numbered as it is applied
+                snapshot.version = previous.version + 1 if previous is not None else 1
+                snapshot.versioned = True
             if previous is not None and snapshot.version <= previous.version and not force:
                 raise StaleVersionError(snapshot.version, previous.version)
             self.current = snapshot

@@ -46,6 +46,11 @@ class CompiledFlag:
     # keeping the flag's JSON alive: a large snapshot's raw JSON costs more than its rules.
     digest: bytes
     segment_names: frozenset[str]
+    # Typed flags (flagd's dialect): each variant's JSON value, and the flag's metadata
+    # (flag-set metadata under the flag's own). None for Split flags, whose treatments are
+    # plain names with an optional config.
+    values: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

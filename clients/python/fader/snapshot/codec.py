@@ -1,8 +1,11 @@
-"""Decode snapshot bytes and recognise the three accepted document shapes.
+"""Decode snapshot bytes and recognise the four accepted document shapes.
 
 Accepted as-is (README "Snapshots"): Fader's native ``{"version", "flags", "segments",
-"ruleBasedSegments"}``; Split ``splitChanges`` spec 1.3 ``{"ff": {"d", "t"}, "rbs": ...}``;
-and spec 1.1 ``{"splits", "since", "till"}``. JSON or msgpack, same structure.
+"ruleBasedSegments", "flagd"}`` (``flagd``, optional, holds a flagd flags document);
+Split ``splitChanges`` spec 1.3 ``{"ff": {"d", "t"}, "rbs": ...}``; spec 1.1
+``{"splits", "since", "till"}``; and a plain flagd flags file ``{"flags": {key: flag},
+"$evaluators", "metadata"}`` (``flags`` an object, no ``version``). JSON or msgpack, same
+structure.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ class Document:
     flags_path: str
     rbs_path: str
     segments_path: str
+    # flagd-dialect flags: a flagd flags document (fader.flagd.document), or None
+    flagd: Any = None
+    flagd_path: str = "$.flagd"
+    # False for a plain flagd file, which has no version: the store numbers it when applied
+    versioned: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +114,19 @@ def normalize(doc: Any) -> Document:
     """Recognise the document shape and return it in native form."""
     if not isinstance(doc, Mapping):
         raise _fail("$", "a snapshot must be an object")
+    if isinstance(doc.get("flags"), Mapping) and "version" not in doc:
+        return _flagd(doc)
     if "flags" in doc or "version" in doc:
         return _native(doc)
     if "ff" in doc:
         return _split_13(doc)
     if "splits" in doc:
         return _split_11(doc)
-    raise _fail("$", "not a snapshot: expected 'version' and 'flags', or Split's 'ff' or 'splits'")
+    raise _fail(
+        "$",
+        "not a snapshot: expected 'version' and 'flags', Split's 'ff' or 'splits', or a flagd "
+        "flags file ('flags' as an object)",
+    )
 
 
 def _version(value: Any, path: str) -> int:
@@ -132,6 +146,24 @@ def _native(doc: Mapping[str, Any]) -> Document:
         flags_path="$.flags",
         rbs_path="$.ruleBasedSegments",
         segments_path="$.segments",
+        flagd=doc.get("flagd"),
+    )
+
+
+def _flagd(doc: Mapping[str, Any]) -> Document:
+    """A plain flagd flags file, as flagd reads it: the whole document is the flagd part."""
+    return Document(
+        version=0,
+        flags=[],
+        segments={},
+        rule_based_segments=[],
+        kind="flagd",
+        flags_path="$.flags",
+        rbs_path="$.ruleBasedSegments",
+        segments_path="$.segments",
+        flagd=doc,
+        flagd_path="$",
+        versioned=False,
     )
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import msgpack
 
+from fader.flagd.document import Built, flag_path
+from fader.flagd.document import build as build_flagd
 from fader.rules.compile import compile_rules
-from fader.snapshot.codec import MSGPACK, RawDocument, decode, format_for, normalize
+from fader.snapshot.codec import MSGPACK, Document, RawDocument, decode, format_for, normalize
 from fader.snapshot.issues import Issue, SnapshotError
 from fader.snapshot.limits import SnapshotLimits
 from fader.snapshot.snapshot import Snapshot
@@ -75,6 +77,15 @@ def check_document(document: Any) -> Report:
         doc = normalize(document)
     except SnapshotError as exc:
         return Report(errors=exc.issues)
+    report = _validate(doc)
+    flagd = _flagd_part(doc)
+    if flagd is not None:
+        report.errors.extend(flagd.errors)
+        report.warnings.extend(flagd.warnings)
+    return report
+
+
+def _validate(doc: Document) -> Report:
     return validate(
         doc.flags,
         doc.segments,
@@ -83,6 +94,24 @@ def check_document(document: Any) -> Report:
         rbs_path=doc.rbs_path,
         segments_path=doc.segments_path,
     )
+
+
+def _flagd_part(doc: Document) -> Built | None:
+    """The snapshot's flagd-dialect flags, validated and compiled, with one more rule: a
+    name is unique across both dialects (a lookup names a flag, never a dialect)."""
+    if doc.flagd is None:
+        return None
+    built = build_flagd(doc.flagd, doc.flagd_path, doc.version if doc.versioned else None)
+    split_names = {str(raw.get("name")) for raw in doc.flags if isinstance(raw, dict)}
+    for key in sorted(split_names.intersection(built.flags)):
+        built.errors.append(
+            Issue(
+                key,
+                flag_path(doc.flagd_path, key),
+                "a Split flag has the same name (names are unique across both dialects)",
+            )
+        )
+    return built
 
 
 def build_snapshot(document: Mapping[str, Any], source: str = "memory") -> Snapshot:
@@ -99,24 +128,37 @@ def _build(
 ) -> Snapshot:
     doc = normalize(document)
     if limits is not None:
-        limits.check_document(doc.flags, doc.segments)
-    report = validate(
-        doc.flags,
-        doc.segments,
-        doc.rule_based_segments,
-        flags_path=doc.flags_path,
-        rbs_path=doc.rbs_path,
-        segments_path=doc.segments_path,
-    )
-    if report.errors:
-        raise SnapshotError(report.errors)
+        limits.check_document([*doc.flags, *_flagd_keys(doc)], doc.segments)
+    report = _validate(doc)
+    flagd = _flagd_part(doc)
+    errors = [*report.errors, *(flagd.errors if flagd else ())]
+    if errors:
+        raise SnapshotError(errors)
     try:
         rules = compile_rules(
             doc.flags, doc.segments, doc.rule_based_segments, doc.version, consume=consume
         )
     except Exception as exc:  # a validation gap must refuse the snapshot, never crash
         raise SnapshotError([Issue(None, "$", f"could not compile: {exc!r}")]) from exc
-    return Snapshot(doc.version, rules, source=source, kind=doc.kind, warnings=report.warnings)
+    if flagd is not None:
+        table = rules.flags
+        assert isinstance(table, dict)
+        table.update(flagd.flags)
+    return Snapshot(
+        doc.version,
+        rules,
+        source=source,
+        kind=doc.kind,
+        warnings=[*report.warnings, *(flagd.warnings if flagd else ())],
+        flagd=flagd.flagd_set if flagd else None,
+        versioned=doc.versioned,
+    )
+
+
+def _flagd_keys(doc: Document) -> list[Any]:
+    """The flagd flags' keys, counted with the Split flags against --max-flags."""
+    flags = doc.flagd.get("flags") if isinstance(doc.flagd, dict) else None
+    return list(flags) if isinstance(flags, dict | list) else []
 
 
 def load_bytes(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from fader.flagd.document import FlagdSet
 from fader.rules.compile import CompiledRules
 from fader.rules.evaluate import make_evaluate
 from fader.rules.model import CompiledFlag, Members
@@ -28,10 +29,12 @@ class Snapshot:
         "_runs",
         "document",
         "evaluate",
+        "flagd",
         "kind",
         "loaded_at",
         "source",
         "version",
+        "versioned",
         "warnings",
     )
 
@@ -52,8 +55,16 @@ class Snapshot:
         warnings: Iterable[Issue] = (),
         loaded_at: float | None = None,
         document: RawDocument | None = None,
+        flagd: FlagdSet | None = None,
+        versioned: bool = True,
     ) -> None:
         self.version = version
+        # A plain flagd file has no version: the Store numbers it (the active version + 1)
+        # as it swaps it in, before anyone reads it.
+        self.versioned = versioned
+        # The flagd-dialect flags as flagd sync serves them (None: the snapshot has none);
+        # they are also compiled in ``flags``, like the Split flags.
+        self.flagd = flagd
         self._rules = rules
         self._flags: Mapping[str, CompiledFlag] = rules.flags
         self._names: tuple[str, ...] | None = None  # sorted on first use, not while loading

@@ -1,0 +1,513 @@
+"""JsonLogic compiled to Python closures, once per snapshot, with bounds on size and depth.
+
+A flagd flag's ``targeting`` is a JsonLogic expression. Interpreting the JSON tree on every
+request would walk dicts and dispatch on operator names each time; instead each node
+becomes a closure ``fn(data) -> value`` when the snapshot loads, literals are folded, a
+literal list tested with ``in`` becomes a set, and constant ``sem_ver`` versions are parsed
+once. A request then runs only the closures.
+
+Semantics are JsonLogic's (jsonlogic.com, as its JavaScript implementation defines it, with
+JavaScript's coercions from ``fader.flagd.values``) plus flagd's operators
+(``fader.flagd.operators``).
+
+Two kinds of problems are found while compiling:
+
+- ``TooComplex``: the expression is deeper than ``max_depth`` or has more than
+  ``max_nodes`` nodes. The snapshot is refused: a snapshot must not be able to make
+  evaluation slow.
+- ``Unevaluable``: an unknown operator, or a ``$ref`` to an evaluator that does not exist.
+  flagd accepts such a file and fails the flag at evaluation with PARSE_ERROR; Fader does
+  the same (with a warning at load), so a flagd file behaves as it did under flagd.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fader.flagd.values import (
+    less_or_equal,
+    less_than,
+    loose_equal,
+    strict_equal,
+    to_number,
+    to_string,
+    truthy,
+)
+
+Data = Any
+Fn = Callable[[Data], Any]
+REF: Final = "$ref"
+FLAGD: Final = "$flagd"
+
+DEFAULT_MAX_DEPTH: Final = 32
+DEFAULT_MAX_NODES: Final = 10_000
+
+
+class TargetingProblem(Exception):
+    """A problem at ``path`` (a JSON path inside the flag)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class TooComplex(TargetingProblem):
+    """Over a limit: the snapshot is refused."""
+
+
+class Unevaluable(TargetingProblem):
+    """flagd would fail this flag at evaluation with PARSE_ERROR; so does Fader."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A compiled expression: ``fn``, or for a literal its ``value`` (``constant``)."""
+
+    fn: Fn
+    constant: bool = False
+    value: Any = None
+
+
+def literal(value: Any) -> Node:
+    return Node(lambda data: value, True, value)
+
+
+# A custom operator: compiled argument nodes -> a node (flagd's fractional, sem_ver...).
+Operator = Callable[["Compiler", list[Node], str], Node]
+
+
+class Compiler:
+    """Compiles one flag's targeting; ``operators`` adds flagd's to JsonLogic's own."""
+
+    def __init__(
+        self,
+        flag_key: str,
+        evaluators: Mapping[str, Any],
+        operators: Mapping[str, Operator],
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_nodes: int = DEFAULT_MAX_NODES,
+    ) -> None:
+        self.flag_key = flag_key
+        self.evaluators = evaluators
+        self.operators = operators
+        self.max_depth = max_depth
+        self.max_nodes = max_nodes
+        self.nodes = 0
+        self.uses_whole_data = False  # a var whose path is computed, or "" (all the data)
+
+    def compile(self, node: Any, path: str, depth: int = 0, in_ref: bool = False) -> Node:
+        if depth > self.max_depth:
+            raise TooComplex(path, f"targeting is nested deeper than {self.max_depth} levels")
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise TooComplex(path, f"targeting has more than {self.max_nodes} nodes")
+        if isinstance(node, list):
+            return self._array(node, path, depth, in_ref)
+        if not isinstance(node, dict) or len(node) != 1:
+            return literal(node)  # scalars, and objects that are data (not one key)
+        ((name, raw_args),) = node.items()
+        if name == REF:
+            return self._ref(raw_args, path, depth, in_ref)
+        if name == "var":
+            return self._var(raw_args, path, depth, in_ref)
+        builder = BUILDERS.get(name)
+        custom = self.operators.get(name)
+        if builder is None and custom is None:
+            raise Unevaluable(path, f"unknown operator {name!r}")
+        args = raw_args if isinstance(raw_args, list) else [raw_args]
+        nodes = [
+            self.compile(arg, f"{path}.{name}[{i}]", depth + 1, in_ref)
+            for i, arg in enumerate(args)
+        ]
+        if custom is not None:
+            return custom(self, nodes, f"{path}.{name}")
+        assert builder is not None
+        return builder(nodes)
+
+    def _array(self, items: list[Any], path: str, depth: int, in_ref: bool) -> Node:
+        """An array evaluates every element; an array of literals is itself a literal."""
+        nodes = [
+            self.compile(item, f"{path}[{i}]", depth + 1, in_ref) for i, item in enumerate(items)
+        ]
+        if all(n.constant for n in nodes):
+            self.nodes -= len(nodes)  # a literal array of values costs nothing to evaluate
+            return literal([n.value for n in nodes])
+        fns = [n.fn for n in nodes]
+        return Node(lambda data: [fn(data) for fn in fns])
+
+    def _ref(self, name: Any, path: str, depth: int, in_ref: bool) -> Node:
+        """``{"$ref": name}``: the named ``$evaluators`` entry, substituted (one level only,
+        as flagd substitutes refs once: a ref inside an evaluator stays unresolved)."""
+        if in_ref or not isinstance(name, str) or name not in self.evaluators:
+            raise Unevaluable(path, f"$ref to an evaluator that does not exist: {name!r}")
+        return self.compile(self.evaluators[name], f"$evaluators.{name}", depth + 1, True)
+
+    def _var(self, raw: Any, path: str, depth: int, in_ref: bool) -> Node:
+        args = raw if isinstance(raw, list) else [raw]
+        nodes = [self.compile(a, f"{path}.var[{i}]", depth + 1, in_ref) for i, a in enumerate(args)]
+        default = nodes[1] if len(nodes) > 1 else literal(None)
+        if not nodes or (nodes[0].constant and nodes[0].value in ("", None)):
+            self.uses_whole_data = True
+            return Node(lambda data: data)
+        if nodes[0].constant:
+            parts = _path(nodes[0].value)
+            if parts[0] == FLAGD:
+                return self._flagd_property(parts, default)
+            return var(parts, default)
+        self.uses_whole_data = True
+        path_fn, default_fn = nodes[0].fn, default.fn
+
+        def dynamic_var(data: Data) -> Any:
+            found = lookup(data, _path(path_fn(data)))
+            return default_fn(data) if found is None else found
+
+        return Node(dynamic_var)
+
+    def _flagd_property(self, parts: tuple[str, ...], default: Node) -> Node:
+        """``$flagd.flagKey`` is known when compiling; ``$flagd.timestamp`` is read per call
+        (Unix seconds), as flagd injects both into every evaluation's data."""
+        flag_key = self.flag_key
+        if parts == (FLAGD, "flagKey"):
+            return literal(flag_key)
+        if parts == (FLAGD, "timestamp"):
+            return Node(lambda data: int(time.time()))
+        if parts == (FLAGD,):
+            return Node(lambda data: {"flagKey": flag_key, "timestamp": int(time.time())})
+        return default
+
+
+def _path(value: Any) -> tuple[str, ...]:
+    text = to_string(value)
+    return tuple(text.split(".")) if text else ()
+
+
+_MISSING = object()
+
+
+def lookup(data: Data, parts: tuple[str, ...]) -> Any:
+    """The value at a dotted path: object keys, or list indexes; None when absent."""
+    for part in parts:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+        if data is None:
+            return None
+    return data
+
+
+def var(parts: tuple[str, ...], default: Node) -> Node:
+    """``var`` with a constant path, specialised for a top-level name (the usual case)."""
+    if len(parts) == 1:
+        (name,) = parts
+        if default.constant and default.value is None:
+            return Node(
+                lambda data: data.get(name) if isinstance(data, dict) else lookup(data, parts)
+            )
+        default_fn = default.fn
+
+        def top(data: Data) -> Any:
+            found = data.get(name) if isinstance(data, dict) else lookup(data, parts)
+            return default_fn(data) if found is None else found
+
+        return Node(top)
+    default_fn = default.fn
+
+    def nested(data: Data) -> Any:
+        found = lookup(data, parts)
+        return default_fn(data) if found is None else found
+
+    return Node(nested)
+
+
+# --- lazy operators: their arguments are evaluated only as needed -----------------------------
+
+
+def _if(nodes: list[Node]) -> Node:
+    """``if`` / ``?:``: [cond, then, cond, then, ..., else]."""
+    if not nodes:
+        return literal(None)
+    if len(nodes) == 1:
+        return nodes[0]
+    pairs = [(nodes[i].fn, nodes[i + 1].fn) for i in range(0, len(nodes) - 1, 2)]
+    otherwise = nodes[-1].fn if len(nodes) % 2 else None
+    if len(pairs) == 1:
+        ((cond, then),) = pairs
+        if otherwise is None:
+            return Node(lambda data: then(data) if truthy(cond(data)) else None)
+        other = otherwise
+        return Node(lambda data: then(data) if truthy(cond(data)) else other(data))
+
+    def chain(data: Data) -> Any:
+        for cond, then in pairs:
+            if truthy(cond(data)):
+                return then(data)
+        return otherwise(data) if otherwise is not None else None
+
+    return Node(chain)
+
+
+def _and(nodes: list[Node]) -> Node:
+    fns = [n.fn for n in nodes]
+
+    def all_true(data: Data) -> Any:
+        value = None
+        for fn in fns:
+            value = fn(data)
+            if not truthy(value):
+                return value
+        return value
+
+    return Node(all_true)
+
+
+def _or(nodes: list[Node]) -> Node:
+    fns = [n.fn for n in nodes]
+
+    def any_true(data: Data) -> Any:
+        value = None
+        for fn in fns:
+            value = fn(data)
+            if truthy(value):
+                return value
+        return value
+
+    return Node(any_true)
+
+
+_LAZY: dict[str, Callable[[list[Node]], Node]] = {"if": _if, "?:": _if, "and": _and, "or": _or}
+
+
+# --- scoped operators: the second argument runs on each element of the first ------------------
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _scoped(combine: Callable[[list[Any], Fn], Any]) -> Callable[[list[Node]], Node]:
+    def build(nodes: list[Node]) -> Node:
+        if len(nodes) < 2:
+            return literal(None)
+        source, logic = nodes[0].fn, nodes[1].fn
+        return Node(lambda data: combine(_items(source(data)), logic))
+
+    return build
+
+
+def _all(items: list[Any], logic: Fn) -> bool:
+    return bool(items) and all(truthy(logic(item)) for item in items)
+
+
+def _reduce(nodes: list[Node]) -> Node:
+    if len(nodes) < 2:
+        return literal(None)
+    source, logic = nodes[0].fn, nodes[1].fn
+    initial = nodes[2].fn if len(nodes) > 2 else (lambda data: None)
+
+    def reduce(data: Data) -> Any:
+        accumulator = initial(data)
+        for item in _items(source(data)):
+            accumulator = logic({"current": item, "accumulator": accumulator})
+        return accumulator
+
+    return Node(reduce)
+
+
+_SCOPED: dict[str, Callable[[list[Node]], Node]] = {
+    "map": _scoped(lambda items, logic: [logic(item) for item in items]),
+    "filter": _scoped(lambda items, logic: [item for item in items if truthy(logic(item))]),
+    "all": _scoped(_all),
+    "some": _scoped(lambda items, logic: any(truthy(logic(item)) for item in items)),
+    "none": _scoped(lambda items, logic: not any(truthy(logic(item)) for item in items)),
+    "reduce": _reduce,
+}
+
+
+# --- eager operators: every argument evaluated, then the operation -----------------------------
+
+
+def _eager(operation: Callable[[list[Any]], Any]) -> Callable[[list[Node]], Node]:
+    """Folded to a literal when every argument is; else evaluates the arguments first."""
+
+    def build(nodes: list[Node]) -> Node:
+        if all(n.constant for n in nodes):
+            return literal(operation([n.value for n in nodes]))
+        fns = [n.fn for n in nodes]
+        if len(fns) == 2:
+            first, second = fns
+            return Node(lambda data: operation([first(data), second(data)]))
+        return Node(lambda data: operation([fn(data) for fn in fns]))
+
+    return build
+
+
+def _arg(args: list[Any], index: int) -> Any:
+    return args[index] if index < len(args) else None
+
+
+def _compare(test: Callable[[Any, Any], bool]) -> Callable[[list[Any]], bool]:
+    """``<``/``<=`` with JsonLogic's three-argument "between" form."""
+
+    def compare(args: list[Any]) -> bool:
+        if len(args) >= 3:
+            return test(args[0], args[1]) and test(args[1], args[2])
+        return test(_arg(args, 0), _arg(args, 1))
+
+    return compare
+
+
+def _in(args: list[Any]) -> bool:
+    needle, haystack = _arg(args, 0), _arg(args, 1)
+    if isinstance(haystack, str):
+        return to_string(needle) in haystack
+    if isinstance(haystack, list):
+        return any(strict_equal(needle, item) for item in haystack)
+    return False
+
+
+def _build_in(nodes: list[Node]) -> Node:
+    """``in`` against a literal list of strings is a set lookup, however long the list."""
+    if len(nodes) == 2 and nodes[1].constant and not nodes[0].constant:
+        haystack = nodes[1].value
+        if isinstance(haystack, list) and all(isinstance(item, str) for item in haystack):
+            members = frozenset(haystack)
+            needle = nodes[0].fn
+
+            def member(data: Data) -> bool:
+                value = needle(data)
+                return isinstance(value, str) and value in members
+
+            return Node(member)
+    return _eager(_in)(nodes)
+
+
+def _sum(args: list[Any]) -> float | int:
+    return sum((to_number(a) for a in args), 0)
+
+
+def _product(args: list[Any]) -> float | int:
+    result: float | int = 1
+    for a in args:
+        result *= to_number(a)
+    return result
+
+
+def _minus(args: list[Any]) -> float | int:
+    if len(args) == 1:
+        return -to_number(args[0])
+    return to_number(_arg(args, 0)) - to_number(_arg(args, 1))
+
+
+def _divide(args: list[Any]) -> float | int | None:
+    divisor = to_number(_arg(args, 1))
+    if divisor == 0 or divisor != divisor:
+        return None
+    return to_number(_arg(args, 0)) / divisor
+
+
+def _modulo(args: list[Any]) -> float | int | None:
+    divisor = to_number(_arg(args, 1))
+    if divisor == 0 or divisor != divisor:
+        return None
+    dividend = to_number(_arg(args, 0))
+    result = abs(dividend) % abs(divisor)  # JavaScript's % keeps the dividend's sign
+    return -result if dividend < 0 else result
+
+
+def _extreme(pick: Callable[..., Any]) -> Callable[[list[Any]], Any]:
+    def extreme(args: list[Any]) -> Any:
+        numbers = [to_number(a) for a in args]
+        return pick(numbers) if numbers else None
+
+    return extreme
+
+
+def _substr(args: list[Any]) -> str:
+    text = to_string(_arg(args, 0))
+    start = int(to_number(_arg(args, 1)) or 0)
+    if start < 0:
+        start = max(0, len(text) + start)
+    if len(args) < 3:
+        return text[start:]
+    length = int(to_number(args[2]) or 0)
+    end = len(text) + length if length < 0 else start + length
+    return text[start:end]
+
+
+def _merge(args: list[Any]) -> list[Any]:
+    merged: list[Any] = []
+    for a in args:
+        if isinstance(a, list):
+            merged.extend(a)
+        else:
+            merged.append(a)
+    return merged
+
+
+def _missing_keys(data: Data, keys: list[Any]) -> list[Any]:
+    return [key for key in keys if lookup(data, _path(key)) in (None, "")]
+
+
+_EAGER: dict[str, Callable[[list[Node]], Node]] = {
+    "==": _eager(lambda a: loose_equal(_arg(a, 0), _arg(a, 1))),
+    "!=": _eager(lambda a: not loose_equal(_arg(a, 0), _arg(a, 1))),
+    "===": _eager(lambda a: strict_equal(_arg(a, 0), _arg(a, 1))),
+    "!==": _eager(lambda a: not strict_equal(_arg(a, 0), _arg(a, 1))),
+    "!": _eager(lambda a: not truthy(_arg(a, 0))),
+    "!!": _eager(lambda a: truthy(_arg(a, 0))),
+    ">": _eager(lambda a: less_than(_arg(a, 1), _arg(a, 0))),
+    ">=": _eager(lambda a: less_or_equal(_arg(a, 1), _arg(a, 0))),
+    "<": _eager(_compare(less_than)),
+    "<=": _eager(_compare(less_or_equal)),
+    "in": _build_in,
+    "cat": _eager(lambda a: "".join(to_string(v) for v in a)),
+    "substr": _eager(_substr),
+    "+": _eager(_sum),
+    "*": _eager(_product),
+    "-": _eager(_minus),
+    "/": _eager(_divide),
+    "%": _eager(_modulo),
+    "max": _eager(_extreme(max)),
+    "min": _eager(_extreme(min)),
+    "merge": _eager(_merge),
+    "log": _eager(lambda a: _arg(a, 0)),
+}
+
+
+def _missing(nodes: list[Node]) -> Node:
+    """``missing``: the keys (a list, or the arguments) that are absent or empty in data."""
+    keys = _eager(lambda a: a[0] if a and isinstance(a[0], list) else a)(nodes)
+    keys_fn = keys.fn
+    return Node(lambda data: _missing_keys(data, keys_fn(data)))
+
+
+def _missing_some(nodes: list[Node]) -> Node:
+    args = _eager(lambda a: a)(nodes)
+    args_fn = args.fn
+
+    def missing_some(data: Data) -> list[Any]:
+        values = args_fn(data)
+        need = to_number(_arg(values, 0))
+        keys = _items(_arg(values, 1))
+        missing = _missing_keys(data, keys)
+        return [] if len(keys) - len(missing) >= need else missing
+
+    return Node(missing_some)
+
+
+# Every operator but ``var`` (compiled by ``Compiler._var``): compiled arguments -> a node.
+BUILDERS: dict[str, Callable[[list[Node]], Node]] = {
+    **_LAZY,
+    **_SCOPED,
+    **_EAGER,
+    "missing": _missing,
+    "missing_some": _missing_some,
+}
