@@ -103,13 +103,13 @@ class Compiler:
     def compile(self, node: Any, path: str, depth: int = 0, in_ref: bool = False) -> Node:
         if depth > self.max_depth:
             raise TooComplex(path, f"targeting is nested deeper than {self.max_depth} levels")
-        self.nodes += 1
+        if not isinstance(node, list) and (not isinstance(node, dict) or len(node) != 1):
+            return literal(node)  # scalars, and objects that are data (not one key): free
+        self.nodes += 1  # operators and arrays count; literal values inside them do not
         if self.nodes > self.max_nodes:
             raise TooComplex(path, f"targeting has more than {self.max_nodes} nodes")
         if isinstance(node, list):
             return self._array(node, path, depth, in_ref)
-        if not isinstance(node, dict) or len(node) != 1:
-            return literal(node)  # scalars, and objects that are data (not one key)
         ((name, raw_args),) = node.items()
         if name == REF:
             return self._ref(raw_args, path, depth, in_ref)
@@ -135,7 +135,6 @@ class Compiler:
             self.compile(item, f"{path}[{i}]", depth + 1, in_ref) for i, item in enumerate(items)
         ]
         if all(n.constant for n in nodes):
-            self.nodes -= len(nodes)  # a literal array of values costs nothing to evaluate
             return literal([n.value for n in nodes])
         fns = [n.fn for n in nodes]
         return Node(lambda data: [fn(data) for fn in fns])
