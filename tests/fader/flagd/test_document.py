@@ -61,7 +61,7 @@ def test_provider_targeting_suite_in_process(generation: str) -> None:
     snap = build_snapshot(provider_flags(generation))
     cases = targeting_cases(generation)
     assert len(cases) >= 98
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     for case in cases:
         check = check_of(case)
         value, reason = typed_answer(snap, check.flag, check.kind, check.fallback, check.context)
@@ -148,7 +148,7 @@ def test_structural_errors_name_the_flag_and_path() -> None:
     ]
 
 
-def nested(depth: int) -> dict[str, Any]:
+def nested(depth: int) -> Any:
     rule: Any = "on"
     for _ in range(depth):
         rule = {"if": [True, rule]}
