@@ -157,8 +157,13 @@ SOURCES = Group("Snapshot sources", "where snapshots come from, and how fresh th
 PUSH = Group("Direct push", "the admin listener for PushSnapshot (fader push)")
 TELEMETRY = Group("Telemetry", "impressions and track events: where and how they are uploaded")
 LIMITS = Group("Limits", "what one request, one stream or one snapshot may hold")
+SPLIT_API = Group(
+    "Split SDK API",
+    "Split's own SDKs sync flags from the sidecar and post impressions and events to it "
+    '(README "Move from Split")',
+)
 PROCESS = Group("Process", "logging and shutdown")
-GROUPS: Final = (LISTENERS, SECURITY, SOURCES, PUSH, TELEMETRY, LIMITS, PROCESS)
+GROUPS: Final = (LISTENERS, SECURITY, SOURCES, PUSH, TELEMETRY, SPLIT_API, LIMITS, PROCESS)
 
 
 SPEC: Final = "setting"
@@ -541,6 +546,29 @@ class Settings:
         ),
     )
 
+    # Split SDK API
+    split_api_listen: Address | None = field(
+        default=None,
+        metadata=setting(
+            SPLIT_API,
+            parse_address,
+            "serve Split's SDK API (splitChanges, segmentChanges, impressions, events) on this "
+            "HTTP address, e.g. 127.0.0.1:8019, or 'off'; point the SDKs' URLs at it",
+            "HOST:PORT",
+            shown_default="off",
+        ),
+    )
+    split_api_key_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            SPLIT_API,
+            parse_optional_path,
+            "SDK keys accepted by the Split SDK API (Authorization: Bearer), one per line, "
+            "re-read when changed; without it any key is accepted",
+            "FILE",
+        ),
+    )
+
     # Limits
     max_concurrent_rpcs: int = field(
         default=4096,
@@ -787,12 +815,18 @@ def _check_client_tls(
         raise ConfigError(f"{prefix}-cert (mTLS) needs {prefix}-ca")
 
 
+def _check_split_api(settings: Settings) -> None:
+    if settings.split_api_key_file is not None and settings.split_api_listen is None:
+        raise ConfigError("--split-api-key-file needs --split-api-listen")
+
+
 GROUP_CHECKS: Final[dict[Group, Callable[[Settings], None]]] = {
     LISTENERS: _check_listeners,
     SECURITY: _check_security,
     SOURCES: _check_sources,
     PUSH: _check_push,
     TELEMETRY: _check_telemetry,
+    SPLIT_API: _check_split_api,
 }
 
 

@@ -10,6 +10,7 @@ more than it saves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,12 +26,14 @@ from sidecar.api.fader_v1 import SERVICE, EvaluationService
 from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
 from sidecar.api.management import ManagementServer
+from sidecar.api.split_sdk_api import SplitSdkApi
+from sidecar.api.split_sdk_changes import ChangeLog
 from sidecar.api.watch import ChangeFeed
 from sidecar.app.errors import StartupError
 from sidecar.app.readiness import Readiness
 from sidecar.app.sources import SnapshotSources, SourcesCollector
 from sidecar.auth import EvaluationTokens, TokenFile, server_credentials
-from sidecar.config import Address, Settings
+from sidecar.config import Address, Settings, is_loopback
 from sidecar.core import Core
 from sidecar.core.evaluator import Evaluator
 from sidecar.core.events import EventQueue
@@ -98,6 +101,7 @@ class Sidecar:
         self._unsubscribe_health: Callable[[], None] | None = None
         self._feed: ChangeFeed | None = None
         self._mgmt: ManagementServer | None = None
+        self._split_api: SplitSdkApi | None = None
         self._started_at = time.time()
 
     @property
@@ -131,6 +135,8 @@ class Sidecar:
             await self.telemetry.start()
         if settings.fastlane_uds is not None:
             await self._start_fastlane(settings.fastlane_uds, gid)
+        if settings.split_api_listen is not None:
+            self._start_split_api(settings.split_api_listen)
         assert self._health is not None
         await self._health.start()
         health = self._health
@@ -188,6 +194,38 @@ class Sidecar:
         await self._fastlane.start(path, gid)
         self.fastlane_path = path
 
+    @property
+    def split_api_address(self) -> Address | None:
+        return self._split_api.address if self._split_api else None
+
+    def _start_split_api(self, address: Address) -> None:
+        """Split's SDK API (sidecar.api.split_sdk_api), fed by its own change log."""
+        key_file = self.settings.split_api_key_file
+        try:
+            keys = TokenFile(key_file) if key_file is not None else None
+        except (OSError, ValueError) as err:
+            raise StartupError(f"--split-api-key-file: {err}") from None
+        changes = ChangeLog(self.store)
+        try:
+            api = SplitSdkApi(
+                address,
+                changes,
+                self.core.policy,
+                self.telemetry,
+                asyncio.get_running_loop(),
+                keys=keys,
+            )
+        except OSError as err:
+            raise StartupError(f"cannot listen on {address} for the Split SDK API: {err}") from None
+        self._split_api = api
+        if keys is None and not is_loopback(address.host):
+            log.warning(
+                "the Split SDK API on %s takes any SDK key: see --split-api-key-file", address
+            )
+        self.metrics.registry.register(api.collector)
+        changes.start()
+        api.start()
+
     def _management(self, address: Address) -> ManagementServer:
         try:
             return ManagementServer(
@@ -209,6 +247,7 @@ class Sidecar:
                 "uds": str(self.uds_path) if self.uds_path else None,
                 # listed only when on, so the document stays as it was for gRPC-only sidecars
                 **({"fastlane": str(self.fastlane_path)} if self.fastlane_path else {}),
+                **({"split_api": str(self.split_api_address)} if self._split_api else {}),
                 "mgmt": str(self.mgmt_address) if self.mgmt_address else None,
             },
             "track_events_queued": len(self.events),
@@ -229,6 +268,10 @@ class Sidecar:
             self._feed.close()
         if self._fastlane is not None:
             await self._fastlane.stop(grace)
+        if self._split_api is not None:  # before telemetry closes: SDK bodies in flight land
+            self._split_api.stop()
+            await self._split_api.drained(grace)
+            self._split_api.changes.stop()
         if self._server is not None:
             await self._server.stop(grace)
         if self.telemetry is not None:

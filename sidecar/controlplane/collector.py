@@ -2,9 +2,10 @@
 and/or into the exposure store (DuckDB).
 
 Each kind of record goes to its own file (impressions, counts, unique keys, events), one JSON
-object per line, every line tagged with its `batch_id` and `sidecar_id`. A batch is written
-and fsync'd before it is acknowledged, and a batch id seen before is acknowledged without
-writing it again, so sidecars can retry freely. The ids already stored are read back from
+object per line, every line tagged with its `batch_id` and `sidecar_id` (and `source`, the
+Split SDK that made it, for what SDKs posted through a sidecar's Split SDK API). A batch is
+written and fsync'd before it is acknowledged, and a batch id seen before is acknowledged
+without writing it again, so sidecars can retry freely. The ids already stored are read back from
 the files at start, so duplicates are recognised across collector restarts too.
 
 With an `ExposureStore`, impressions and events also go to DuckDB, committed before the
@@ -116,6 +117,8 @@ class Collector(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     def _write(self, request: pb.UploadRequest) -> None:
         tag = {"batch_id": request.batch_id, "sidecar_id": request.sidecar_id}
+        if request.source:  # records a Split SDK posted to the sidecar: which SDK
+            tag["source"] = request.source
         records: dict[str, tuple[Sequence[Any], Callable[[Any], dict[str, Any]]]] = {
             "impressions": (request.impressions, _impression),
             "counts": (request.counts, _count),

@@ -35,6 +35,10 @@ class Batch:
     unique_keys: list[UniqueRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     size: int = 0
+    # who made the records: "" for the sidecar's own, else a Split SDK (UploadRequest.source)
+    source: str = ""
+    # the impressions mode the records were made in, when not the pipeline's (a Split SDK's)
+    mode: str = ""
 
     def records(self) -> dict[str, int]:
         """Records per kind, for the counters (a unique-keys row counts its keys)."""
@@ -146,6 +150,8 @@ def encode(batch: Batch) -> bytes:
             batch.unique_keys,
             batch.events,
             batch.size,
+            batch.source,
+            batch.mode,
         ],
         use_bin_type=True,
     )
@@ -156,7 +162,10 @@ def decode(data: bytes) -> Batch:
     """Reads back what `encode` wrote; raises ValueError on anything else."""
     try:
         fields: Any = msgpack.unpackb(data, raw=False)
-        batch_id, impressions, counts, unique_keys, events, size = fields
+        batch_id, impressions, counts, unique_keys, events, size, *rest = fields
+        if len(rest) not in (0, 2):
+            raise ValueError(f"{len(fields)} fields")
+        source, mode = (str(rest[0]), str(rest[1])) if rest else ("", "")  # older spools: ""
         return Batch(
             id=str(batch_id),
             impressions=[Impression(*row) for row in impressions],
@@ -167,13 +176,20 @@ def decode(data: bytes) -> Batch:
                 for k, t, e, v, p, ms in events
             ],
             size=int(size),
+            source=source,
+            mode=mode,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         raise ValueError(f"not a spooled batch: {err}") from None
 
 
 def to_request(batch: Batch, sidecar_id: str, mode: str) -> pb.UploadRequest:
-    request = pb.UploadRequest(batch_id=batch.id, sidecar_id=sidecar_id, impressions_mode=mode)
+    request = pb.UploadRequest(
+        batch_id=batch.id,
+        sidecar_id=sidecar_id,
+        impressions_mode=batch.mode or mode,
+        source=batch.source,
+    )
     add = request.impressions.add
     for imp in batch.impressions:
         add(

@@ -150,6 +150,18 @@ class Pipeline:
         self._enqueue_sealed()
         return True
 
+    def add_batches(self, batches: list[Batch]) -> bool:
+        """Accepts batches sealed elsewhere (what a Split SDK posted, tagged with its
+        `source`): uploaded, spooled and counted like the sidecar's own, never merged with
+        them. False when there is no room anywhere: nothing was added."""
+        if self.saturated():
+            return False
+        for batch in batches:
+            self.stats.add(self.stats.queued, batch.records())
+            self._enqueue(batch)
+        self._wake.set()
+        return True
+
     def saturated(self) -> bool:
         """True while the last batch sealed had nowhere to go (memory full without a spool,
         or a full or failing spool), until one is stored somewhere again."""
