@@ -57,6 +57,8 @@ async def serve(workdir: Path) -> None:
         uds=workdir / "grpc.sock",
         fastlane_uds=workdir / "fastlane.sock",
         mgmt_listen=None,
+        sync_listen=None,
+        ofrep_listen=None,
         demo=True,
     )
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

@@ -90,7 +90,14 @@ def batch_request() -> pb.EvaluateBatchRequest:
 
 
 def settings_for(uds: Path) -> Settings:
-    return Settings(grpc_listen=Address("127.0.0.1", 0), uds=uds, mgmt_listen=None, demo=True)
+    return Settings(
+        grpc_listen=Address("127.0.0.1", 0),
+        uds=uds,
+        mgmt_listen=None,
+        demo=True,
+        sync_listen=None,
+        ofrep_listen=None,
+    )
 
 
 def handlers(get_treatment: Any, evaluate_batch: Any) -> dict[str, grpc.RpcMethodHandler]:

@@ -59,6 +59,8 @@ async def serve(mode: str, workdir: Path, collector: str) -> None:
         uds=workdir / f"{mode}.sock",
         fastlane_uds=workdir / f"{mode}.lane",
         mgmt_listen=None,
+        sync_listen=None,
+        ofrep_listen=None,
         demo=True,
     )
     telemetry = None

@@ -230,6 +230,25 @@ class Settings:
             "PATH",
         ),
     )
+    sync_listen: Address | None = field(
+        default=Address("127.0.0.1", 8015),
+        metadata=setting(
+            LISTENERS,
+            parse_address,
+            "flagd sync (flagd.sync.v1, for in-process OpenFeature providers) TCP address, or "
+            "'off'; also served on --grpc-listen and --uds",
+            "HOST:PORT",
+        ),
+    )
+    ofrep_listen: Address | None = field(
+        default=Address("127.0.0.1", 8016),
+        metadata=setting(
+            LISTENERS,
+            parse_address,
+            "OFREP (OpenFeature Remote Evaluation Protocol, HTTP) address, or 'off'",
+            "HOST:PORT",
+        ),
+    )
     mgmt_listen: Address | None = field(
         default=Address("0.0.0.0", 8014),
         metadata=setting(
@@ -271,6 +290,15 @@ class Settings:
             parse_optional_path,
             "bearer tokens required from evaluation clients on TCP, one per line, re-read "
             "when changed (the Unix socket and grpc.health.v1 are exempt)",
+            "FILE",
+        ),
+    )
+    ofrep_token_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            SECURITY,
+            parse_optional_path,
+            "bearer tokens required from OFREP clients, one per line, re-read when changed",
             "FILE",
         ),
     )

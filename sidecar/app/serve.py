@@ -41,11 +41,13 @@ async def run(settings: Settings, store: Store, sources: SnapshotSources) -> int
         await sidecar.stop(0)
         return 1
     log.info(
-        "listening grpc=%s uds=%s mgmt=%s fastlane=%s",
+        "listening grpc=%s uds=%s mgmt=%s fastlane=%s sync=%s ofrep=%s",
         sidecar.grpc_address or "off",
         sidecar.uds_path or "off",
         sidecar.mgmt_address or "off",
         sidecar.fastlane_path or "off",
+        sidecar.sync_address or "off",
+        sidecar.ofrep_address or "off",
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

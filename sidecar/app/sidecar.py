@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sidecar.api import flagd_service, instrument, uds
+from sidecar.api import flagd_service, flagd_sync, instrument, ofrep, uds
 from sidecar.api.fader_v1 import SERVICE, EvaluationService
 from sidecar.api.fastlane import FastLane, Handlers
 from sidecar.api.health import Health
@@ -102,6 +102,9 @@ class Sidecar:
         self._feed: ChangeFeed | None = None
         self._mgmt: ManagementServer | None = None
         self._split_api: SplitSdkApi | None = None
+        self._sync_server: grpc.aio.Server | None = None
+        self.sync_address: Address | None = None
+        self._ofrep: ofrep.OfrepServer | None = None
         self._started_at = time.time()
 
     @property
@@ -137,6 +140,10 @@ class Sidecar:
             await self._start_fastlane(settings.fastlane_uds, gid)
         if settings.split_api_listen is not None:
             self._start_split_api(settings.split_api_listen)
+        if settings.sync_listen is not None:
+            await self._start_sync(settings.sync_listen)
+        if settings.ofrep_listen is not None:
+            await self._start_ofrep(settings.ofrep_listen)
         assert self._health is not None
         await self._health.start()
         health = self._health
@@ -155,12 +162,22 @@ class Sidecar:
         flagd = flagd_service.services(self.core, self._feed)
         for flagd_servicer, descriptor in flagd:
             instrument.register(server, flagd_servicer, descriptor, metrics)
+        assert self._feed is not None
+        sync = flagd_sync.FlagSyncService(self.core, self._feed)
+        instrument.register(server, sync, flagd_sync.SERVICE, metrics)
         self._health = Health(self.readiness.ready)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         flagd_names = tuple(descriptor.full_name for _, descriptor in flagd)
         reflection.enable_server_reflection(
-            (SERVICE.full_name, *flagd_names, health_name, reflection.SERVICE_NAME), server
+            (
+                SERVICE.full_name,
+                *flagd_names,
+                flagd_sync.SERVICE.full_name,
+                health_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
@@ -178,6 +195,35 @@ class Sidecar:
                 f"cannot listen on {address}: the port is in use or the address is not local"
             ) from None
         return Address(address.host, port)
+
+    async def _start_sync(self, address: Address) -> None:
+        """flagd sync on its own port (flagd's 8015, where in-process providers look by
+        default), with the evaluation port's TLS and tokens."""
+        settings = self.settings
+        server = grpc.aio.server(
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=_interceptors(settings),
+        )
+        self._sync_server = server
+        assert self._feed is not None
+        sync = flagd_sync.FlagSyncService(self.core, self._feed)
+        instrument.register(server, sync, flagd_sync.SERVICE, None)
+        self.sync_address = self._bind_tcp(server, address)
+        await server.start()
+
+    async def _start_ofrep(self, address: Address) -> None:
+        settings = self.settings
+        tokens = TokenFile(settings.ofrep_token_file) if settings.ofrep_token_file else None
+        self._ofrep = ofrep.OfrepServer(self.core, tokens)
+        try:
+            await self._ofrep.start(address)
+        except OSError as err:
+            raise StartupError(f"cannot listen on {address} for OFREP: {err}") from None
+
+    @property
+    def ofrep_address(self) -> Address | None:
+        return self._ofrep.address if self._ofrep is not None else None
 
     def _bind_uds(self, server: grpc.aio.Server, path: Path, gid: int | None) -> None:
         uds.check_path(path)
@@ -248,6 +294,8 @@ class Sidecar:
                 # listed only when on, so the document stays as it was for gRPC-only sidecars
                 **({"fastlane": str(self.fastlane_path)} if self.fastlane_path else {}),
                 **({"split_api": str(self.split_api_address)} if self._split_api else {}),
+                **({"sync": str(self.sync_address)} if self.sync_address else {}),
+                **({"ofrep": str(self.ofrep_address)} if self.ofrep_address else {}),
                 "mgmt": str(self.mgmt_address) if self.mgmt_address else None,
             },
             "track_events_queued": len(self.events),
@@ -272,6 +320,10 @@ class Sidecar:
             self._split_api.stop()
             await self._split_api.drained(grace)
             self._split_api.changes.stop()
+        if self._ofrep is not None:
+            await self._ofrep.stop(grace)
+        if self._sync_server is not None:
+            await self._sync_server.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
         if self.telemetry is not None:

@@ -48,11 +48,18 @@ class Evaluator:
         return snap
 
     def evaluate(
-        self, snap: Snapshot, lookups: Iterable[Lookup], operation: str, started: float
+        self,
+        snap: Snapshot,
+        lookups: Iterable[Lookup],
+        operation: str,
+        started: float,
+        *,
+        record: bool = True,
     ) -> list[Answer]:
         """Evaluates every lookup on `snap`, counts each evaluation, records the request's
         impressions, and observes the request's latency since `started` (a perf_counter
-        reading taken when the lane began the request) under `operation`."""
+        reading taken when the lane began the request) under `operation`. `record` False
+        is for prefetches (OFREP's bulk call): every flag is evaluated, none is exposed."""
         evaluate = snap.evaluate
         shard = self._metrics.shard()
         count = shard.count_evaluation
@@ -62,7 +69,7 @@ class Evaluator:
             result = evaluate(key, flag, bucketing_key, attributes)
             count(flag, result.treatment, result.label != LABEL_NOT_FOUND)
             append((key, bucketing_key, flag, result))
-        if self._record is not None:
+        if self._record is not None and record:
             self._record(snap, now_ms(), answers)
         shard.lookup(operation).observe(perf_counter() - started)
         return answers

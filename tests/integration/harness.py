@@ -41,7 +41,12 @@ LOCAL_ANY_PORT = Address("127.0.0.1", 0)
 def loopback_settings(uds: Path | None = None, **overrides: Any) -> Settings:
     """Loopback on kernel-chosen ports, a short drain: nothing collides between tests."""
     base = Settings(
-        grpc_listen=LOCAL_ANY_PORT, mgmt_listen=LOCAL_ANY_PORT, uds=uds, shutdown_grace=1.0
+        grpc_listen=LOCAL_ANY_PORT,
+        mgmt_listen=LOCAL_ANY_PORT,
+        uds=uds,
+        shutdown_grace=1.0,
+        sync_listen=None,  # their own ports only where a test asks (LOCAL_ANY_PORT)
+        ofrep_listen=None,
     )
     return replace(base, **overrides)
 
@@ -162,6 +167,9 @@ def serve_env() -> dict[str, str]:
     paths = [str(REPO), str(REPO / "clients" / "python"), os.environ.get("PYTHONPATH", "")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FADER_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    # off unless a test passes --sync-listen / --ofrep-listen: the fixed default ports
+    # would collide between the sidecars a test runs at once
+    env["FADER_SYNC_LISTEN"] = env["FADER_OFREP_LISTEN"] = "off"
     return env
 
 

@@ -65,7 +65,13 @@ class FlagdSet:
     metadata: Mapping[str, Any]
     fractional: Fractional
     flag_sets: Mapping[str, str | None]  # flag key -> its flagSetId
+    # flags whose answer may change with time alone (they read $flagd.timestamp)
+    clocked: frozenset[str] = frozenset()
     _payloads: dict[str | None, str] = field(default_factory=dict)
+
+    def clock_free(self, keys: list[str]) -> bool:
+        """True when none of `keys` reads the time: the same context, the same answers."""
+        return self.clocked.isdisjoint(keys)
 
     def keys(self, flag_set: str | None = None) -> list[str]:
         return sorted(k for k in self.flags if flag_set is None or self.flag_sets[k] == flag_set)
@@ -100,7 +106,13 @@ def build(
     """Validate and compile a whole flagd document; problems are collected, never raised."""
     builder = _Builder(path, change_number, limits)
     builder.document(doc)
-    flagd_set = FlagdSet(builder.inlined, builder.set_metadata, builder.fractional, builder.sets)
+    flagd_set = FlagdSet(
+        builder.inlined,
+        builder.set_metadata,
+        builder.fractional,
+        builder.sets,
+        frozenset(builder.clocked),
+    )
     return Built(builder.compiled, flagd_set, builder.errors, builder.warnings)
 
 
@@ -138,6 +150,7 @@ class _Builder:
         self.set_metadata: dict[str, Any] = {}
         self.fractional = Fractional.V2
         self.evaluators: Mapping[str, Any] = {}
+        self.clocked: set[str] = set()
 
     def error(self, flag: str | None, path: str, message: str) -> None:
         self.errors.append(Issue(flag, path, message))
@@ -324,6 +337,8 @@ class _Builder:
                 Issue(key, problem.path, f"{problem.message}: the flag answers PARSE_ERROR")
             )
             return _fixed(decision(None, flagd_result.LABEL_TARGETING_ERROR))
+        if compiler.reads_time or compiler.uses_whole_data:
+            self.clocked.add(key)
         default_answer = decision(
             default,
             flagd_result.LABEL_DEFAULT_VARIANT

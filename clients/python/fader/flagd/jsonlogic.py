@@ -99,6 +99,7 @@ class Compiler:
         self.max_nodes = max_nodes
         self.nodes = 0
         self.uses_whole_data = False  # a var whose path is computed, or "" (all the data)
+        self.reads_time = False  # the answer may change with time alone ($flagd.timestamp)
 
     def compile(self, node: Any, path: str, depth: int = 0, in_ref: bool = False) -> Node:
         if depth > self.max_depth:
@@ -174,8 +175,10 @@ class Compiler:
         if parts == (FLAGD, "flagKey"):
             return literal(flag_key)
         if parts == (FLAGD, "timestamp"):
+            self.reads_time = True
             return Node(lambda data: int(time.time()))
         if parts == (FLAGD,):
+            self.reads_time = True
             return Node(lambda data: {"flagKey": flag_key, "timestamp": int(time.time())})
         return default
 

@@ -1,0 +1,175 @@
+"""A small HTTP/1.1 server on the sidecar's event loop, for lanes that speak JSON over HTTP.
+
+Why not the standard library's server (as management HTTP uses): a lookup lane serves
+thousands of small requests a second, and a thread per connection would compete with the
+gRPC loop for the GIL. An `asyncio.Protocol` parses requests as bytes arrive and calls the
+lane's handler inline, as gRPC lookups run inline on the loop; keep-alive and pipelining
+come for free. What it serves is deliberately narrow: requests with a `Content-Length` body
+(no chunked uploads, answered 411), bounded header and body sizes (431 and 413), and
+responses with a body of known length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import cast
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Response]
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def encode(response: Response, keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {response.status} {_reason(response.status)}"]
+    lines += [f"{name}: {value}" for name, value in response.headers]
+    lines.append(f"Content-Length: {len(response.body)}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, handler: Handler, max_body: int, open_: set[_Connection]) -> None:
+        self._handler = handler
+        self._max_body = max_body
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._open = open_
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self._transport is not None and self._serve_one():
+            pass
+
+    def _serve_one(self) -> bool:
+        """Serves the first complete request in the buffer; False when there is none."""
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEADER_BYTES:
+                self._fail(431, "request headers too large")
+            return False
+        try:
+            request_line, *header_lines = buffer[:end].decode("latin-1").split("\r\n")
+            method, target, version = request_line.split(" ")
+        except ValueError:
+            self._fail(400, "malformed request line")
+            return False
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            name, sep, value = line.partition(":")
+            if not sep:
+                self._fail(400, "malformed header")
+                return False
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._fail(411, "a Content-Length is required")
+            return False
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            self._fail(400, "malformed Content-Length")
+            return False
+        if length < 0 or length > self._max_body:
+            self._fail(413, f"the body is over {self._max_body} bytes")
+            return False
+        if len(buffer) < end + 4 + length:
+            return False
+        body = bytes(buffer[end + 4 : end + 4 + length])
+        del buffer[: end + 4 + length]
+        path, _, query = target.partition("?")
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        try:
+            response = self._handler(Request(method, path, query, headers, body))
+        except Exception:  # a handler bug answers 500, it never kills the connection's loop
+            log.exception("HTTP handler failed for %s %s", method, path)
+            response = Response(500, b'{"errorDetails":"internal error"}')
+        assert self._transport is not None
+        self._transport.write(encode(response, keep_alive))
+        if not keep_alive:
+            self._close()
+        return True
+
+    def _fail(self, status: int, message: str) -> None:
+        if self._transport is not None:
+            body = f'{{"errorDetails":"{message}"}}'.encode()
+            headers = [("Content-Type", "application/json")]
+            self._transport.write(encode(Response(status, body, headers), keep_alive=False))
+            self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._open.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._open.discard(self)
+
+
+class HttpServer:
+    """Serves `handler` on a TCP address; `start` binds, `stop` closes."""
+
+    def __init__(self, handler: Handler, max_body: int) -> None:
+        self._handler = handler
+        self._max_body = max_body
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self._handler, self._max_body, self._connections),
+            host,
+            port,
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            reuse_address=True,
+        )
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def stop(self) -> None:
+        """Stops listening and closes every connection: requests are served whole between
+        two reads, so none is ever half-answered here; idle keep-alive clients reconnect."""
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self._connections):
+            connection._close()
+        await self._server.wait_closed()
