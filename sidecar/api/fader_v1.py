@@ -2,19 +2,24 @@
 
 `Lookups` translates the three lookup messages (synchronous, independent of the gRPC stack,
 so the benchmarks and fuzz tests drive it directly); `EvaluationService` is the grpc.aio
-servicer around it, with Track and WatchChanges. Responses are filled in place: setting
+servicer around it, with Track, WatchChanges, and the two calls of clients that evaluate in
+process: WatchSnapshots (the snapshot bytes, every version) and RecordExposures (their
+impressions, into the telemetry pipeline). Responses are filled in place: setting
 fields on a message already in its response costs half of building one and copying it in.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing
 from time import perf_counter
 from typing import TypeVar
 
 import grpc
+from fader.impressions import Impression
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
+from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api.grpc_status import abort
 from sidecar.api.watch import ChangeFeed
@@ -32,9 +37,13 @@ from sidecar.core.requests import (
     optional_key,
     select_flags,
 )
+from sidecar.telemetry.batches import CountRow, UniqueRow
 from sidecar.telemetry.events import Event
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EvaluationService"]
+# WatchSnapshots cuts a snapshot's bytes into messages of this size (the default gRPC
+# message limit is 4 MiB, and a large snapshot is tens of MiB).
+CHUNK_BYTES = 1024 * 1024
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
@@ -161,6 +170,83 @@ class EvaluationService:
                 )
         except Refusal as err:
             await abort(context, err)
+
+    async def WatchSnapshots(
+        self, request: pb.WatchSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchSnapshotsResponse]:
+        core = self._core
+        settings = pb.InProcessSettings(
+            impressions_mode=core.exposures.mode,
+            observer_size=core.exposures.observer_size,
+            max_attributes=core.limits.max_attributes,
+            max_attribute_size=core.limits.max_attribute_size,
+            max_batch_items=core.limits.max_batch_items,
+        )
+        try:
+            async with aclosing(self._feed.snapshots()) as snapshots:
+                async for snap in snapshots:
+                    for message in snapshot_messages(snap, settings):
+                        yield message
+        except Refusal as err:
+            await abort(context, err)
+
+    async def RecordExposures(
+        self, request: pb.RecordExposuresRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordExposuresResponse:
+        try:
+            impressions, counts, unique_keys = exposures_from_request(request)
+            duplicate = self._core.exposures.put(request.batch_id, impressions, counts, unique_keys)
+        except Refusal as err:
+            await abort(context, err)
+        return pb.RecordExposuresResponse(duplicate=duplicate)
+
+
+def snapshot_messages(
+    snap: Snapshot, settings: pb.InProcessSettings
+) -> Iterator[pb.WatchSnapshotsResponse]:
+    """One snapshot version as WatchSnapshots sends it: its bytes in chunks, the first
+    message carrying the rest; a single message without payload when the bytes are unknown."""
+    first = pb.WatchSnapshotsResponse(version=snap.version, source=snap.source, settings=settings)
+    document = snap.document
+    if document is None:
+        yield first
+        return
+    data = document.data
+    first.encoding = document.fmt
+    first.payload_size = len(data)
+    first.chunk = data[:CHUNK_BYTES]
+    yield first
+    for start in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
+        yield pb.WatchSnapshotsResponse(
+            version=snap.version, chunk=data[start : start + CHUNK_BYTES]
+        )
+
+
+def exposures_from_request(
+    request: pb.RecordExposuresRequest,
+) -> tuple[list[Impression], list[CountRow], list[UniqueRow]]:
+    """The batch's records in the pipeline's own form (checked by the core)."""
+    make = tuple.__new__
+    impressions = [
+        make(
+            Impression,
+            (
+                i.key,
+                i.bucketing_key or None,
+                i.flag,
+                i.treatment,
+                i.label or None,
+                i.change_number,
+                i.time_ms,
+                i.previous_time_ms or None,
+                i.snapshot_version,
+            ),
+        )
+        for i in request.impressions
+    ]
+    counts = [(c.flag, c.hour_ms, c.count) for c in request.counts]
+    unique_keys = [(u.flag, list(u.keys)) for u in request.unique_keys]
+    return impressions, counts, unique_keys
 
 
 async def _answer(

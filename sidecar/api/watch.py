@@ -1,4 +1,5 @@
-"""WatchChanges fan-out: wakes every open stream when the store swaps a snapshot.
+"""WatchChanges and WatchSnapshots fan-out: wakes every open stream when the store swaps a
+snapshot.
 
 A watcher does not queue swaps. When woken it reads `store.current` and diffs it against the
 snapshot it last reported, so a slow reader coalesces several swaps into one message that still
@@ -10,7 +11,8 @@ a wakeup for as long as it lasts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 from fader.snapshot.snapshot import Snapshot
 
@@ -36,15 +38,14 @@ class ChangeFeed:
         self._unsubscribe()
         self._wake_all()
 
-    async def changes(self, watched: frozenset[str]) -> AsyncIterator[tuple[Snapshot, list[str]]]:
-        """Yields (snapshot, changed flags): first the active snapshot, then each change.
-
-        Raises TooManyStreams at the first step when ``max_streams`` are already open.
-        """
+    async def snapshots(self) -> AsyncGenerator[Snapshot, None]:
+        """Yields the active snapshot, then every newer one (a slow reader skips to the
+        latest). Raises TooManyStreams at the first step when ``max_streams`` are already
+        open."""
         if len(self._wakeups) >= self._max_streams:
             limits.REFUSALS.count(limits.WATCH_STREAMS)
             raise TooManyStreams(
-                f"{len(self._wakeups)} WatchChanges streams are open, the most this sidecar "
+                f"{len(self._wakeups)} watch streams are open, the most this sidecar "
                 "serves (--max-watch-streams)"
             )
         wakeup = asyncio.Event()
@@ -54,16 +55,23 @@ class ChangeFeed:
             while not self._closed:
                 snap = self._store.current
                 if snap is not None and snap is not reported:
-                    changed = [
-                        f for f in snap.changed_flags(reported) if not watched or f in watched
-                    ]
-                    if changed or reported is None:
-                        yield snap, changed
+                    yield snap
                     reported = snap
                 await wakeup.wait()
                 wakeup.clear()
         finally:
             self._wakeups.discard(wakeup)
+
+    async def changes(self, watched: frozenset[str]) -> AsyncIterator[tuple[Snapshot, list[str]]]:
+        """Yields (snapshot, changed flags): first the active snapshot, then each change
+        that touches a watched flag (all flags when `watched` is empty)."""
+        reported: Snapshot | None = None
+        async with aclosing(self.snapshots()) as snapshots:
+            async for snap in snapshots:
+                changed = [f for f in snap.changed_flags(reported) if not watched or f in watched]
+                if changed or reported is None:
+                    yield snap, changed
+                reported = snap
 
     def _on_swap(self, _previous: Snapshot | None, _current: Snapshot) -> None:
         self._loop.call_soon_threadsafe(self._wake_all)

@@ -37,6 +37,7 @@ from sidecar.config import Address, Settings, is_loopback
 from sidecar.core import Core
 from sidecar.core.evaluator import Evaluator
 from sidecar.core.events import EventQueue
+from sidecar.core.exposures import Exposures
 from sidecar.delivery.store import Store
 from sidecar.limits import LimitsCollector
 from sidecar.telemetry.metrics import Metrics
@@ -87,8 +88,12 @@ class Sidecar:
         self.metrics.registry.register(LimitsCollector())
         self.events = EventQueue(self.metrics, telemetry)
         recorder = telemetry.recorder if telemetry is not None else None
+        limits = settings.request_limits()
         self.core = Core.build(
-            Evaluator(store, self.metrics, recorder), settings.request_limits(), self.events
+            Evaluator(store, self.metrics, recorder),
+            limits,
+            self.events,
+            Exposures(telemetry, limits.max_batch_items),
         )
         self.grpc_address: Address | None = None
         self.uds_path: Path | None = None

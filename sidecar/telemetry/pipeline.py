@@ -30,9 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.plumbing.backoff import Backoff
-from sidecar.telemetry.batches import Batch, BatchBuilder, event_row, to_request
+from sidecar.telemetry.batches import (
+    Batch,
+    BatchBuilder,
+    CountRow,
+    UniqueRow,
+    event_row,
+    to_request,
+)
 from sidecar.telemetry.events import Event
-from sidecar.telemetry.impressions import DEFAULT_OBSERVER_SIZE, ImpressionModes, Mode, Recorder
+from sidecar.telemetry.impressions import (
+    DEFAULT_OBSERVER_SIZE,
+    Impression,
+    ImpressionModes,
+    Mode,
+    Recorder,
+)
 from sidecar.telemetry.spool import Spool, SpoolFull
 from sidecar.telemetry.stats import Stats, TelemetryCollector
 from sidecar.telemetry.uploader import Uploader, Verdict
@@ -147,6 +160,28 @@ class Pipeline:
             return False
         self._builder.add_event(event_row(event))
         self.stats.add(self.stats.queued, {"events": 1})
+        self._enqueue_sealed()
+        return True
+
+    def add_made(
+        self, impressions: list[Impression], counts: list[CountRow], unique_keys: list[UniqueRow]
+    ) -> bool:
+        """Accepts impressions, counts and unique keys made outside this pipeline's modes
+        (a client's in-process lookups, already passed through the mode it was told); they
+        are batched, spooled and uploaded like the sidecar's own. False when there is no
+        room anywhere: nothing was added."""
+        if self.saturated():
+            return False
+        builder = self._builder
+        builder.add_impressions(impressions)
+        builder.add_counts(counts)
+        builder.add_unique_keys(unique_keys)
+        made = {
+            "impressions": len(impressions),
+            "counts": len(counts),
+            "unique_keys": sum(len(keys) for _, keys in unique_keys),
+        }
+        self.stats.add(self.stats.queued, made)
         self._enqueue_sealed()
         return True
 

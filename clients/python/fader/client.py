@@ -3,6 +3,11 @@
 Lookups never raise because of the sidecar: when it is unreachable, too slow or refuses a
 call, they answer "control" (as Split's SDKs do), count it in `fallback_count` and log it.
 One channel is opened per Client and reused by every call; share the Client across threads.
+
+`mode="in-process"` answers lookups in this process from the sidecar's own snapshots, with
+the sidecar's engine, and sends their impressions back to it (`fader._inprocess`); until the
+first snapshot has arrived, or when the sidecar has been out of reach for longer than
+`max_staleness` seconds, lookups go to the sidecar as in the default `mode="remote"`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import grpc
 from fader import _calls, _common
 from fader._calls import Call
 from fader._common import Attributes, CallFailed
+from fader._inprocess import DEFAULT_EXIT_TIMEOUT, DEFAULT_MAX_STALENESS, InProcess, start
 from fader._lane import SyncLane, socket_path
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from fader.result import Result
@@ -46,12 +52,23 @@ class Client:
     """`Client("127.0.0.1:8013")`, `Client("unix:///run/fader/fader.sock")` or, for the
     msgpack fast lane, `Client("fastlane:///run/fader/fastlane.sock")`.
 
-    `timeout` is the deadline of every call, in seconds.
+    `timeout` is the deadline of every call, in seconds. `mode` is "remote" (every lookup
+    asks the sidecar) or "in-process" (a gRPC target only; see the module's docstring);
+    `max_staleness` and `exit_timeout` (seconds) tune the in-process mode.
     """
 
-    def __init__(self, target: str = "127.0.0.1:8013", *, timeout: float = _common.DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        target: str = "127.0.0.1:8013",
+        *,
+        timeout: float = _common.DEFAULT_TIMEOUT,
+        mode: str = "remote",
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+    ):
         self._fallbacks = _common.Fallbacks()
         path = socket_path(target)
+        self._in_process = start(target, path, mode, max_staleness, exit_timeout)
         self._transport: _Grpc | SyncLane = (
             _Grpc(target, timeout) if path is None else SyncLane(path, timeout)
         )
@@ -62,6 +79,11 @@ class Client:
         """Lookups and track calls answered locally because the call to the sidecar failed."""
         return self._fallbacks.count
 
+    @property
+    def in_process(self) -> InProcess | None:
+        """The in-process mode's state (`status()`, `local`); None in remote mode."""
+        return self._in_process
+
     def get_treatment(
         self,
         key: str,
@@ -70,6 +92,14 @@ class Client:
         *,
         bucketing_key: str | None = None,
     ) -> str:
+        in_process = self._in_process
+        if in_process is not None:
+            local = in_process.local
+            if local is not None:
+                try:
+                    return local.decide(key, flag, bucketing_key, attributes)[0]
+                except CallFailed as failure:
+                    return self._fallbacks.record("GetTreatment", failure).treatment
         return self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)[0]
 
     def get_treatment_with_config(
@@ -93,6 +123,16 @@ class Client:
     ) -> dict[str, str]:
         """Treatments of `flags` for `key`; an empty list asks for every flag."""
         names = _common.flag_list(flags)
+        in_process = self._in_process
+        if in_process is not None:
+            local = in_process.local
+            if local is not None:
+                try:
+                    return local.treatments(key, names, bucketing_key, attributes)
+                except CallFailed as failure:
+                    control = self._fallbacks.record("GetTreatments", failure)
+                    return dict.fromkeys(names, control.treatment)
+            in_process.remote_lookups += 1
         return self._run(self._calls.treatments(key, names, bucketing_key, attributes))
 
     def evaluate(
@@ -103,6 +143,15 @@ class Client:
         bucketing_key: str | None = None,
         attributes: Attributes | None = None,
     ) -> Result:
+        in_process = self._in_process
+        if in_process is not None:
+            local = in_process.local
+            if local is not None:
+                try:
+                    return local.result(key, flag, bucketing_key, attributes)
+                except CallFailed as failure:
+                    return self._fallbacks.record("GetTreatment", failure)
+            in_process.remote_lookups += 1
         return self._run(self._calls.evaluate(key, flag, bucketing_key, attributes))
 
     def track(
@@ -125,6 +174,9 @@ class Client:
         return call.read(response)
 
     def close(self) -> None:
+        """Closes the channel; in-process mode first sends what it recorded (bounded)."""
+        if self._in_process is not None:
+            self._in_process.close()
         self._transport.close()
 
     def __enter__(self) -> Client:

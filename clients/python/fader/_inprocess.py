@@ -1,0 +1,302 @@
+"""The in-process mode's background work: the sidecar's snapshots in, impressions out.
+
+`InProcess` keeps one WatchSnapshots stream open to the sidecar on a thread
+("fader-snapshots"): each version arrives as the bytes the sidecar verified and applied, and
+is compiled here with the same code the sidecar uses (`fader.snapshot.loader.load_bytes`),
+then swapped in as `local` (`fader._local.LocalSnapshot`), which lookups read once per call.
+`local` is None, and the client asks the sidecar instead, until the first version has
+arrived, when the sidecar streams a version without its bytes, and when the stream has been
+down for longer than `max_staleness` seconds: a client cut off from its sidecar for long
+must not go on answering from an old snapshot. (While the stream is up and quiet, the
+snapshot is the sidecar's current one.)
+
+A second thread ("fader-exposures") turns the lookups recorded in process into impressions
+every `DRAIN_SECONDS`, in the sidecar's impressions mode (`fader._exposures`), and sends them
+to the sidecar with RecordExposures every `FLUSH_SECONDS`, where they join its telemetry
+pipeline. Batches the sidecar did not take are kept (bounded) and sent again, with the same
+batch id, once it is back. `close()` (and process exit, through atexit) stops both threads,
+seals what was recorded and sends it within `exit_timeout` seconds.
+
+What a hard kill (SIGKILL, a crash) loses: the lookups recorded since the last flush (at
+most `FLUSH_SECONDS` of them) and the batches the sidecar had not taken yet (only while it is
+unreachable; at most `MAX_QUEUED_RECORDS` records). An impression's time is when this thread
+collected it, at most `DRAIN_SECONDS` after the lookup: stamping every lookup would cost
+the caller more than the rest of the recording.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import grpc
+
+from fader._common import channel_options
+from fader._exposures import BATCH_RECORDS, ExposureBuffer
+from fader._local import Limits, LocalSnapshot
+from fader.impressions import Pending, now_ms
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+from fader.snapshot.issues import SnapshotError
+from fader.snapshot.loader import load_bytes
+
+log = logging.getLogger("fader")
+
+DEFAULT_MAX_STALENESS = 60.0
+DEFAULT_EXIT_TIMEOUT = 2.0
+DRAIN_SECONDS = 0.1
+FLUSH_SECONDS = 1.0
+SEND_TIMEOUT = 5.0
+RETRY_INITIAL, RETRY_MAX = 0.1, 1.0
+# A retired snapshot's recorded lookups are collected this many more times before it is
+# forgotten: a lookup that took it just before the swap still gets its impression.
+RETIRED_DRAINS = 3
+
+
+class Version(NamedTuple):
+    """One snapshot version as the stream delivered it; `payload` None when not streamable."""
+
+    version: int
+    source: str
+    encoding: str
+    payload: bytes | None
+    settings: pb.InProcessSettings
+
+
+def versions(messages: Iterator[pb.WatchSnapshotsResponse]) -> Iterator[Version]:
+    """Joins each version's chunks; raises ValueError when the stream breaks its own rules."""
+    for first in messages:
+        size = first.payload_size
+        if not size:
+            yield Version(first.version, first.source, first.encoding, None, first.settings)
+            continue
+        chunks, received = [first.chunk], len(first.chunk)
+        while received < size:
+            message = next(messages, None)
+            if message is None or message.version != first.version:
+                raise ValueError(f"snapshot version {first.version} arrived incomplete")
+            chunks.append(message.chunk)
+            received += len(message.chunk)
+        if received != size:
+            raise ValueError(f"snapshot version {first.version}: {received} of {size} bytes")
+        yield Version(first.version, first.source, first.encoding, b"".join(chunks), first.settings)
+
+
+class InProcess:
+    """Snapshots from the sidecar at `target` and impressions back to it, on two threads."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+    ) -> None:
+        self.target = target
+        self.max_staleness = max_staleness
+        self.exit_timeout = exit_timeout
+        self.local: LocalSnapshot | None = None
+        self.remote_lookups = 0  # answered by the sidecar while in-process mode was on
+        self.connected = threading.Event()  # set while the stream is up
+        self.ready = threading.Event()  # set while lookups are answered in process
+        self._retired: list[tuple[LocalSnapshot, int]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._call: grpc.Future | None = None
+        self._buffer = ExposureBuffer(f"{socket.gethostname()}:{os.getpid()}")
+        options = [*channel_options(target), ("grpc.max_receive_message_length", -1)]
+        self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        self._threads = [
+            threading.Thread(target=self._watch, name="fader-snapshots", daemon=True),
+            threading.Thread(target=self._export, name="fader-exposures", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        atexit.register(self.close)
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        lost_at: float | None = time.monotonic()  # no snapshot yet: as if just lost
+        delay = RETRY_INITIAL
+        while not self._closed.is_set():
+            try:
+                call = self._stub.WatchSnapshots(pb.WatchSnapshotsRequest())
+                self._call = call
+                self.connected.set()
+                for version in versions(call):
+                    self._install(version)
+                    lost_at, delay = None, RETRY_INITIAL
+            except grpc.RpcError as err:
+                if self._closed.is_set():
+                    break
+                log.debug("fader: snapshot stream ended: %s", err)
+            except ValueError as err:
+                log.error("fader: snapshot stream broken (%s); reconnecting", err)
+            finally:
+                self.connected.clear()
+            now = time.monotonic()
+            lost_at = now if lost_at is None else lost_at
+            if self.local is not None and now - lost_at >= self.max_staleness:
+                log.warning(
+                    "fader: no contact with the sidecar for %.0f s; asking it for every lookup "
+                    "until it is back",
+                    now - lost_at,
+                )
+                self._swap(None)
+            self._closed.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _install(self, version: Version) -> None:
+        """Compiles and swaps in one version; on any failure stops answering locally, so the
+        sidecar, not an older snapshot, answers."""
+        settings = version.settings
+        with self._lock:
+            self._buffer.set_mode(settings.impressions_mode, settings.observer_size)
+        if version.payload is None:
+            log.warning("fader: version %d is not streamed; asking the sidecar", version.version)
+            self._swap(None)
+            return
+        try:
+            source = f"sidecar {self.target} ({version.source})"
+            snapshot = load_bytes(version.payload, version.encoding, source)
+        except SnapshotError as err:
+            log.error(
+                "fader: version %d does not compile (%s); asking the sidecar", version.version, err
+            )
+            self._swap(None)
+            return
+        limits = Limits(
+            settings.max_attributes, settings.max_attribute_size, settings.max_batch_items
+        )
+        self._swap(LocalSnapshot(snapshot, limits, recording=bool(settings.impressions_mode)))
+
+    def _swap(self, local: LocalSnapshot | None) -> None:
+        with self._lock:
+            previous, self.local = self.local, local
+            if previous is not None:
+                self._retired.append((previous, RETIRED_DRAINS))
+        if local is None:
+            self.ready.clear()
+        else:
+            self.ready.set()
+
+    # -- exposures ---------------------------------------------------------------------
+
+    def _export(self) -> None:
+        flushed = time.monotonic()
+        while not self._closed.wait(DRAIN_SECONDS):
+            try:
+                self._drain()
+                now = time.monotonic()
+                if now - flushed >= FLUSH_SECONDS or self._buffer.open_records() >= BATCH_RECORDS:
+                    flushed = now
+                    self._flush(SEND_TIMEOUT)
+            except Exception:  # a bug must not stop impressions for the process's life
+                log.exception("fader: recording exposures failed; the next round retries")
+
+    def _drain(self) -> None:
+        """Applies the mode to every lookup recorded since the last round."""
+        time_ms = now_ms()
+        requests: list[Pending] = []
+        with self._lock:
+            states = [self.local] if self.local is not None else []
+            kept = []
+            for state, rounds in self._retired:
+                states.append(state)
+                if rounds > 1:
+                    kept.append((state, rounds - 1))
+            self._retired = kept
+            for state in states:
+                pending = state.pending
+                taken = [pending.popleft() for _ in range(len(pending))]
+                if taken:
+                    requests.append((state.snapshot, time_ms, taken))
+            self._buffer.process(requests)
+
+    def _flush(self, timeout: float) -> None:
+        """Seals what was gathered and sends every waiting batch, oldest first, until one
+        fails (the rest wait for the next flush) or `timeout` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._buffer.seal()
+        buffer = self._buffer
+        while buffer.queue:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            request = buffer.queue[0]
+            try:
+                self._stub.RecordExposures(request, timeout=min(left, SEND_TIMEOUT))
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error("fader: the sidecar refused an exposures batch: %s", err.details())
+                    with self._lock:
+                        buffer.refused(request)
+                    continue
+                log.debug("fader: exposures not sent (%s); retrying later", err.code())
+                return
+            with self._lock:
+                buffer.sent(request)
+
+    def status(self) -> dict[str, object]:
+        """What the in-process mode is doing, for logs and tests."""
+        local, buffer = self.local, self._buffer
+        return {
+            "version": local.version if local is not None else None,
+            "connected": self.connected.is_set(),
+            "remote_lookups": self.remote_lookups,
+            "impressions_mode": buffer.mode,
+            "exposures_sent": buffer.sent_records,
+            "exposures_waiting": buffer.queued_records,
+            "exposures_dropped": buffer.dropped_records,
+        }
+
+    def close(self) -> None:
+        """Stops both threads, then sends what was recorded within `exit_timeout` seconds."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        atexit.unregister(self.close)
+        if self._call is not None:
+            self._call.cancel()
+        for thread in self._threads:
+            thread.join(self.exit_timeout)
+        try:
+            self._drain()
+            self._flush(self.exit_timeout)
+        finally:
+            if self._buffer.queued_records:
+                log.warning(
+                    "fader: %d exposure record(s) not delivered: the sidecar did not take them "
+                    "within %.1f s",
+                    self._buffer.queued_records,
+                    self.exit_timeout,
+                )
+            self._channel.close()
+
+
+MODES = ("remote", "in-process")
+
+
+def start(
+    target: str, lane_path: str | None, mode: str, max_staleness: float, exit_timeout: float
+) -> InProcess | None:
+    """The in-process machinery for a client in `mode`; None in remote mode."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "remote":
+        return None
+    if lane_path is not None:
+        raise ValueError(
+            "in-process mode subscribes to snapshots over gRPC: give the sidecar's gRPC "
+            "target (host:port or unix:///path), not a fastlane:// one"
+        )
+    return InProcess(target, max_staleness=max_staleness, exit_timeout=exit_timeout)

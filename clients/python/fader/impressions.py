@@ -1,0 +1,235 @@
+"""Impressions: who saw which treatment, under which rule and snapshot version, in Split's
+three modes. Shared by the sidecar (`sidecar.telemetry`) and the Python client's in-process
+mode (`fader._inprocess`), so that a lookup made in either place makes the same impressions.
+
+Lookups are recorded on the request path as plain tuples (no hashing, no locking, no
+logging); `ImpressionModes.process_all` applies the mode later, a chunk of requests at a
+time, off the request path:
+
+- optimized: an impression is sent the first time its hash (key, flag, treatment, label,
+  change number) is seen in an hour, through a bounded LRU "observer"; every impression that
+  had been seen before is counted per flag and hour instead.
+- debug: every impression is sent, with the time it was last seen.
+- none: nothing is sent; every impression is counted, and each (key, flag) is reported once
+  per day as a unique key.
+
+Flags with `impressionsDisabled` always follow none. `definition not found` makes no
+impression at all (Split's SDKs skip it too).
+
+One deliberate difference from splitio-client (Python): its observer keeps the *first* time
+a hash was seen, so after the first hour every repeat looks new and is sent again. Here, as
+in Split's Java SDK, the observer stores the latest time, so "first per hour" holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import NamedTuple
+
+from fader.rules.result import LABEL_NOT_FOUND, Decision
+from fader.snapshot.snapshot import Snapshot
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+# Split's SDKs keep 500,000 hashes (~75 MB here); a sidecar shares its pod, so less by default.
+DEFAULT_OBSERVER_SIZE = 100_000
+
+
+class Mode(StrEnum):
+    OPTIMIZED = "optimized"
+    DEBUG = "debug"
+    NONE = "none"
+
+
+class Impression(NamedTuple):
+    key: str
+    bucketing_key: str | None
+    flag: str
+    treatment: str
+    label: str | None
+    change_number: int
+    time_ms: int
+    previous_time_ms: int | None
+    snapshot_version: int
+
+
+# One evaluation as the hot path leaves it: (key, bucketing key, flag, result).
+Answer = tuple[str, str | None, str, Decision]
+# One request's evaluations: (snapshot, time ms, lookups).
+Pending = tuple[Snapshot, int, list[Answer]]
+
+
+# Builds a NamedTuple from a tuple without its keyword-parsing __new__ (4x cheaper).
+_make_impression = tuple.__new__
+
+
+def hour_start(time_ms: int) -> int:
+    return time_ms - time_ms % HOUR_MS
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Observer:
+    """Split's impression observer: a bounded LRU from impression hash to the last time seen."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.seen: OrderedDict[int, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def test_and_set(self, digest: int, time_ms: int) -> int | None:
+        """The previous time `digest` was seen (None: not within the LRU), storing `time_ms`.
+
+        Like Split's Java SDK, an out-of-order older time is returned as the earlier of the
+        two, so the caller never sees a previous time after the impression itself.
+        """
+        seen = self.seen
+        previous = seen.get(digest)
+        if previous is None:
+            seen[digest] = time_ms
+            if len(seen) > self.capacity:
+                seen.popitem(last=False)
+            return None
+        seen.move_to_end(digest)
+        if time_ms > previous:
+            seen[digest] = time_ms
+            return previous
+        return time_ms
+
+
+class UniqueKeys:
+    """Mode none: which keys saw each flag, each (key, flag) reported at most once per UTC day
+    while it stays in the bounded LRU (Split uses a bloom filter cleared every 24 h)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._observer = Observer(capacity)
+        self._keys: dict[str, dict[str, None]] = {}
+        self.size = 0
+
+    def add(self, flag: str, key: str, time_ms: int) -> None:
+        previous = self._observer.test_and_set(hash((key, flag)), time_ms)
+        if previous is not None and previous // DAY_MS == time_ms // DAY_MS:
+            return
+        keys = self._keys.get(flag)
+        if keys is None:
+            keys = self._keys[flag] = {}
+        if key not in keys:
+            keys[key] = None
+            self.size += 1
+
+    def take(self) -> list[tuple[str, list[str]]]:
+        """The keys gathered since the last take, per flag, and forget them."""
+        taken = [(flag, list(keys)) for flag, keys in self._keys.items()]
+        self._keys = {}
+        self.size = 0
+        return taken
+
+
+class ImpressionModes:
+    """Applies the configured mode to recorded lookups: impressions to send go to `emit`, a
+    list per call;
+    counts and unique keys accumulate until taken."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        emit: Callable[[list[Impression]], None],
+        observer_size: int = DEFAULT_OBSERVER_SIZE,
+    ) -> None:
+        self.mode = mode
+        self._emit = emit
+        self._observer = Observer(observer_size)
+        self.unique_keys = UniqueKeys(observer_size)
+        self.counts: dict[tuple[str, int], int] = {}
+        self.deduplicated = 0
+        self.emitted = 0
+        self._disabled_snap: Snapshot | None = None
+        self._disabled: frozenset[str] = frozenset()
+
+    def process(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> None:
+        self.process_all(((snap, time_ms, lookups),))
+
+    def process_all(self, requests: Iterable[Pending]) -> None:
+        """Applies the mode to recorded requests. Written for speed (about 1 µs a lookup, the
+        observer's LRU inlined): it runs once per recorded evaluation, on the loop that serves
+        requests."""
+        seen, capacity = self._observer.seen, self._observer.capacity
+        seen_get, move_to_end, evict = seen.get, seen.move_to_end, seen.popitem
+        counts, counts_get = self.counts, self.counts.get
+        made: list[Impression] = []
+        keep, make, add_key = made.append, _make_impression, self.unique_keys.add
+        mode = self.mode
+        optimized, none = mode is Mode.OPTIMIZED, mode is Mode.NONE
+        emitted = deduplicated = 0
+        for snap, time_ms, lookups in requests:
+            version, disabled = snap.version, self._disabled_in(snap)
+            hour = time_ms - time_ms % HOUR_MS
+            for key, bucketing_key, flag, result in lookups:
+                treatment, label = result.treatment, result.label
+                if label == LABEL_NOT_FOUND:
+                    continue
+                if none or (disabled and flag in disabled):
+                    bucket = (flag, hour)
+                    counts[bucket] = counts_get(bucket, 0) + 1
+                    add_key(flag, key, time_ms)
+                    continue
+                change = result.change_number or 0
+                # Split hashes "key:flag:treatment:label:changeNumber" with murmur3-128; the
+                # value never leaves the observer, so Python's tuple hash (5x cheaper) will do.
+                digest = hash((key, flag, treatment, label, change))
+                previous = seen_get(digest)
+                if previous is None:
+                    seen[digest] = time_ms
+                    if len(seen) > capacity:
+                        evict(last=False)
+                else:
+                    move_to_end(digest)
+                    if time_ms > previous:
+                        seen[digest] = time_ms
+                    else:  # out of order: never a previous time after the impression
+                        previous = time_ms
+                    if optimized:
+                        bucket = (flag, hour)
+                        counts[bucket] = counts_get(bucket, 0) + 1
+                        if previous >= hour:
+                            deduplicated += 1
+                            continue
+                emitted += 1
+                imp = (
+                    key,
+                    bucketing_key,
+                    flag,
+                    treatment,
+                    label,
+                    change,
+                    time_ms,
+                    previous,
+                    version,
+                )
+                keep(make(Impression, imp))
+        if made:
+            self._emit(made)
+        self.emitted += emitted
+        self.deduplicated += deduplicated
+
+    def _disabled_in(self, snap: Snapshot) -> frozenset[str]:
+        """The flags of `snap` with impressionsDisabled, found once per snapshot."""
+        if snap is not self._disabled_snap:
+            self._disabled_snap = snap
+            self._disabled = frozenset(
+                name for name, flag in snap.flags.items() if flag.impressions_disabled
+            )
+        return self._disabled
+
+    def take_counts(self) -> list[tuple[str, int, int]]:
+        """(flag, hour start, count) gathered since the last take, and forget them."""
+        taken = [(flag, hour, count) for (flag, hour), count in self.counts.items()]
+        self.counts = {}
+        return taken
