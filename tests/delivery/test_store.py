@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
 
+from sidecar.delivery.reaper import Reaper
 from sidecar.delivery.store import StaleVersionError, Store
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 
@@ -74,41 +77,93 @@ def test_changed_flags() -> None:
     assert a.changed_flags(a) == ()
 
 
+def _pair(version: int) -> Snapshot:
+    """Two flags that both answer "v<version>": a reader answering them from one snapshot
+    always sees the pair agree with each other and with the snapshot's version."""
+    t = f"v{version}"
+    doc = snapshot_doc(
+        flag("a", condition(partitions={t: 100})),
+        flag("b", condition(partitions={t: 100})),
+        version=version,
+    )
+    return build_snapshot(doc)
+
+
+def _swap_and_let_the_reaper_pass(store: Store, version: int) -> None:
+    """Swap to ``version`` (retiring the snapshot readers hold), then retire one more that
+    nobody holds and wait until the reaper has taken that one apart: the reaper works
+    through retired snapshots in order, so by then it has judged the held one too."""
+    store.swap(_pair(version))
+    marker = _pair(version + 1)
+    released = weakref.ref(marker.flags["a"])
+    store.swap(marker)
+    del marker
+    store.swap(_pair(version + 2))  # retires the marker, referenced by no one
+    deadline = time.monotonic() + 5
+    while released() is not None:
+        assert time.monotonic() < deadline, "the reaper did not free an unreferenced snapshot"
+        time.sleep(0.002)
+
+
 def test_concurrent_readers_never_see_a_mix() -> None:
-    """Each snapshot's two flags agree on the version's treatment; readers check the pair."""
-    store = Store()
+    """Reader threads each take ``store.current`` and answer flag "a"; then, while they
+    wait, the writer swaps and the reaper runs; then they answer flag "b" from the snapshot
+    they took. Every round, in every reader, both answers must come from that one version.
 
-    def pair(version: int) -> Snapshot:
-        t = f"v{version}"
-        doc = snapshot_doc(
-            flag("a", condition(partitions={t: 100})),
-            flag("b", condition(partitions={t: 100})),
-            version=version,
-        )
-        return build_snapshot(doc)
+    The swap lands inside every read (barriers, not luck), and a failed check in a reader
+    fails the test (the readers' futures re-raise). Mutant this catches, every run: a
+    Store.swap that frees or rewrites the snapshot it replaces instead of retiring it to
+    the reaper (a reader's second answer then comes from another version, or none).
+    """
+    readers, rounds = 2, 10
+    store = Store(Reaper(poll_seconds=0.002))
+    store.swap(_pair(0))
+    took, swapped = (
+        threading.Barrier(readers + 1, timeout=10),
+        threading.Barrier(readers + 1, timeout=10),
+    )
 
-    store.swap(pair(0))
-    stop = threading.Event()
-    mixed: list[tuple[str, str]] = []
-
-    def reader() -> None:
-        while not stop.is_set():
+    def read(rounds: int) -> int:
+        checked = 0
+        for _ in range(rounds):
             snap = store.current
             assert snap is not None
-            a, b = snap.evaluate("k", "a").treatment, snap.evaluate("k", "b").treatment
-            if a != b or a != f"v{snap.version}":
-                mixed.append((a, b))
+            version = snap.version
+            first = snap.evaluate("k", "a")
+            took.wait()
+            swapped.wait()
+            second = snap.evaluate("k", "b")
+            assert (first.treatment, second.treatment) == (f"v{version}", f"v{version}"), (
+                f"one reader of version {version} answered {first} then {second}"
+            )
+            assert snap.version == version
+            checked += 1
+        return checked
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for version in range(1, 200):
-        store.swap(pair(version))
-    stop.set()
-    for t in threads:
-        t.join()
-    assert mixed == []
-    assert store.current is not None and store.current.version == 199
+    def reader() -> int:
+        try:
+            return read(rounds)
+        except BaseException:
+            took.abort()  # nobody waits for a reader that has failed
+            swapped.abort()
+            raise
+
+    with ThreadPoolExecutor(readers) as pool:
+        futures = [pool.submit(reader) for _ in range(readers)]
+        try:
+            for round_ in range(rounds):
+                took.wait()
+                _swap_and_let_the_reaper_pass(store, 3 * round_ + 1)
+                swapped.wait()
+        except threading.BrokenBarrierError:
+            pass  # a reader failed: its future says why
+        errors = [future.exception(timeout=20) for future in futures]
+    failures = [e for e in errors if not isinstance(e, threading.BrokenBarrierError | None)]
+    if failures:
+        raise failures[0]  # the reader's own assertion, not the barrier it broke for others
+    assert errors == [None] * readers
+    assert [future.result() for future in futures] == [rounds] * readers
+    assert store.current is not None and store.current.version == 3 * rounds
 
 
 def test_a_retired_snapshot_is_freed_without_the_cyclic_collector() -> None:
@@ -153,12 +208,22 @@ def test_a_retired_snapshot_is_freed_without_the_cyclic_collector() -> None:
 
 
 def test_a_snapshot_in_use_is_not_released() -> None:
-    """The reaper waits until no request holds the old snapshot."""
-    store = Store()
+    """The reaper waits until no request holds the old snapshot.
+
+    Mutant this catches, every run: a reaper whose reference-count threshold is off by one
+    (it would take apart a snapshot that one request still reads)."""
+    store = Store(Reaper(poll_seconds=0.002))
     store.swap(_snap(1, "old"))
     in_flight = store.current
     assert in_flight is not None
-    store.swap(_snap(2, "new"))
-    time.sleep(0.3)
+    marker = _snap(2, "new")
+    released = weakref.ref(marker.flags["f"])
+    store.swap(marker)  # retires the in-flight snapshot
+    del marker
+    store.swap(_snap(3, "newer"))  # retires the marker, which nobody holds
+    deadline = time.monotonic() + 5
+    while released() is not None:  # the reaper has judged both retired snapshots
+        assert time.monotonic() < deadline, "the reaper did not free an unreferenced snapshot"
+        time.sleep(0.002)
     assert in_flight.evaluate("k", "f").treatment == "old"
     del in_flight
