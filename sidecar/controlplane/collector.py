@@ -109,11 +109,14 @@ class Collector(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            status = {
                 **self.stored,
                 "records": dict(self.records),
                 "discarded": dict(self.discarded),
             }
+            if self._store is not None:
+                status["store"] = dict(self._store.ingested)
+            return status
 
     def _write(self, request: pb.UploadRequest) -> None:
         tag = {"batch_id": request.batch_id, "sidecar_id": request.sidecar_id}

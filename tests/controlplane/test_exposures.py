@@ -661,6 +661,7 @@ def test_an_upload_lands_in_duckdb_before_the_answer(tmp_path: Path) -> None:
         status = server.collector.status()
         assert status["discarded"] == {"counts": 1}  # the store keeps no counts
         assert status["batches"] == 1 and status["duplicates"] == 1
+        assert status["store"] == {"batches": 1, "duplicates": 1, "exposures": 2, "events": 1}
     finally:
         server.close()
         store.close()
