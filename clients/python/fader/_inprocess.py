@@ -88,6 +88,19 @@ def versions(messages: Iterator[pb.WatchSnapshotsResponse]) -> Iterator[Version]
         yield Version(first.version, first.source, first.encoding, b"".join(chunks), first.settings)
 
 
+class Status(NamedTuple):
+    """What the in-process mode is doing, for logs and tests. Exposure figures are records:
+    impressions, counts and unique keys."""
+
+    version: int | None  # of the snapshot answering lookups; None: the sidecar answers
+    connected: bool  # the snapshot stream is up
+    remote_lookups: int  # lookups the sidecar answered while in-process mode was on
+    impressions_mode: str  # as the sidecar announced it ("": nothing is recorded)
+    exposures_sent: int
+    exposures_waiting: int  # sealed, not yet taken by the sidecar
+    exposures_dropped: int  # refused by the sidecar, or over MAX_QUEUED_RECORDS
+
+
 class InProcess:
     """Snapshots from the sidecar at `target` and impressions back to it, on two threads."""
 
@@ -221,9 +234,10 @@ class InProcess:
                     requests.append((state.snapshot, time_ms, taken))
             self._buffer.process(requests)
 
-    def _flush(self, timeout: float) -> None:
+    def _flush(self, timeout: float, *, wait: bool = False) -> None:
         """Seals what was gathered and sends every waiting batch, oldest first, until one
-        fails (the rest wait for the next flush) or `timeout` seconds have passed."""
+        fails (the rest wait for the next flush) or `timeout` seconds have passed. With
+        `wait` (the last flush), a call waits for the channel to (re)connect meanwhile."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._buffer.seal()
@@ -234,7 +248,9 @@ class InProcess:
                 return
             request = buffer.queue[0]
             try:
-                self._stub.RecordExposures(request, timeout=min(left, SEND_TIMEOUT))
+                self._stub.RecordExposures(
+                    request, timeout=min(left, SEND_TIMEOUT), wait_for_ready=wait
+                )
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("fader: the sidecar refused an exposures batch: %s", err.details())
@@ -246,18 +262,17 @@ class InProcess:
             with self._lock:
                 buffer.sent(request)
 
-    def status(self) -> dict[str, object]:
-        """What the in-process mode is doing, for logs and tests."""
+    def status(self) -> Status:
         local, buffer = self.local, self._buffer
-        return {
-            "version": local.version if local is not None else None,
-            "connected": self.connected.is_set(),
-            "remote_lookups": self.remote_lookups,
-            "impressions_mode": buffer.mode,
-            "exposures_sent": buffer.sent_records,
-            "exposures_waiting": buffer.queued_records,
-            "exposures_dropped": buffer.dropped_records,
-        }
+        return Status(
+            version=local.version if local is not None else None,
+            connected=self.connected.is_set(),
+            remote_lookups=self.remote_lookups,
+            impressions_mode=buffer.mode,
+            exposures_sent=buffer.sent_records,
+            exposures_waiting=buffer.queued_records,
+            exposures_dropped=buffer.dropped_records,
+        )
 
     def close(self) -> None:
         """Stops both threads, then sends what was recorded within `exit_timeout` seconds."""
@@ -271,7 +286,7 @@ class InProcess:
             thread.join(self.exit_timeout)
         try:
             self._drain()
-            self._flush(self.exit_timeout)
+            self._flush(self.exit_timeout, wait=True)
         finally:
             if self._buffer.queued_records:
                 log.warning(
