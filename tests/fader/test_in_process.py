@@ -80,7 +80,7 @@ def test_the_sidecar_answers_until_the_first_snapshot(sidecar: RunningSidecar) -
 def test_typed_attributes_answer_as_over_grpc(sidecar: RunningSidecar) -> None:
     sidecar.store.swap(versioned(1))
     after = datetime.datetime(2023, 11, 15, tzinfo=datetime.UTC)
-    lookups = [
+    lookups: list[tuple[str, dict[str, object]]] = [
         ("adult", {"age": 30}),
         ("adult", {"age": 30.0}),  # a float never matches a numeric matcher
         ("adult", {"age": True}),
