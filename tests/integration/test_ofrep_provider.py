@@ -13,7 +13,8 @@ from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.flag_evaluation import ErrorCode, Reason
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
 from tests.api.test_ofrep import mixed_snapshot
 from tests.integration.harness import LOCAL_ANY_PORT, loopback_settings, running_sidecar
