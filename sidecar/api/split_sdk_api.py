@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, unquote
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.api.split_sdk_changes import SPEC_1_1, SPEC_1_3, ChangeLog, Page
+from sidecar.api.split_sdk_changes import SPEC_1_1, SPEC_1_2, SPEC_1_3, ChangeLog, Page
 from sidecar.api.split_sdk_records import (
     Records,
     events_bulk,
@@ -283,8 +283,8 @@ class SplitSdkApi:
             raise NotReady("no snapshot yet: the sidecar has no flags to serve")
         if path == "splitChanges":
             spec = _one(query, "s", SPEC_1_1)
-            if spec not in (SPEC_1_1, SPEC_1_3):
-                raise BadRequest(f"s: spec {spec!r} is not served; 1.3 and 1.1 are")
+            if spec not in (SPEC_1_1, SPEC_1_2, SPEC_1_3):
+                raise BadRequest(f"s: spec {spec!r} is not served; 1.3, 1.2 and 1.1 are")
             since = _since(query, "since")
             rb_since = _since(query, "rbSince", since)
             return changes.split_changes(spec, since, rb_since, _sets(query))

@@ -54,6 +54,7 @@ ACTIVE = b'{"status":"ACTIVE"'
 ARCHIVED = b'{"status":"ARCHIVED"'
 DEFAULT_TRAFFIC_TYPE = "user"
 SPEC_1_1 = "1.1"
+SPEC_1_2 = "1.2"  # the 1.1 shape; Split's JS SDK falls back to it from 1.3 on a 400
 SPEC_1_3 = "1.3"
 
 
@@ -139,7 +140,7 @@ class Changes:
         self, spec: str, since: int, rb_since: int, sets: frozenset[str] | None
     ) -> Page:
         flags, till = self._changed(self.flags, since, sets)
-        if spec == SPEC_1_1:
+        if spec != SPEC_1_3:
             return Page(b'{"splits":[%s],"since":%d,"till":%d}' % (flags, since, till))
         rule_based, rb_till = self._changed(self.rule_based, rb_since, None)
         return Page(

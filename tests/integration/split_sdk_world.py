@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import json
 import math
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from hypothesis import strategies as st
 
 from sidecar.controlplane.collector import Collector, Outputs
 from tests.fader.rules import strategies as gen
+from tests.fader.rules.builders import condition, flag
+from tests.integration.harness import ServeProcess, free_port, serve_process, short_tmp
 
 Json = dict[str, Any]
 INT64 = 2**63
@@ -304,3 +307,62 @@ def jsonl(path: Path | None) -> list[Json]:
     if path is None or not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+# -- a sidecar serving the world ------------------------------------------------------------
+
+SEED = int(os.environ.get("FADER_TEST_SEED") or 20_251_203)
+
+
+def document(version: int, pushed: str, doomed: bool) -> Json:
+    """The random world, plus "pushed" (every key gets `pushed`) and, while `doomed`, a flag
+    that the next version deletes."""
+    doc = snapshot_document(SEED, version=version)
+    doc["flags"].append(flag("pushed", condition(partitions={pushed: 100}), changeNumber=version))
+    if doomed:
+        doc["flags"].append(flag("doomed", condition(partitions={"alive": 100})))
+    return doc
+
+
+def active_flags(doc: Json) -> list[str]:
+    return sorted(f["name"] for f in doc["flags"] if f.get("status", "ACTIVE") == "ACTIVE")
+
+
+def write(path: Path, doc: Json) -> None:
+    tmp = path.with_name(".next.json")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+@dataclass
+class World:
+    serve: ServeProcess
+    split_port: int
+    snapshot: Path
+    collector: Collector
+    outputs: Outputs
+    tmp: Path
+
+    @property
+    def split_url(self) -> str:
+        return f"http://127.0.0.1:{self.split_port}/api"
+
+
+@contextlib.contextmanager
+def world() -> Iterator[World]:
+    """`fader serve` on the world's first version, with the Split SDK API and a collector."""
+    with short_tmp() as tmp, collector(tmp) as (servicer, port, outputs):
+        snapshot = tmp / "snap.json"
+        write(snapshot, document(1, "v1", doomed=True))
+        split_port = free_port()
+        args = [
+            "--snapshot", str(snapshot),
+            "--grpc-listen", "127.0.0.1:0",
+            "--mgmt-listen", "127.0.0.1:0",
+            "--split-api-listen", f"127.0.0.1:{split_port}",
+            "--collector", f"127.0.0.1:{port}",
+            "--telemetry-flush-interval", "0.2",
+        ]  # fmt: skip
+        with serve_process(args, tmp) as serve:
+            serve.wait_listening()
+            yield World(serve, split_port, snapshot, servicer, outputs, tmp)

@@ -6,9 +6,7 @@ the SDK, and show in /metrics."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,57 +19,29 @@ from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 from splitio import get_factory
 from splitio.client.key import Key
 
-from tests.fader.rules.builders import condition, flag
-from tests.integration.harness import ServeProcess, free_port, serve_process, short_tmp
 from tests.integration.split_sdk_world import (
+    SEED,
+    World,
+    active_flags,
     attribute_values,
-    collector,
+    document,
     jsonl,
     lookups,
-    snapshot_document,
+    world,
+    write,
 )
 from tests.integration.test_telemetry_faults import metric
 from tests.waiting import wait_for
 
-SEED = int(os.environ.get("FADER_TEST_SEED") or 20_251_203)
 KEYS = 2_000
 REFRESH = 1  # seconds: the SDK's featuresRefreshRate and segmentsRefreshRate in this test
 SDK = "python-10.7.0"
 
 
-def document(version: int, pushed: str, doomed: bool) -> dict[str, Any]:
-    """The random world, plus "pushed" (every key gets `pushed`) and, while `doomed`, a flag
-    that the next version deletes."""
-    doc = snapshot_document(SEED, version=version)
-    doc["flags"].append(flag("pushed", condition(partitions={pushed: 100}), changeNumber=version))
-    if doomed:
-        doc["flags"].append(flag("doomed", condition(partitions={"alive": 100})))
-    return doc
-
-
-def write(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(".next.json")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
 @pytest.fixture(scope="module")
-def world() -> Iterator[tuple[ServeProcess, int, Path, Any]]:
-    with short_tmp() as tmp, collector(tmp) as (servicer, port, outputs):
-        snapshot = tmp / "snap.json"
-        write(snapshot, document(1, "v1", doomed=True))
-        split_port = free_port()
-        args = [
-            "--snapshot", str(snapshot),
-            "--grpc-listen", "127.0.0.1:0",
-            "--mgmt-listen", "127.0.0.1:0",
-            "--split-api-listen", f"127.0.0.1:{split_port}",
-            "--collector", f"127.0.0.1:{port}",
-            "--telemetry-flush-interval", "0.2",
-        ]  # fmt: skip
-        with serve_process(args, tmp) as serve:
-            serve.wait_listening()
-            yield serve, split_port, snapshot, (servicer, outputs)
+def sidecar() -> Iterator[World]:
+    with world() as running:
+        yield running
 
 
 def factory(split_port: int, **config: Any) -> Any:
@@ -104,16 +74,15 @@ def _quiet_sdk() -> Iterator[None]:
     sdk_logger.setLevel(level)
 
 
-def test_the_sdk_answers_every_lookup_as_the_sidecar(world: Any) -> None:
-    serve, split_port, _, _ = world
+def test_the_sdk_answers_every_lookup_as_the_sidecar(sidecar: World) -> None:
     doc = document(1, "v1", doomed=True)
-    flags = sorted(f["name"] for f in doc["flags"] if f.get("status", "ACTIVE") == "ACTIVE")
+    flags = active_flags(doc)
     found = lookups(doc, KEYS, SEED)
-    made = factory(split_port, impressionsMode="NONE")
+    made = factory(sidecar.split_port, impressionsMode="NONE")
     client = made.client()
     mismatches = []
     try:
-        with grpc.insecure_channel(serve.wait_listening()["grpc"]) as channel:
+        with grpc.insecure_channel(sidecar.serve.wait_listening()["grpc"]) as channel:
             stub = pb_grpc.EvaluationServiceStub(channel)
             for lookup in found:
                 key = Key(lookup.key, lookup.bucketing_key) if lookup.bucketing_key else lookup.key
@@ -137,15 +106,15 @@ def test_the_sdk_answers_every_lookup_as_the_sidecar(world: Any) -> None:
     assert total >= KEYS * 20
 
 
-def test_a_push_reaches_the_sdk_within_one_polling_interval(world: Any) -> None:
-    serve, split_port, snapshot, _ = world
-    made = factory(split_port, impressionsMode="NONE")
+def test_a_push_reaches_the_sdk_within_one_polling_interval(sidecar: World) -> None:
+    serve = sidecar.serve
+    made = factory(sidecar.split_port, impressionsMode="NONE")
     client = made.client()
     try:
         assert client.get_treatment("k", "pushed") == "v1"
         assert client.get_treatment("k", "doomed") == "alive"
         before = metric(serve, "fader_snapshot_version")
-        write(snapshot, document(2, "v2", doomed=False))
+        write(sidecar.snapshot, document(2, "v2", doomed=False))
         wait_for(lambda: metric(serve, "fader_snapshot_version") > before, 10, "the sidecar")
         applied = time.monotonic()
         wait_for(lambda: client.get_treatment("k", "pushed") == "v2", 10, "the SDK to sync")
@@ -157,9 +126,13 @@ def test_a_push_reaches_the_sdk_within_one_polling_interval(world: Any) -> None:
         made.destroy()
 
 
-def test_impressions_and_events_reach_the_collector_once_tagged_with_the_sdk(world: Any) -> None:
-    serve, split_port, _, (servicer, outputs) = world
-    made = factory(split_port, impressionsMode="DEBUG", impressionsRefreshRate=1, eventsPushRate=1)
+def test_impressions_and_events_reach_the_collector_once_tagged_with_the_sdk(
+    sidecar: World,
+) -> None:
+    serve, outputs = sidecar.serve, sidecar.outputs
+    made = factory(
+        sidecar.split_port, impressionsMode="DEBUG", impressionsRefreshRate=1, eventsPushRate=1
+    )
     client = made.client()
     n_keys = 150
     try:
@@ -182,7 +155,7 @@ def test_impressions_and_events_reach_the_collector_once_tagged_with_the_sdk(wor
     assert {i["flag"] for i in impressions} == {"pushed"}  # none for an unknown flag
     assert sorted(e["value"] for e in events) == [float(i) for i in range(n_keys)]
     assert all(e["properties"] == {"n": int(e["value"])} for e in events)
-    assert servicer.stored["duplicates"] == 0
+    assert sidecar.collector.stored["duplicates"] == 0
     assert metric(serve, "fader_split_api_records_total", kind="impressions", sdk=SDK) == n_keys
     assert metric(serve, "fader_split_api_records_total", kind="events", sdk=SDK) == n_keys
     assert metric(serve, "fader_telemetry_sent_total", kind="events") >= n_keys
