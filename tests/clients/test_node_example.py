@@ -5,7 +5,6 @@ checks every answer against the demo snapshot. Skipped when node or npm is not i
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,32 +12,13 @@ from pathlib import Path
 import pytest
 from fader.snapshot.loader import build_snapshot
 
+from tests.clients.conftest import needs_node
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import RunningSidecar, loopback_settings, running_sidecar, short_tmp
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "node"
 TIMEOUT = 120.0
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None,
-    reason="node and npm are needed to run the Node example",
-)
-
-
-@pytest.fixture(scope="module")
-def installed() -> Path:
-    """`npm ci`: exactly the versions in package-lock.json, from the npm registry (or the
-    local npm cache), into clients/node/node_modules (git-ignored)."""
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=EXAMPLE,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return EXAMPLE
+pytestmark = needs_node
 
 
 def run_example(installed: Path, **flagd_env: str) -> subprocess.CompletedProcess[str]:

@@ -83,14 +83,14 @@ def pick(hash_value: int, buckets: Buckets) -> Any:
 
 
 def v2_value(flag_key: str, args: list[Any], data: Data) -> tuple[str | None, list[Any]]:
-    """(bucketing string, bucket entries) under v2: a leading string is the value; a
-    leading null is dropped; otherwise ``flagKey + targetingKey``."""
+    """(bucketing string, bucket entries) under v2: a leading string is the value;
+    otherwise ``flagKey + targetingKey`` and every argument is a bucket (so a leading value
+    that is not a string, such as a missing ``var``, makes the buckets malformed: null)."""
     first = args[0]
     if isinstance(first, str):
         return first, args[1:]
-    rest = args[1:] if first is None else args
     key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
-    return (flag_key + key if isinstance(key, str) else None), rest
+    return (flag_key + key if isinstance(key, str) else None), args
 
 
 def v3_value(flag_key: str, args: list[Any], data: Data) -> tuple[bytes | None, list[Any]]:
