@@ -49,6 +49,7 @@ def flags_snapshot(version: int, banner: str) -> Snapshot:
             flag("ratio", condition(partitions={"half": 100}), configurations={"half": "0.25"}),
             flag("kill", killed=True, defaultTreatment="on"),
             flag("theme", condition(partitions={"dark": 100})),
+            flag("rollout", condition(partitions={"on": 100}), trafficAllocation=50),
             version=version,
         )
     )
@@ -170,6 +171,26 @@ def test_killed_flag_is_disabled_and_answers_the_code_default(provider: Provider
     assert provider.ask("string", "kill", "code-default") == answer(
         "code-default", "DISABLED", None
     )
+
+
+def test_a_flag_that_varies_by_key_is_never_served_from_the_cache(
+    sidecar: RunningSidecar, provider: Provider
+) -> None:
+    """A 50 % traffic allocation: one key is in ("on"), another is not ("off"). The provider
+    caches a STATIC answer by flag key alone, so the reason must not be STATIC. Mutant this
+    catches: a traffic-allocation cut reported STATIC (the second key would get the first
+    key's cached "on")."""
+    snap = sidecar.store.current
+    assert snap is not None
+    treatments = {f"user-{i}": snap.evaluate(f"user-{i}", "rollout").treatment for i in range(50)}
+    inside = next(key for key, treatment in treatments.items() if treatment == "on")
+    outside = next(key for key, treatment in treatments.items() if treatment == "off")
+    for key in (inside, outside, inside, outside):
+        if key == inside:
+            expected = answer("on", "TARGETING_MATCH", "on")
+        else:
+            expected = answer("off", "DEFAULT", "off")
+        assert provider.ask("string", "rollout", "x", key=key) == expected, key
 
 
 def test_change_event_after_a_swap_refreshes_the_cache(

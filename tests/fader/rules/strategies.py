@@ -505,9 +505,13 @@ def default_rule(draw: Draw) -> Json:
 
 @st.composite
 def condition_lists(draw: Draw, scope: _Scope) -> list[Json]:
-    """Targeting conditions, often closed by a default rule; rarely no condition at all."""
+    """Targeting conditions, often closed by a default rule; sometimes the default rule
+    alone (a plain percentage rollout, whose traffic allocation and partitions alone decide
+    who gets what); rarely no condition at all."""
     if draw(one_in(12)):
         return []
+    if draw(one_in(8)):
+        return [draw(default_rule())]
     conditions = draw(st.lists(flag_conditions(scope), min_size=1, max_size=4))
     if draw(st.booleans()):
         conditions.append(draw(default_rule()))

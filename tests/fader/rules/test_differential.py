@@ -11,6 +11,9 @@ snapshot and request. Three sources of cases:
 * Split's own fixtures in ``tests/vectors/split/fixtures`` over a pool of keys and attributes;
 * ``differential_regressions.json``: every disagreement found so far, minimised, replayed on
   every run. A failing random run prints the entry to add there.
+
+The random runs also check that a flag compiled without targeting (flagd's STATIC) answers
+every request alike.
 """
 
 from __future__ import annotations
@@ -285,8 +288,33 @@ def test_random_snapshots_match_sdk(run_seed: int) -> None:
     def run(scenario: tuple[Json, list[Case]]) -> None:
         document, cases = scenario
         _assert_agree(document, cases, run_seed=run_seed)
+        _assert_untargeted_flags_answer_alike(document, cases)
 
     run()
+
+
+SAME_ANSWER_KEYS = tuple(f"user-{i}" for i in range(40))
+
+
+def _assert_untargeted_flags_answer_alike(document: Json, cases: Sequence[Case]) -> None:
+    """A flag compiled without targeting (``has_targeting`` False: flagd's STATIC, which
+    providers cache by flag key alone) answers the scenario's requests and 40 more keys
+    identically. Mutant this catches: ``_has_targeting`` ignoring a traffic-allocation
+    cut, partitions or matchers, whenever the random snapshot has such a flag."""
+    snapshot = _fader(document)
+    requests = [(c.key, c.bucketing_key, c.attributes) for c in cases]
+    requests += [(key, "b", None) for key in SAME_ANSWER_KEYS]
+    for name, compiled in snapshot.flags.items():
+        if compiled.has_targeting:
+            continue
+        answers = {
+            snapshot.evaluate(key, name, bk, None if attrs is None else dict(attrs))
+            for key, bk, attrs in requests
+        }
+        assert len(answers) == 1, (
+            f"{name} has no targeting yet answers {len(answers)} ways: {answers}\n"
+            f"snapshot:\n{_dump(document)}"
+        )
 
 
 # ------------------------------------------------------------- regression cases
