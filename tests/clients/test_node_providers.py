@@ -11,12 +11,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import random
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +21,8 @@ import pytest
 from fader.pb.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 
 from tests.api.test_ofrep import mixed_snapshot
+from tests.clients import checker
+from tests.clients.checker import Checker, expected
 from tests.clients.conftest import needs_node
 from tests.integration.harness import (
     LOCAL_ANY_PORT,
@@ -44,80 +41,13 @@ from tests.integration.test_flagd_in_process import (
 )
 
 pytestmark = needs_node
-TIMEOUT = 120.0
 SEED = 1202
 
 
-class Checker:
-    """`node check.mjs MODE`: checks in on stdin, verdicts out on stdout."""
-
-    def __init__(self, installed: Path, mode: str, env: dict[str, str]) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("FLAGD_", "OFREP_"))}
-        self.process = subprocess.Popen(
-            ["node", "check.mjs", mode],
-            cwd=installed,
-            env={**base, **env},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put("")
-
-    def send(self, *messages: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        for message in messages:
-            self.process.stdin.write(json.dumps(message) + "\n")
-        self.process.stdin.flush()
-
-    def wait_for(self, text: str) -> list[str]:
-        seen: list[str] = []
-        while True:
-            try:
-                line = self.lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(f"no {text!r} from check.mjs: {seen[-5:]}") from None
-            seen.append(line)
-            if line == text:
-                return seen
-            if line == "" and self.process.poll() is not None:
-                raise AssertionError(f"check.mjs ended before {text!r}: {seen[-10:]}")
-
-    def finish(self) -> tuple[int, list[str]]:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        code = self.process.wait(TIMEOUT)
-        out: list[str] = []
-        while not self.lines.empty():
-            out.append(self.lines.get())
-        return code, [line for line in out if line]
-
-
 def check(kind: str, flag: str, default: Any, context: dict[str, Any], expect: dict[str, Any]):
+    """A check for check.mjs, where integers and floats are both "number"."""
     node_kind = "number" if kind in ("integer", "float") else kind
-    return {
-        "type": node_kind,
-        "flag": flag,
-        "default": default,
-        "context": context,
-        "expect": expect,
-    }
-
-
-def expected(answer: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "value": answer["value"],
-        "variant": answer["variant"],
-        "reason": answer["reason"],
-        "errorCode": answer["error_code"],
-    }
+    return checker.check(node_kind, flag, default, context, expect)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +81,7 @@ def test_in_process_agrees_on_random_contexts_and_follows_a_swap(
         "FLAGD_PORT": str(address.port),
         "FLAGD_DEADLINE_MS": "5000",
     }
-    checker = Checker(installed, "in-process", env)
+    checker = Checker(["node", "check.mjs", "in-process"], installed, env)
     checker.send(*checks, {"wait": "change"})
     lines = checker.wait_for("waiting for a change")
     failed = [line for line in lines if line.startswith(("FAIL", "     expected"))]
@@ -205,7 +135,7 @@ def ofrep_env(sidecar: RunningSidecar) -> dict[str, str]:
 
 
 def test_ofrep_provider_resolves_everything(installed: Path, ofrep_sidecar: RunningSidecar) -> None:
-    checker = Checker(installed, "ofrep", ofrep_env(ofrep_sidecar))
+    checker = Checker(["node", "check.mjs", "ofrep"], installed, ofrep_env(ofrep_sidecar))
     checker.send(*OFREP_CHECKS)
     code, out = checker.finish()
     assert code == 0, out
@@ -213,7 +143,7 @@ def test_ofrep_provider_resolves_everything(installed: Path, ofrep_sidecar: Runn
 
 
 def test_a_wrong_answer_fails_the_checker(installed: Path, ofrep_sidecar: RunningSidecar) -> None:
-    checker = Checker(installed, "ofrep", ofrep_env(ofrep_sidecar))
+    checker = Checker(["node", "check.mjs", "ofrep"], installed, ofrep_env(ofrep_sidecar))
     checker.send(check("boolean", "enabled", False, {}, {"value": False}))
     code, out = checker.finish()
     assert code == 1, out
