@@ -26,6 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -115,7 +116,9 @@ def mixed() -> Iterator[RunningSidecar]:
             yield running
 
 
-def run(binary: Path, mode: str, env: dict[str, str], *checks: dict) -> tuple[int, list[str]]:
+def run(
+    binary: Path, mode: str, env: dict[str, str], *checks: dict[str, Any]
+) -> tuple[int, list[str]]:
     checker = Checker([str(binary), mode], EXAMPLE, env)
     checker.send(*checks)
     return checker.finish()
