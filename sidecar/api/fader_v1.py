@@ -66,9 +66,9 @@ class Lookups:
         bucketing_key = optional_key(request.bucketing_key, "bucketing_key")
         attrs = attributes(request.attributes, self._policy, "attributes")
         lookup = (key, bucketing_key, flag, attrs)
-        answer = self._evaluator.evaluate(snap, (lookup,), "GetTreatment", started)[0]
+        result = self._evaluator.evaluate_one(snap, lookup, "GetTreatment", started)
         response = pb.GetTreatmentResponse(version=snap.version)
-        fill_evaluation(response.evaluation, flag, answer[3])
+        fill_evaluation(response.evaluation, flag, result)
         return response
 
     def get_treatments(self, request: pb.GetTreatmentsRequest) -> pb.GetTreatmentsResponse:

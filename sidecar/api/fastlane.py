@@ -30,8 +30,15 @@ from sidecar.core import Core
 from sidecar.core.evaluator import Lookup
 from sidecar.core.events import make_event
 from sidecar.core.refusals import BadRequest, Refusal
-from sidecar.core.requests import check_items, check_key, check_name, optional_key, select_flags
-from sidecar.telemetry.impressions import Answer
+from sidecar.core.requests import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    check_items,
+    check_key,
+    check_name,
+    optional_key,
+    select_flags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,8 @@ class Handlers:
         started = perf_counter()
         snap = self._evaluator.snapshot()
         lookup = self._lookup(request, "")
-        answer = self._evaluator.evaluate(snap, (lookup,), "GetTreatment", started)[0]
-        return {"version": snap.version, **_evaluation(answer)}
+        result = self._evaluator.evaluate_one(snap, lookup, "GetTreatment", started)
+        return {"version": snap.version, **_evaluation(lookup[2], result)}
 
     def treatments(self, request: dict[str, Any]) -> dict[str, Any]:
         started = perf_counter()
@@ -63,7 +70,7 @@ class Handlers:
         bucketing_key = _bucketing_key(request.get("bucketing_key"), "bucketing_key")
         lookups = [(key, bucketing_key, flag, attrs) for flag in flags]
         answers = self._evaluator.evaluate(snap, lookups, "GetTreatments", started)
-        return {"version": snap.version, "evaluations": list(map(_evaluation, answers))}
+        return {"version": snap.version, "evaluations": [_evaluation(a[2], a[3]) for a in answers]}
 
     def batch(self, request: dict[str, Any]) -> dict[str, Any]:
         started = perf_counter()
@@ -78,7 +85,7 @@ class Handlers:
                 raise BadRequest(f"items[{index}]: must be a map")
             lookups.append(self._lookup(item, f"items[{index}]."))
         answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
-        return {"version": snap.version, "evaluations": list(map(_evaluation, answers))}
+        return {"version": snap.version, "evaluations": [_evaluation(a[2], a[3]) for a in answers]}
 
     def track(self, request: dict[str, Any]) -> dict[str, Any]:
         events = self._core.events
@@ -102,18 +109,20 @@ class Handlers:
 
     def _lookup(self, request: dict[str, Any], prefix: str) -> Lookup:
         """One (key, bucketing key, flag, attributes) from a request or batch item map;
-        `prefix` is where it sits in the request, for the refusal's message."""
-        key = _text(request, "key", f"{prefix}key")
-        flag = _text(request, "flag", f"{prefix}flag")
-        check_key(key, f"{prefix}key")
-        check_name(flag, f"{prefix}flag")
-        bucketing_key = _bucketing_key(request.get("bucketing_key"), f"{prefix}bucketing_key")
-        return (
-            key,
-            bucketing_key,
-            flag,
-            self._attributes(request.get("attributes"), f"{prefix}attributes"),
-        )
+        `prefix` is where it sits in the request, for the refusal's message. The fields'
+        names are only formatted on the refusal path: this runs for every lookup."""
+        key, flag = request.get("key", ""), request.get("flag", "")
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
+            check_key(_text(request, "key", f"{prefix}key"), f"{prefix}key")
+        if type(flag) is not str or not 0 < len(flag) <= MAX_NAME_LENGTH:
+            check_name(_text(request, "flag", f"{prefix}flag"), f"{prefix}flag")
+        bucketing_key = request.get("bucketing_key")
+        if bucketing_key is not None:
+            bucketing_key = _bucketing_key(bucketing_key, f"{prefix}bucketing_key")
+        attributes = request.get("attributes")
+        if attributes is not None:
+            attributes = self._attributes(attributes, f"{prefix}attributes")
+        return key, bucketing_key, flag, attributes
 
     def _attributes(self, values: object, where: str) -> dict[str, object] | None:
         """Engine attributes from the msgpack map, through the policy every lane uses; a
@@ -154,10 +163,9 @@ def _names(request: dict[str, Any], field: str) -> list[str]:
     return values  # names are checked by select_flags, as for gRPC
 
 
-def _evaluation(answer: Answer) -> dict[str, Any]:
-    result: Decision = answer[3]
+def _evaluation(flag: str, result: Decision) -> dict[str, Any]:
     return {
-        "flag": answer[2],
+        "flag": flag,
         "treatment": result.treatment,
         "label": result.label,
         "config": result.config,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from time import perf_counter
 
-from fader.rules.result import LABEL_NOT_FOUND
+from fader.rules.result import LABEL_NOT_FOUND, Decision
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.core.refusals import NOT_READY_MESSAGE, NotReady
@@ -73,3 +73,21 @@ class Evaluator:
             self._record(snap, now_ms(), answers)
         shard.lookup(operation).observe(perf_counter() - started)
         return answers
+
+    def evaluate_one(
+        self,
+        snap: Snapshot,
+        lookup: Lookup,
+        operation: str,
+        started: float,
+    ) -> Decision:
+        """`evaluate` for a request of exactly one lookup, the commonest request of all: the
+        same counting, recording and timing, without building and unpacking the lists."""
+        key, bucketing_key, flag, attributes = lookup
+        result = snap.evaluate(key, flag, bucketing_key, attributes)
+        shard = self._metrics.shard()
+        shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
+        if self._record is not None:
+            self._record(snap, now_ms(), [(key, bucketing_key, flag, result)])
+        shard.lookup(operation).observe(perf_counter() - started)
+        return result

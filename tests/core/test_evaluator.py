@@ -103,3 +103,18 @@ def test_without_a_recorder_nothing_is_recorded_and_answers_are_the_same() -> No
     evaluator = Evaluator(store, Metrics(lambda: store.current))
     answers = evaluator.evaluate(evaluator.snapshot(), [("a", None, "g", None)], "x", 0.0)
     assert answers[0][3].treatment == "on"
+
+
+def test_a_single_lookup_is_counted_recorded_and_timed_like_a_list_of_one() -> None:
+    store = Store()
+    store.swap(versioned(1, "on"))
+    metrics, recorder = Metrics(lambda: store.current), Recorder()
+    evaluator = Evaluator(store, metrics, recorder)
+    snap = evaluator.snapshot()
+    result = evaluator.evaluate_one(snap, ("a", "b", "f", {"plan": "pro"}), "GetTreatment", 0.0)
+    assert (result.treatment, result.label) == ("on", "rule")
+    assert metrics.merged().evaluations == {("f", "on"): 1}
+    assert sum(metrics.merged().lookups["GetTreatment"].counts) == 1
+    assert [(s.version, answers) for s, _, answers in recorder.pending] == [
+        (1, [("a", "b", "f", result)])
+    ]
