@@ -169,6 +169,16 @@ def test_an_engine_crash_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> Non
         _offer(json.dumps(document).encode(), JSON)
 
 
+def test_the_corpus_applies_and_never_answers_exception(corpus: list[dict[str, Any]]) -> None:
+    """The valid snapshots the mutations start from, as they are: each applies, in JSON and
+    msgpack, and answers every flag, key and attribute set without an engine error. Mutant
+    this catches: a matcher that raises on an input it should refuse quietly (a numeric
+    matcher's int() of a non-numeric string without its ValueError guard)."""
+    for document in corpus:
+        for fmt in (JSON, MSGPACK):
+            assert _offer(_encode(document, fmt), fmt).reason == "applied"
+
+
 def test_mutated_snapshots(corpus: list[dict[str, Any]]) -> None:
     seen: list[str] = []
 
