@@ -27,18 +27,10 @@ from fader.rules.result import Decision
 
 from sidecar.api import uds
 from sidecar.core import Core
+from sidecar.core import requests as fields
 from sidecar.core.evaluator import Lookup
 from sidecar.core.events import make_event
 from sidecar.core.refusals import BadRequest, Refusal
-from sidecar.core.requests import (
-    MAX_KEY_LENGTH,
-    MAX_NAME_LENGTH,
-    check_items,
-    check_key,
-    check_name,
-    optional_key,
-    select_flags,
-)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +54,8 @@ class Handlers:
         started = perf_counter()
         snap = self._evaluator.snapshot()
         key = _text(request, "key")
-        check_key(key, "key")
-        flags = select_flags(
+        fields.check_key(key, "key")
+        flags = fields.select_flags(
             snap, _names(request, "flags"), _names(request, "flag_sets"), self._max_items
         )
         attrs = self._attributes(request.get("attributes"), "attributes")
@@ -78,7 +70,7 @@ class Handlers:
         items = request.get("items")
         if not isinstance(items, list):
             raise BadRequest("items: must be an array")
-        check_items(len(items), self._max_items, "items")
+        fields.check_items(len(items), self._max_items, "items")
         lookups: list[Lookup] = []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
@@ -112,10 +104,10 @@ class Handlers:
         `prefix` is where it sits in the request, for the refusal's message. The fields'
         names are only formatted on the refusal path: this runs for every lookup."""
         key, flag = request.get("key", ""), request.get("flag", "")
-        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
-            check_key(_text(request, "key", f"{prefix}key"), f"{prefix}key")
-        if type(flag) is not str or not 0 < len(flag) <= MAX_NAME_LENGTH:
-            check_name(_text(request, "flag", f"{prefix}flag"), f"{prefix}flag")
+        if type(key) is not str or not 0 < len(key) <= fields.MAX_KEY_LENGTH:
+            fields.check_key(_text(request, "key", f"{prefix}key"), f"{prefix}key")
+        if type(flag) is not str or not 0 < len(flag) <= fields.MAX_NAME_LENGTH:
+            fields.check_name(_text(request, "flag", f"{prefix}flag"), f"{prefix}flag")
         bucketing_key = request.get("bucketing_key")
         if bucketing_key is not None:
             bucketing_key = _bucketing_key(bucketing_key, f"{prefix}bucketing_key")
@@ -141,7 +133,7 @@ def _timestamp_seconds(value: object) -> object | None:
 def _bucketing_key(value: object, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{where}: must be a string or nil")
-    return optional_key(value, where)
+    return fields.optional_key(value, where)
 
 
 def _text(request: dict[str, Any], field: str, where: str | None = None) -> str:
