@@ -16,7 +16,7 @@ import msgpack
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.events import Event
-from sidecar.telemetry.impressions import Impression
+from sidecar.telemetry.impressions import Impression, add_messages
 
 KINDS = ("impressions", "counts", "unique_keys", "events")
 # Per-record framing, roughly what protobuf adds around the strings of one record.
@@ -190,19 +190,7 @@ def to_request(batch: Batch, sidecar_id: str, mode: str) -> pb.UploadRequest:
         impressions_mode=batch.mode or mode,
         source=batch.source,
     )
-    add = request.impressions.add
-    for imp in batch.impressions:
-        add(
-            key=imp.key,
-            bucketing_key=imp.bucketing_key or "",
-            flag=imp.flag,
-            treatment=imp.treatment,
-            label=imp.label or "",
-            change_number=imp.change_number,
-            time_ms=imp.time_ms,
-            previous_time_ms=imp.previous_time_ms or 0,
-            snapshot_version=imp.snapshot_version,
-        )
+    add_messages(request.impressions, batch.impressions)
     for flag, hour, count in batch.counts:
         request.counts.add(flag=flag, hour_ms=hour, count=count)
     for flag, keys in batch.unique_keys:

@@ -18,6 +18,7 @@ from fader.impressions import (
     Observer,
     Pending,
     UniqueKeys,
+    add_messages,
     hour_start,
     now_ms,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Pending",
     "Recorder",
     "UniqueKeys",
+    "add_messages",
     "hour_start",
     "now_ms",
 ]

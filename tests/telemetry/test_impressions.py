@@ -3,6 +3,9 @@ impressionsDisabled, and what the hot-path recorder keeps."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 from fader.rules.result import NOT_FOUND, Decision
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
@@ -79,13 +82,26 @@ def test_impression_fields() -> None:
     assert sink.sent == [Impression("u1", "acct-9", "f", "on", "rule", 7, T0 + 1, None, 3)]
 
 
-def test_lru_eviction_forgets_the_oldest_hash() -> None:
+def test_the_observer_remembers_at_least_its_capacity_and_forgets_beyond_twice() -> None:
+    capacity = 50
+    observer = Observer(capacity)
+    assert observer.test_and_set(-1, 1) is None
+    for at, digest in enumerate(range(capacity - 1), start=2):  # fewer than capacity since
+        assert observer.test_and_set(digest, at) is None
+    assert observer.test_and_set(-1, 100) == 1  # remembered, and seen again: kept longer
+    for digest in range(1_000, 1_000 + 2 * capacity):  # 2 x capacity others since
+        observer.test_and_set(digest, 200)
+    assert observer.test_and_set(-1, 300) is None  # forgotten
+    assert len(observer) <= 2 * capacity
+
+
+def test_optimized_lru_like_eviction() -> None:
     sink = Sink(Mode.OPTIMIZED, observer_size=2)
     for key in ("a", "b", "a", "c", "b", "a"):
         sink.lookup(key, T0 + len(sink.sent))
-    # a, b sent; a seen; c sent (evicts b: a was used more recently); b sent again (evicts
-    # a); a sent again.
-    assert [i.key for i in sink.sent] == ["a", "b", "c", "b", "a"]
+    # a, b sent; a seen; c sent; b, seen 2 others ago (the capacity), forgotten and sent
+    # again; a, seen again after b, still remembered (a strict LRU of 2 would forget it)
+    assert [i.key for i in sink.sent] == ["a", "b", "c", "b"]
 
 
 def test_observer_returns_previous_time_and_keeps_the_latest() -> None:
@@ -151,3 +167,70 @@ def test_recorder_keeps_requests_whole_and_counts_overflow() -> None:
         ["u4"],
     ]
     assert (recorder.size, recorder.overflow) == (3, 2)
+
+
+def reference(
+    mode: Mode, requests: list[tuple[int, list[tuple[str, str | None, str, Decision]]]]
+) -> tuple[list[Impression], dict[tuple[str, int], int], list[tuple[str, list[str]]]]:
+    """Split's rules one lookup at a time, with an observer that never forgets."""
+    seen: dict[tuple[object, ...], int] = {}
+    days: dict[tuple[str, str], int] = {}
+    sent, counts, unique = [], Counter[tuple[str, int]](), {}
+    for at, lookups in requests:
+        hour = hour_start(at)
+        for key, bucketing, name, result in lookups:
+            if result.label == "definition not found":
+                continue
+            if mode is Mode.NONE or name == "quiet":
+                counts[(name, hour)] += 1
+                if days.get((key, name)) != at // DAY_MS:
+                    unique.setdefault(name, {})[key] = None
+                days[(key, name)] = at // DAY_MS
+                continue
+            digest = (key, name, result.treatment, result.label, result.change_number or 0)
+            previous = seen.get(digest)
+            seen[digest] = max(at, previous or at)
+            if previous is not None:
+                previous = min(previous, at)
+                if mode is Mode.OPTIMIZED:
+                    counts[(name, hour)] += 1
+                    if previous >= hour:
+                        continue
+            change = result.change_number or 0
+            sent.append(
+                Impression(key, bucketing, name, result.treatment, result.label, change, at,
+                           previous, 3)
+            )  # fmt: skip
+    return sent, dict(counts), [(name, list(keys)) for name, keys in unique.items()]
+
+
+def test_bulk_processing_equals_one_lookup_at_a_time() -> None:
+    """Random chunks (repeats inside a chunk, unknown and impressionsDisabled flags, times out
+    of order, hours crossed) give what the rules applied one lookup at a time give."""
+    pick = random.Random(7)
+    results = [ON, Decision("off", "rule", None, 7), NOT_FOUND, Decision("on", None, None, None)]
+    for _ in range(200):
+        mode = pick.choice(list(Mode))
+        requests = [
+            (
+                T0 + pick.choice((0, 5, 3, HOUR_MS - 1, HOUR_MS, 2 * DAY_MS)),
+                [
+                    (f"u{pick.randrange(6)}", pick.choice((None, "b")),
+                     pick.choice(("f", "g", "quiet", "missing")), pick.choice(results))
+                    for _ in range(pick.randrange(1, 8))
+                ],
+            )
+            for _ in range(pick.randrange(1, 12))
+        ]  # fmt: skip
+        sink = Sink(mode, observer_size=1_000)
+        chunks = pick.randrange(1, 4)
+        for start in range(chunks):
+            sink.modes.process_all(
+                (sink.snap, at, lookups) for at, lookups in requests[start::chunks]
+            )
+        expected_sent, expected_counts, expected_unique = reference(
+            mode, [r for start in range(chunks) for r in requests[start::chunks]]
+        )
+        assert sink.sent == expected_sent
+        assert dict(((f, h), c) for f, h, c in sink.modes.take_counts()) == expected_counts
+        assert sorted(sink.modes.unique_keys.take()) == sorted(expected_unique)

@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 
-from fader.impressions import Impression, ImpressionModes, Mode, Pending
+from fader.impressions import Impression, ImpressionModes, Mode, Pending, add_messages
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 log = logging.getLogger("fader")
@@ -69,22 +69,13 @@ class ExposureBuffer:
             return
         request = self._new_request()
         records = 0
-        for imp in impressions:
-            if records >= BATCH_RECORDS:
+        for start in range(0, len(impressions), BATCH_RECORDS):
+            if records:
                 self._enqueue(request, records)
                 request, records = self._new_request(), 0
-            request.impressions.add(
-                key=imp.key,
-                bucketing_key=imp.bucketing_key or "",
-                flag=imp.flag,
-                treatment=imp.treatment,
-                label=imp.label or "",
-                change_number=imp.change_number,
-                time_ms=imp.time_ms,
-                previous_time_ms=imp.previous_time_ms or 0,
-                snapshot_version=imp.snapshot_version,
-            )
-            records += 1
+            made = impressions[start : start + BATCH_RECORDS]
+            add_messages(request.impressions, made)
+            records += len(made)
         for flag, hour, count in counts:
             request.counts.add(flag=flag, hour_ms=hour, count=count)
             records += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import calendar
 import datetime
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -33,7 +33,6 @@ from fader.snapshot.snapshot import Snapshot
 MAX_KEY_LENGTH = 250
 MAX_NAME_LENGTH = 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_PLAIN = frozenset((str, int, float, bool))
 _make_result = tuple.__new__
 
 
@@ -56,37 +55,15 @@ def invalid(message: str) -> CallFailed:
 class LocalSnapshot:
     """One snapshot version, ready to answer lookups in this process."""
 
-    __slots__ = ("_evaluate", "_limits", "_long_names", "pending", "record", "snapshot", "version")
+    __slots__ = ("decide", "limits", "pending", "record", "snapshot", "version")
 
     def __init__(self, snapshot: Snapshot, limits: Limits, recording: bool) -> None:
         self.snapshot = snapshot
         self.version = snapshot.version
-        self._evaluate = snapshot.evaluate
-        self._limits = limits
-        # A flag whose name the sidecar would refuse to look up; almost never true.
-        self._long_names = any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
+        self.limits = limits
         self.pending: deque[Answer] = deque()
         self.record = self.pending.append if recording else None
-
-    def decide(
-        self, key: str, flag: str, bucketing_key: str | None, attributes: Mapping[str, Any] | None
-    ) -> Decision:
-        """The engine's decision, recorded for impressions; raises CallFailed where the
-        sidecar would refuse the lookup and TypeError where the RPC clients would."""
-        values = self._attributes(attributes) if attributes else None
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise invalid(f"key: {len(key)} characters, 1 to {MAX_KEY_LENGTH} allowed")
-        if bucketing_key is not None and (not bucketing_key or len(bucketing_key) > MAX_KEY_LENGTH):
-            bucketing_key = self._bucketing_key(bucketing_key)
-        decision: Decision = self._evaluate(key, flag, bucketing_key, values)
-        if decision is NOT_FOUND or self._long_names:
-            check_name(flag, "flag")
-            if decision is NOT_FOUND:
-                return decision
-        record = self.record
-        if record is not None:
-            record((key, bucketing_key, flag, decision))
-        return decision
+        self.decide = make_decide(snapshot, limits, self.record)
 
     def result(
         self, key: str, flag: str, bucketing_key: str | None, attributes: Mapping[str, Any] | None
@@ -102,19 +79,17 @@ class LocalSnapshot:
         attributes: Mapping[str, Any] | None,
     ) -> dict[str, str]:
         """GetTreatments' answer: the named flags (every flag when none is named)."""
-        if len(names) > self._limits.max_batch_items:
+        limits = self.limits
+        if len(names) > limits.max_batch_items:
             raise invalid(
-                f"flags + flag_sets: {len(names)} given, "
-                f"at most {self._limits.max_batch_items} allowed"
+                f"flags + flag_sets: {len(names)} given, at most {limits.max_batch_items} allowed"
             )
-        values = self._attributes(attributes) if attributes else None
+        values = engine_attributes(attributes, limits) if attributes else None
         for index, name in enumerate(names):
             check_name(name, f"flags[{index}]")
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise invalid(f"key: {len(key)} characters, 1 to {MAX_KEY_LENGTH} allowed")
-        if bucketing_key is not None and (not bucketing_key or len(bucketing_key) > MAX_KEY_LENGTH):
-            bucketing_key = self._bucketing_key(bucketing_key)
-        evaluate, record = self._evaluate, self.record
+        check_key(key)
+        bucketing_key = optional_key(bucketing_key)
+        evaluate, record = self.snapshot.evaluate, self.record
         answers: dict[str, str] = {}
         for flag in dict.fromkeys(names) if names else self.snapshot.flag_names():
             decision: Decision = evaluate(key, flag, bucketing_key, values)
@@ -123,54 +98,91 @@ class LocalSnapshot:
                 record((key, bucketing_key, flag, decision))
         return answers
 
-    @staticmethod
-    def _bucketing_key(bucketing_key: str) -> str | None:
-        """Empty means none, as on the wire; too long is refused like a key."""
-        if not bucketing_key:
-            return None
+
+Decide = Callable[[str, str, "str | None", "Mapping[str, Any] | None"], Decision]
+
+
+def make_decide(
+    snapshot: Snapshot, limits: Limits, record: Callable[[Answer], None] | None
+) -> Decide:
+    """`decide(key, flag, bucketing_key, attributes) -> Decision` for one snapshot: the
+    engine's decision, recorded for impressions; raises CallFailed where the sidecar would
+    refuse the lookup and TypeError where the RPC clients would.
+
+    A closure rather than a method, and the plain-attribute check inlined, because this is
+    the whole cost of an in-process lookup besides the engine (about 0.3 µs of it).
+    """
+    evaluate = snapshot.evaluate
+    max_size, max_attributes = limits.max_attribute_size, limits.max_attributes
+    # a flag whose name the sidecar would refuse to look up: almost never there
+    long_names = any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
+
+    def decide(
+        key: str, flag: str, bucketing_key: str | None, attributes: Mapping[str, Any] | None
+    ) -> Decision:
+        if attributes:
+            for value in attributes.values():
+                kind = type(value)
+                if kind is str:
+                    if len(value) > max_size:
+                        attributes = engine_attributes(attributes, limits)
+                        break
+                elif (
+                    kind is not bool
+                    and kind is not float
+                    and (kind is not int or not INT64_MIN <= value <= INT64_MAX)
+                ):
+                    attributes = engine_attributes(attributes, limits)
+                    break
+            else:
+                if len(attributes) > max_attributes or "" in attributes:
+                    attributes = engine_attributes(attributes, limits)
+        if not 0 < len(key) <= MAX_KEY_LENGTH:
+            check_key(key)
+        if bucketing_key is not None and not 0 < len(bucketing_key) <= MAX_KEY_LENGTH:
+            bucketing_key = optional_key(bucketing_key)
+        decision: Decision = evaluate(key, flag, bucketing_key, attributes)
+        if decision is NOT_FOUND or long_names:
+            check_name(flag, "flag")
+            if decision is NOT_FOUND:
+                return decision
+        if record is not None:
+            record((key, bucketing_key, flag, decision))
+        return decision
+
+    return decide
+
+
+def check_key(key: str) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise invalid(f"key: {len(key)} characters, 1 to {MAX_KEY_LENGTH} allowed")
+
+
+def optional_key(key: str | None) -> str | None:
+    """Empty means none, as on the wire; too long is refused like a key."""
+    if not key:
+        return None
+    if len(key) > MAX_KEY_LENGTH:
+        raise invalid(f"bucketing_key: {len(key)} characters, at most {MAX_KEY_LENGTH} allowed")
+    return key
+
+
+def engine_attributes(attributes: Mapping[str, Any], limits: Limits) -> dict[str, object]:
+    """Every value converted first (TypeError, as the RPC clients raise before sending),
+    then the sidecar's limits (CallFailed INVALID_ARGUMENT)."""
+    converted = {name: engine_value(name, value) for name, value in attributes.items()}
+    if len(converted) > limits.max_attributes:
         raise invalid(
-            f"bucketing_key: {len(bucketing_key)} characters, at most {MAX_KEY_LENGTH} allowed"
+            f"attributes: {len(converted)} entries, at most {limits.max_attributes} allowed"
         )
-
-    def _attributes(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The attributes as the sidecar's engine would receive them. Plain values within the
-        limits (the common case) are checked in place and the caller's mapping is used as
-        it is; anything else takes the slow path."""
-        limits = self._limits
-        max_size = limits.max_attribute_size
-        for value in attributes.values():
-            kind = type(value)
-            if kind is str:
-                if len(value) > max_size:
-                    return self._converted(attributes)
-            elif kind is int:
-                if not INT64_MIN <= value <= INT64_MAX:
-                    return self._converted(attributes)
-            elif kind not in _PLAIN:
-                return self._converted(attributes)
-        if len(attributes) > limits.max_attributes or "" in attributes:
-            return self._converted(attributes)
-        return attributes
-
-    def _converted(self, attributes: Mapping[str, Any]) -> dict[str, object]:
-        """Every value converted first (TypeError, as the RPC clients raise before sending),
-        then the sidecar's limits (CallFailed INVALID_ARGUMENT)."""
-        limits = self._limits
-        converted = {name: engine_value(name, value) for name, value in attributes.items()}
-        if len(converted) > limits.max_attributes:
-            raise invalid(
-                f"attributes: {len(converted)} entries, at most {limits.max_attributes} allowed"
-            )
-        max_size = limits.max_attribute_size
-        for name, value in converted.items():
-            if not name:
-                raise invalid("attributes: an attribute name is empty")
-            size = len(value) if isinstance(value, str) else _list_size(value)
-            if size > max_size:
-                raise invalid(
-                    f"attributes[{name!r}]: {size} characters, at most {max_size} allowed"
-                )
-        return converted
+    max_size = limits.max_attribute_size
+    for name, value in converted.items():
+        if not name:
+            raise invalid("attributes: an attribute name is empty")
+        size = len(value) if isinstance(value, str) else _list_size(value)
+        if size > max_size:
+            raise invalid(f"attributes[{name!r}]: {size} characters, at most {max_size} allowed")
+    return converted
 
 
 def _list_size(value: object) -> int:
