@@ -99,7 +99,7 @@ def via_flagd_resolve_all(sidecar: RunningSidecar) -> Answers:
         response = stub.ResolveAll(flagd_pb.ResolveAllRequest(context=context), timeout=5)
     versions = {int(entry.metadata["version"]) for entry in response.flags.values()}
     assert len(versions) == 1, f"one ResolveAll answered from versions {versions}"
-    answers = [(response.flags[name].variant, None) for name in FLAGS]
+    answers: list[tuple[str, str | None]] = [(response.flags[n].variant, None) for n in FLAGS]
     return versions.pop(), answers
 
 

@@ -212,6 +212,8 @@ def test_permanent_refusal_drops_that_batch_only_and_counts_it() -> None:
         assert pipe.stats.dropped == {("impressions", "refused_invalid_argument"): 10}
         await pipe.close(1.0)
         await server.stop(0)
+        # every impression counted once: the refused batch as dropped, never also as sent
+        assert pipe.stats.sent == {"impressions": 10}
         collector.arrivals.assert_each_batch_once()  # the refused batch was not sent again
         assert len(set(collector.arrivals.ids)) == len(collector.arrivals.ids) == 2
 

@@ -452,3 +452,82 @@ def test_split_fixtures_as_split_changes_documents(fixture: str) -> None:
     oracle = Oracle(document)
     for case in _fixture_cases(document):
         assert _fader_outcome(snapshot, case) == _oracle_outcome(oracle, case), case
+
+
+# ------------------------------------------------------------------ bucket boundaries
+
+BOUNDARY_KEYS = tuple(f"user-{i}" for i in range(1500))
+TRAFFIC_SEED, TREATMENT_SEED = -1667452163, 1314120000
+THIRDS = [
+    {"treatment": "a", "size": 37},
+    {"treatment": "b", "size": 26},
+    {"treatment": "c", "size": 37},
+]
+
+
+def _boundary_flag(name: str, algo: int, allocation: int, *conditions: Json) -> Json:
+    return {
+        "name": name,
+        "trafficTypeName": "user",
+        "seed": TREATMENT_SEED,
+        "trafficAllocation": allocation,
+        "trafficAllocationSeed": TRAFFIC_SEED,
+        "algo": algo,
+        "status": "ACTIVE",
+        "killed": False,
+        "defaultTreatment": "off",
+        "changeNumber": 1,
+        "conditions": list(conditions),
+    }
+
+
+def _rollout_condition(partitions: list[Json], matchers: list[Json] | None = None) -> Json:
+    every_key = {"matcherType": "ALL_KEYS", "negate": False}
+    return {
+        "conditionType": "ROLLOUT",
+        "matcherGroup": {"combiner": "AND", "matchers": matchers or [every_key]},
+        "partitions": partitions,
+        "label": "rule",
+    }
+
+
+@pytest.mark.parametrize("algo", [1, 2], ids=["legacy-hash", "murmur"])
+def test_every_bucket_boundary_matches_sdk(algo: int) -> None:
+    """1,500 keys that fall in every one of the 100 buckets (by the SDK's own
+    ``Splitter.get_bucket``) for both the traffic-allocation seed and the treatment seed, on
+    flags whose traffic allocation (37) and partitions (37/26/37) put boundaries at buckets
+    37/38 and 63/64, in each compiled shape (one condition; a condition after another;
+    traffic allocation and partitions together): every answer must be the SDK's.
+
+    Mutants this catches, every run: a partition boundary off by one (the bucket on a
+    boundary gets the neighbouring treatment) and a traffic allocation off by one (the key
+    whose bucket equals the allocation is left out, or the next one let in)."""
+    from splitio.engine.splitters import Splitter
+
+    traffic = {Splitter.get_bucket(key, TRAFFIC_SEED, algo) for key in BOUNDARY_KEYS}
+    treatment = {Splitter.get_bucket(key, TREATMENT_SEED, algo) for key in BOUNDARY_KEYS}
+    assert traffic == treatment == set(range(1, 101)), "the keys must hit every bucket"
+    nobody = {
+        "matcherType": "WHITELIST",
+        "negate": False,
+        "whitelistMatcherData": {"whitelist": ["nobody"]},
+    }
+    flags = [
+        _boundary_flag("traffic", algo, 37, _rollout_condition([{"treatment": "on", "size": 100}])),
+        _boundary_flag("thirds", algo, 100, _rollout_condition(THIRDS)),
+        _boundary_flag(
+            "thirds-after-a-rule",
+            algo,
+            100,
+            _rollout_condition([{"treatment": "x", "size": 100}], [nobody]),
+            _rollout_condition(THIRDS),
+        ),
+        _boundary_flag("traffic-and-thirds", algo, 37, _rollout_condition(THIRDS)),
+    ]
+    document = {"version": 1, "segments": {}, "ruleBasedSegments": [], "flags": flags}
+    cases = [
+        Case(key=key, flag=flag["name"], bucketing_key=None, attributes=None)
+        for flag in flags
+        for key in BOUNDARY_KEYS
+    ]
+    _assert_agree(document, cases, minimize=False)
