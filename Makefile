@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := clients/python/fader/pb/.stamp
 
-.PHONY: setup proto run demo demo-release test lint format bench clean deploy-check
+.PHONY: setup proto run demo demo-release test mutants lint format bench clean deploy-check
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ demo-release: $(GEN)
 
 test: $(GEN)
 	$(BIN)/python -m pytest
+
+# Plants a fixed list of plausible bugs, one at a time, in a copy of the tree; each must fail
+# the tests named for it (tools/mutation_check.py; about 2 minutes on 2 cores).
+mutants: $(GEN)
+	$(BIN)/python tools/mutation_check.py
 
 lint: $(GEN)
 	$(BIN)/ruff check .

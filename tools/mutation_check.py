@@ -99,6 +99,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "        return {n: _timestamp_seconds(v) or v for n, v in values.items()}\n",
         ("tests/api/test_lane_limits.py::test_attribute_limits",),
     ),
+    Mutant(
+        "fast-lane-hangs-after-garbage",
+        "the fast lane answers a protocol error but leaves the connection open (the client "
+        "waits forever)",
+        "sidecar/api/fastlane.py",
+        '            transport.write(b"".join(out))\n            transport.close()\n'
+        "            return\n",
+        '            transport.write(b"".join(out))\n            return\n',
+        ("tests/api/test_fastlane.py::test_bad_frames_get_an_error_and_close",),
+    ),
     # ---- snapshot path -----------------------------------------------------------------------
     Mutant(
         "applier-accepts-stale-version",
