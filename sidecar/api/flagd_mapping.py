@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from fader.flagd import result as flagd_result
@@ -162,7 +162,7 @@ def _json_value(
     if kind == "string_value":
         text = value.string_value
         if len(text) > policy.max_size:
-            raise policy.too_long("context", where, len(text))
+            raise policy.too_long_at(where, len(text))
         return text
     if kind == "bool_value":
         return value.bool_value
@@ -381,7 +381,7 @@ def in_flag_set(flag: CompiledFlag | None, selected: str | None) -> bool:
 def change_notifications(
     previous: Mapping[str, CompiledFlag],
     current: Mapping[str, CompiledFlag],
-    changed: list[str],
+    changed: Sequence[str],
     selected: str | None,
 ) -> dict[str, dict[str, str]]:
     """flagd's configuration_change ``data.flags``: {flag: {"type": write|update|delete}} for

@@ -45,8 +45,12 @@ class AttributePolicy:
 
     def too_long(self, where: str, name: str, size: int) -> BadRequest:
         """The refusal of a string (or string list) over the size limit, counted."""
+        return self.too_long_at(f"{where}[{name!r}]", size)
+
+    def too_long_at(self, path: str, size: int) -> BadRequest:
+        """`too_long` for a value at any path (a nested JSON context, say)."""
         limits.REFUSALS.count(limits.ATTRIBUTE_SIZE)
-        return BadRequest(f"{where}[{name!r}]: {size} characters, at most {self.max_size} allowed")
+        return BadRequest(f"{path}: {size} characters, at most {self.max_size} allowed")
 
     def check_list(self, where: str, name: str, items: list[str]) -> list[str]:
         size = sum(map(len, items))
