@@ -24,6 +24,11 @@ class NotEncodable(ValueError):
 
 
 def encode(value: Any) -> bytes:
+    if type(value) is str:  # the usual bucketing value: no buffer, one header
+        data = value.encode("utf-8", "surrogatepass")
+        out = bytearray()
+        _head(TEXT, len(data), out)
+        return bytes(out) + data
     out = bytearray()
     _encode(value, out)
     return bytes(out)

@@ -348,7 +348,13 @@ class _Builder:
         matches = {name: decision(name, flagd_result.LABEL_TARGETING_MATCH) for name in variants}
         unknown = decision(None, flagd_result.LABEL_UNKNOWN_VARIANT)
         return _targeting_run(
-            node.fn, key, compiler.uses_whole_data, matches, default_answer, unknown
+            node.fn,
+            key,
+            compiler.uses_whole_data,
+            compiler.reads_key,
+            matches,
+            default_answer,
+            unknown,
         )
 
 
@@ -372,6 +378,7 @@ def _targeting_run(
     rule: Callable[[Data], Any],
     flag_key: str,
     whole_data: bool,
+    reads_key: bool,
     matches: Mapping[str, Decision],
     default_answer: Decision,
     unknown: Decision,
@@ -379,19 +386,20 @@ def _targeting_run(
     """The run closure of a targeted flag. The evaluation data is the attributes, with the
     lookup's key as ``targetingKey`` unless the attributes carry one (the flagd lanes pass
     the context whole); ``$flagd`` is added only for rules that read the data as a whole
-    (constant ``$flagd.*`` paths were resolved when compiling)."""
+    (constant ``$flagd.*`` paths were resolved when compiling). The attributes are copied
+    only for a rule that reads the targeting key."""
     get_match = matches.get
 
     def run(key: str, bk: str, attrs: Attributes | None) -> Decision:
         data: Any = attrs if attrs is not None else {}
-        if key and TARGETING_KEY not in data:
+        if reads_key and key and TARGETING_KEY not in data:
             data = {**data, TARGETING_KEY: key}
         if whole_data:
             data = {**data, FLAGD: {"flagKey": flag_key, "timestamp": int(time.time())}}
         value = rule(data)
         if value is None:
             return default_answer
-        name = _variant_name(value)
+        name = value if type(value) is str else _variant_name(value)
         answer = get_match(name) if name is not None else None
         return unknown if answer is None else answer
 

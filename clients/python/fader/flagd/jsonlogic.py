@@ -41,6 +41,7 @@ Data = Any
 Fn = Callable[[Data], Any]
 REF: Final = "$ref"
 FLAGD: Final = "$flagd"
+TARGETING_KEY: Final = "targetingKey"
 
 DEFAULT_MAX_DEPTH: Final = 32
 DEFAULT_MAX_NODES: Final = 10_000
@@ -70,6 +71,7 @@ class Node:
     fn: Fn
     constant: bool = False
     value: Any = None
+    boolean: bool = False  # always answers True or False (comparisons): no truthiness test
 
 
 def literal(value: Any) -> Node:
@@ -100,6 +102,7 @@ class Compiler:
         self.nodes = 0
         self.uses_whole_data = False  # a var whose path is computed, or "" (all the data)
         self.reads_time = False  # the answer may change with time alone ($flagd.timestamp)
+        self.reads_key = False  # the rule reads targetingKey (the data must carry it)
 
     def compile(self, node: Any, path: str, depth: int = 0, in_ref: bool = False) -> Node:
         if depth > self.max_depth:
@@ -127,6 +130,8 @@ class Compiler:
         ]
         if custom is not None:
             return custom(self, nodes, f"{path}.{name}")
+        if name in ("missing", "missing_some"):
+            self.reads_key = True  # it may name any key, targetingKey included
         assert builder is not None
         return builder(nodes)
 
@@ -152,14 +157,16 @@ class Compiler:
         nodes = [self.compile(a, f"{path}.var[{i}]", depth + 1, in_ref) for i, a in enumerate(args)]
         default = nodes[1] if len(nodes) > 1 else literal(None)
         if not nodes or (nodes[0].constant and nodes[0].value in ("", None)):
-            self.uses_whole_data = True
+            self.uses_whole_data = self.reads_key = True
             return Node(lambda data: data)
         if nodes[0].constant:
             parts = _path(nodes[0].value)
             if parts[0] == FLAGD:
                 return self._flagd_property(parts, default)
+            if parts[0] == TARGETING_KEY:
+                self.reads_key = True
             return var(parts, default)
-        self.uses_whole_data = True
+        self.uses_whole_data = self.reads_key = True
         path_fn, default_fn = nodes[0].fn, default.fn
 
         def dynamic_var(data: Data) -> Any:
@@ -238,14 +245,10 @@ def _if(nodes: list[Node]) -> Node:
         return literal(None)
     if len(nodes) == 1:
         return nodes[0]
+    if len(nodes) <= 3:
+        return _if_else(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else literal(None))
     pairs = [(nodes[i].fn, nodes[i + 1].fn) for i in range(0, len(nodes) - 1, 2)]
     otherwise = nodes[-1].fn if len(nodes) % 2 else None
-    if len(pairs) == 1:
-        ((cond, then),) = pairs
-        if otherwise is None:
-            return Node(lambda data: then(data) if truthy(cond(data)) else None)
-        other = otherwise
-        return Node(lambda data: then(data) if truthy(cond(data)) else other(data))
 
     def chain(data: Data) -> Any:
         for cond, then in pairs:
@@ -254,6 +257,17 @@ def _if(nodes: list[Node]) -> Node:
         return otherwise(data) if otherwise is not None else None
 
     return Node(chain)
+
+
+def _if_else(cond: Node, then: Node, other: Node) -> Node:
+    """The commonest rule, `if cond then A else B`, with literal branches returned as they
+    are and a boolean condition used without a truthiness test."""
+    test = cond.fn if cond.boolean else (lambda data, fn=cond.fn: truthy(fn(data)))
+    if then.constant and other.constant:
+        a, b = then.value, other.value
+        return Node(lambda data: a if test(data) else b)
+    then_fn, other_fn = then.fn, other.fn
+    return Node(lambda data: then_fn(data) if test(data) else other_fn(data))
 
 
 def _and(nodes: list[Node]) -> Node:
@@ -336,8 +350,11 @@ _SCOPED: dict[str, Callable[[list[Node]], Node]] = {
 # --- eager operators: every argument evaluated, then the operation -----------------------------
 
 
-def _eager(operation: Callable[[list[Any]], Any]) -> Callable[[list[Node]], Node]:
-    """Folded to a literal when every argument is; else evaluates the arguments first."""
+def _eager(
+    operation: Callable[[list[Any]], Any], boolean: bool = False
+) -> Callable[[list[Node]], Node]:
+    """Folded to a literal when every argument is; else evaluates the arguments first.
+    `boolean`: the operation always answers True or False."""
 
     def build(nodes: list[Node]) -> Node:
         if all(n.constant for n in nodes):
@@ -345,8 +362,8 @@ def _eager(operation: Callable[[list[Any]], Any]) -> Callable[[list[Node]], Node
         fns = [n.fn for n in nodes]
         if len(fns) == 2:
             first, second = fns
-            return Node(lambda data: operation([first(data), second(data)]))
-        return Node(lambda data: operation([fn(data) for fn in fns]))
+            return Node(lambda data: operation([first(data), second(data)]), boolean=boolean)
+        return Node(lambda data: operation([fn(data) for fn in fns]), boolean=boolean)
 
     return build
 
@@ -387,7 +404,7 @@ def _build_in(nodes: list[Node]) -> Node:
                 value = needle(data)
                 return isinstance(value, str) and value in members
 
-            return Node(member)
+            return Node(member, boolean=True)
     return _eager(_in)(nodes)
 
 
@@ -458,19 +475,43 @@ def _missing_keys(data: Data, keys: list[Any]) -> list[Any]:
     return [key for key in keys if lookup(data, _path(key)) in (None, "")]
 
 
+def _equality(negate: bool) -> Callable[[list[Node]], Node]:
+    """``==`` / ``!=``; against a constant string (the usual rule: an attribute equals a
+    literal) a string compares directly, anything else by JavaScript's rules."""
+    general = _eager(lambda a: loose_equal(_arg(a, 0), _arg(a, 1)) != negate, boolean=True)
+
+    def build(nodes: list[Node]) -> Node:
+        if len(nodes) != 2 or nodes[0].constant == nodes[1].constant:
+            return general(nodes)
+        constant, other = (nodes[0], nodes[1]) if nodes[0].constant else (nodes[1], nodes[0])
+        text, read = constant.value, other.fn
+        if not isinstance(text, str):
+            return general(nodes)
+
+        def equal(data: Data) -> bool:
+            value = read(data)
+            if type(value) is str:
+                return (value == text) != negate
+            return loose_equal(value, text) != negate
+
+        return Node(equal, boolean=True)
+
+    return build
+
+
 _EAGER: dict[str, Callable[[list[Node]], Node]] = {
-    "==": _eager(lambda a: loose_equal(_arg(a, 0), _arg(a, 1))),
-    "!=": _eager(lambda a: not loose_equal(_arg(a, 0), _arg(a, 1))),
-    "===": _eager(lambda a: strict_equal(_arg(a, 0), _arg(a, 1))),
-    "!==": _eager(lambda a: not strict_equal(_arg(a, 0), _arg(a, 1))),
-    "!": _eager(lambda a: not truthy(_arg(a, 0))),
-    "!!": _eager(lambda a: truthy(_arg(a, 0))),
-    ">": _eager(lambda a: less_than(_arg(a, 1), _arg(a, 0))),
-    ">=": _eager(lambda a: less_or_equal(_arg(a, 1), _arg(a, 0))),
-    "<": _eager(_compare(less_than)),
-    "<=": _eager(_compare(less_or_equal)),
+    "==": _equality(negate=False),
+    "!=": _equality(negate=True),
+    "===": _eager(lambda a: strict_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
+    "!==": _eager(lambda a: not strict_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
+    "!": _eager(lambda a: not truthy(_arg(a, 0)), boolean=True),
+    "!!": _eager(lambda a: truthy(_arg(a, 0)), boolean=True),
+    ">": _eager(lambda a: less_than(_arg(a, 1), _arg(a, 0)), boolean=True),
+    ">=": _eager(lambda a: less_or_equal(_arg(a, 1), _arg(a, 0)), boolean=True),
+    "<": _eager(_compare(less_than), boolean=True),
+    "<=": _eager(_compare(less_or_equal), boolean=True),
     "in": _build_in,
-    "cat": _eager(lambda a: "".join(to_string(v) for v in a)),
+    "cat": _eager(lambda a: "".join([v if type(v) is str else to_string(v) for v in a])),
     "substr": _eager(_substr),
     "+": _eager(_sum),
     "*": _eager(_product),

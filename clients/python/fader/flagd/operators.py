@@ -19,9 +19,11 @@ a sum of 0 gives null.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any, Final
+from itertools import accumulate
+from typing import Any, Final, NamedTuple
 
 import mmh3
 from fader.flagd import cbor, semver
@@ -113,35 +115,112 @@ def v3_value(flag_key: str, args: list[Any], data: Data) -> tuple[bytes | None, 
         return None, rest
 
 
+class _Table(NamedTuple):
+    """Buckets parsed once: cumulative weights and their variants (None: no valid weights)."""
+
+    total: int
+    cumulative: tuple[int, ...]
+    variants: tuple[Any, ...]
+
+
+def _table(buckets: Buckets | None) -> _Table | None:
+    if buckets is None:
+        return None
+    total = sum(weight for _, weight in buckets)
+    if total <= 0 or total > MAX_TOTAL_WEIGHT:
+        return None
+    return _Table(
+        total,
+        tuple(accumulate(weight for _, weight in buckets)),
+        tuple(variant for variant, _ in buckets),
+    )
+
+
+def _pick_in(table: _Table | None, hash_value: int) -> Any:
+    if table is None:
+        return None
+    return table.variants[bisect_right(table.cumulative, (hash_value * table.total) >> 32)]
+
+
 def fractional(generation: Fractional) -> Operator:
-    """The ``fractional`` operator of one generation."""
+    """The ``fractional`` operator of one generation.
+
+    Rules nearly always list their buckets as literals; those are parsed once, here, and a
+    request then costs the bucketing value, one murmur3 and one bisection. Anything computed
+    (a weight or a variant from an expression) takes the general path.
+    """
 
     def build(compiler: Compiler, nodes: list[Node], path: str) -> Node:
+        compiler.reads_key = True
         if not nodes:
             return literal(None)
         flag_key = compiler.flag_key
         fns = [node.fn for node in nodes]
+        value_of = v2_value if generation is Fractional.V2 else v3_value
+
+        def general(data: Data) -> Any:
+            value, rest = value_of(flag_key, [fn(data) for fn in fns], data)
+            buckets = parse_buckets(rest)
+            if value is None or buckets is None:
+                return None
+            return pick(_hash(value), buckets)
+
+        if all(node.constant for node in nodes) and isinstance(nodes[0].value, list):
+            return _shorthand(generation, flag_key, _table(parse_buckets([n.value for n in nodes])))
+        if not all(node.constant for node in nodes[1:]):
+            return Node(general)
+        table = _table(parse_buckets([node.value for node in nodes[1:]]))
+        first = fns[0]
         if generation is Fractional.V2:
 
             def v2(data: Data) -> Any:
-                value, rest = v2_value(flag_key, [fn(data) for fn in fns], data)
-                buckets = parse_buckets(rest)
-                if value is None or buckets is None:
-                    return None
-                return pick(mmh3.hash(value, 0, signed=False), buckets)
+                value = first(data)
+                if type(value) is str:
+                    return _pick_in(table, mmh3.hash(value, 0, signed=False))
+                return general(data)
 
             return Node(v2)
 
         def v3(data: Data) -> Any:
-            value, rest = v3_value(flag_key, [fn(data) for fn in fns], data)
-            buckets = parse_buckets(rest)
-            if value is None or buckets is None:
+            value = first(data)
+            if value is None or isinstance(value, list):
+                return general(data)
+            try:
+                encoded = cbor.encode(value)
+            except cbor.NotEncodable:
                 return None
-            return pick(mmh3.hash(value, 0, signed=False), buckets)
+            return _pick_in(table, mmh3.hash(encoded, 0, signed=False))
 
         return Node(v3)
 
     return build
+
+
+def _hash(value: str | bytes) -> int:
+    """Unsigned murmur3 x86_32, seed 0: of the UTF-8 text (v2) or the CBOR bytes (v3)."""
+    return int(mmh3.hash(value, 0, signed=False))
+
+
+def _shorthand(generation: Fractional, flag_key: str, table: _Table | None) -> Node:
+    """Every argument a literal bucket: the value is the flag key and the targeting key."""
+    if generation is Fractional.V2:
+
+        def v2(data: Data) -> Any:
+            key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
+            if not isinstance(key, str):
+                return None
+            return _pick_in(table, mmh3.hash(flag_key + key, 0, signed=False))
+
+        return Node(v2)
+    prefix = b"\x82" + cbor.encode(flag_key)  # a two-item array, then the flag key
+
+    def v3(data: Data) -> Any:
+        key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
+        if not isinstance(key, str) or not key:
+            return None
+        return _pick_in(table, mmh3.hash(prefix + cbor.encode(key), 0, signed=False))
+
+    return Node(v3)
 
 
 def sem_ver(compiler: Compiler, nodes: list[Node], path: str) -> Node:
