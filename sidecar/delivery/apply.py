@@ -33,6 +33,9 @@ from sidecar.delivery.signing import SignatureError, Verified, Verifier
 from sidecar.delivery.store import StaleVersionError, Store
 
 log = logging.getLogger(__name__)
+# The longest a writer waits for replaced snapshots to be freed before building another
+# (freeing takes about a tenth of building: this is reached only if something is wrong).
+SETTLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class Applier:
                     "forward, even when forced)",
                 )
                 return self._refused(source, verified.version, [issue], "stale")
+        if not self.store.settle(SETTLE_SECONDS):
+            log.warning("replaced snapshots are not freed yet; building the next one anyway")
         try:
             snapshot = load_bytes(data, fmt, source, self.limits)
         except LimitError as exc:

@@ -3,7 +3,8 @@
 Readers do ``store.current`` once per request: a single attribute read, atomic under
 the GIL, no lock on the hot path. Writers serialise on a lock so that the version check
 and the swap cannot interleave. Replaced snapshots go to the Reaper, which frees them in
-small steps once no request uses them any more.
+small steps once no request uses them any more; writers `settle` before building the next
+one, so memory holds a bounded number of snapshots however fast they are swapped.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ class Store:
         if previous is not None:
             self._reaper.retire(previous)
         return previous
+
+    @property
+    def reaper(self) -> Reaper:
+        return self._reaper
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the replaced snapshots nobody uses any more are freed (False if that
+        took longer than ``timeout``). Writers call it before building the next snapshot, so
+        that swaps faster than freeing cannot pile snapshots up in memory."""
+        return self._reaper.wait_idle(timeout)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(previous, current)`` after every swap; returns an unsubscribe."""
