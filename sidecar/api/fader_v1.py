@@ -22,7 +22,7 @@ from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api.grpc_status import abort
-from sidecar.api.watch import ChangeFeed
+from sidecar.api.watch import Change, ChangeFeed
 from sidecar.core import Core
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.evaluator import Lookup
@@ -164,10 +164,8 @@ class EvaluationService:
         try:
             for index, flag in enumerate(request.flags):
                 check_name(flag, f"flags[{index}]")
-            async for snap, changed in self._feed.changes(frozenset(request.flags)):
-                yield pb.WatchChangesResponse(
-                    version=snap.version, changed_flags=changed, source=snap.source
-                )
+            async for message in self._feed.updates(frozenset(request.flags), change_message):
+                yield message
         except Refusal as err:
             await abort(context, err)
 
@@ -199,6 +197,13 @@ class EvaluationService:
         except Refusal as err:
             await abort(context, err)
         return pb.RecordExposuresResponse(duplicate=duplicate)
+
+
+def change_message(change: Change) -> pb.WatchChangesResponse:
+    """One WatchChanges message, shared by every stream it is for (it is never changed)."""
+    return pb.WatchChangesResponse(
+        version=change.version, changed_flags=change.flags, source=change.source
+    )
 
 
 def snapshot_messages(
