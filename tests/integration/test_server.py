@@ -69,6 +69,7 @@ def test_reflection_lists_the_services(target: str) -> None:
         "fader.v1.EvaluationService",
         "flagd.evaluation.v1.Service",
         "flagd.evaluation.v2.Service",
+        "flagd.sync.v1.FlagSyncService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
