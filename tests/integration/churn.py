@@ -1,0 +1,263 @@
+"""Churn and fault helpers shared by the tests/integration/test_churn_*.py tests and
+benchmarks/churn_bench.py: a large snapshot, pushes to a real `fader serve`, its RSS, streams
+that are never read, and lookups that count the answers a client would turn into "control".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import msgpack
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
+from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
+
+from tests.integration.harness import REPO, ServeProcess, free_port, serve_process
+
+# The deadline fader's clients give a lookup before answering "control" (fader._common).
+LOOKUP_DEADLINE = 0.1
+_MSGPACK = snapshot_pb2.SNAPSHOT_ENCODING_MSGPACK
+
+
+def big_flag(i: int, version: int, segments: int) -> dict[str, Any]:
+    """A flag with a whitelist, a segment and a two-attribute condition; ``version`` is in its
+    definition, so every flag counts as changed from one version to the next."""
+
+    def matcher(kind: str, attribute: str | None, **data: Any) -> dict[str, Any]:
+        selector = {"trafficType": "user", "attribute": attribute}
+        return {"keySelector": selector, "matcherType": kind, "negate": False, **data}
+
+    def condition(matchers: list[dict[str, Any]], parts: dict[str, int]) -> dict[str, Any]:
+        return {
+            "conditionType": "ROLLOUT",
+            "matcherGroup": {"combiner": "AND", "matchers": matchers},
+            "partitions": [{"treatment": t, "size": s} for t, s in parts.items()],
+            "label": "rule",
+        }
+
+    segment = {"segmentName": f"seg-{i % segments}"}
+    return {
+        "name": f"flag-{i}",
+        "trafficTypeName": "user",
+        "seed": (i * 7919) % 2**31,
+        "trafficAllocation": 100,
+        "trafficAllocationSeed": i,
+        "algo": 2,
+        "status": "ACTIVE",
+        "killed": False,
+        "defaultTreatment": "off",
+        "changeNumber": version,
+        "configurations": {"on": '{"a":1}'},
+        "conditions": [
+            condition(
+                [matcher("WHITELIST", None, whitelistMatcherData={"whitelist": ["u1", "u2"]})],
+                {"on": 100},
+            ),
+            condition(
+                [matcher("IN_SEGMENT", None, userDefinedSegmentMatcherData=segment)],
+                {"on": 50, "off": 50},
+            ),
+            condition(
+                [
+                    matcher("WHITELIST", "plan", whitelistMatcherData={"whitelist": ["pro"]}),
+                    matcher(
+                        "GREATER_THAN_OR_EQUAL_TO",
+                        "age",
+                        unaryNumericMatcherData={"dataType": "NUMBER", "value": 18},
+                    ),
+                ],
+                {"on": 10, "off": 90},
+            ),
+        ],
+    }
+
+
+def big_snapshot(version: int, flags: int, segments: int = 50, keys: int = 100) -> bytes:
+    """A msgpack snapshot of ``flags`` flags and ``segments`` segments of ``keys`` keys."""
+    doc = {
+        "version": version,
+        "flags": [big_flag(i, version, segments) for i in range(flags)],
+        "segments": {f"seg-{s}": [f"key-{s}-{k}" for k in range(keys)] for s in range(segments)},
+        "ruleBasedSegments": [],
+    }
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads for process {pid}")
+
+
+class Pusher:
+    """PushSnapshot to a sidecar's admin listener; every push must be accepted."""
+
+    def __init__(self, admin: str) -> None:
+        options = [("grpc.max_send_message_length", 256 << 20)]
+        self._channel = grpc.insecure_channel(admin, options=options)
+        grpc.channel_ready_future(self._channel).result(20)
+        self._stub = controlplane_pb2_grpc.SnapshotAdminServiceStub(self._channel)
+
+    def push(self, version: int, document: bytes) -> snapshot_pb2.SnapshotAck:
+        message = snapshot_pb2.Snapshot(version=version, encoding=_MSGPACK, document=document)
+        request = controlplane_pb2.PushSnapshotRequest(snapshot=message)
+        ack: snapshot_pb2.SnapshotAck = self._stub.PushSnapshot(request, timeout=60)
+        assert ack.accepted, ack
+        return ack
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@dataclass
+class Pushable:
+    """A running `fader serve` with its admin listener, and where it listens."""
+
+    serve: ServeProcess
+    grpc_target: str
+    mgmt: str
+    pusher: Pusher
+
+    @property
+    def pid(self) -> int:
+        return self.serve.process.pid
+
+
+@contextlib.contextmanager
+def pushable_sidecar(log_dir: Path, *extra: str, name: str = "serve.log") -> Iterator[Pushable]:
+    """`fader serve` on loopback with an admin listener for pushes and no snapshot yet."""
+    admin = f"127.0.0.1:{free_port()}"
+    args = [
+        "--admin-listen", admin, "--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0",
+        "--max-watch-streams", "4096", *extra,
+    ]  # fmt: skip
+    with serve_process(args, log_dir, log_name=name) as serve:
+        listening = serve.wait_listening()
+        pusher = Pusher(admin)
+        try:
+            yield Pushable(serve, listening["grpc"], "http://" + listening["mgmt"], pusher)
+        finally:
+            pusher.close()
+
+
+@dataclass
+class Lookups:
+    """Latencies of lookups made one after another, and how many missed the deadline."""
+
+    latencies: list[float] = field(default_factory=list)
+    control: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+    def summary(self) -> str:
+        return (
+            f"{self.count} lookups, {self.control} answered control "
+            f"({100 * self.control / max(1, self.count):.1f} %), "
+            f"p50 {1000 * self.percentile(0.5):.1f} ms, p99 {1000 * self.percentile(0.99):.1f} ms"
+        )
+
+
+class LookupLoad:
+    """GetTreatment calls with the clients' deadline, from a thread, until stopped: a call
+    that misses the deadline is one a client answers "control"."""
+
+    def __init__(self, target: str, flag: str, pause: float = 0.002) -> None:
+        self.result = Lookups()
+        self._target, self._flag, self._pause = target, flag, pause
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> LookupLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        request = pb.GetTreatmentRequest(key="key-1-1", flag=self._flag)
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            stub = pb_grpc.EvaluationServiceStub(channel)
+            await stub.GetTreatment(request, timeout=5)  # connected before measuring
+            clock = time.perf_counter
+            while not self._stop.is_set():
+                started = clock()
+                try:
+                    await stub.GetTreatment(request, timeout=LOOKUP_DEADLINE)
+                except grpc.aio.AioRpcError:
+                    self.result.control += 1
+                self.result.latencies.append(clock() - started)
+                await asyncio.sleep(self._pause)
+
+
+# A child process that opens WatchChanges streams and never reads them: in the test process
+# the streams would share its GIL with the measuring client.
+_UNREAD_STREAMS = """
+import sys, time, grpc
+from fader.pb.fader.v1 import evaluation_pb2 as pb, evaluation_pb2_grpc as pb_grpc
+target, count = sys.argv[1], int(sys.argv[2])
+channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(max(1, count // 50))]
+streams = [pb_grpc.EvaluationServiceStub(channels[i % len(channels)]).WatchChanges(
+    pb.WatchChangesRequest()) for i in range(count)]
+for stream in streams:
+    stream.initial_metadata()
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def unread_watch_streams(target: str, count: int) -> Iterator[None]:
+    """``count`` WatchChanges streams that are opened and never read, until the block ends."""
+    from tests.integration.harness import serve_env
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _UNREAD_STREAMS, target, str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=serve_env(),
+        cwd=REPO,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "open", "the streams did not open"
+        yield
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    match = re.search("^" + pattern + "$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
