@@ -46,6 +46,16 @@ KEEP_ALIVE = "keep_alive"
 
 Convert = Callable[[Decision], Any]
 
+# Each typed resolve: its response message's name, how a Split treatment converts, the kind
+# a flagd-dialect value must be (shared by the gRPC servicers and the Connect lane).
+RESOLVES: dict[str, tuple[str, Convert, str]] = {
+    "ResolveBoolean": ("ResolveBooleanResponse", mapping.boolean_value, "boolean"),
+    "ResolveString": ("ResolveStringResponse", mapping.string_value, "string"),
+    "ResolveFloat": ("ResolveFloatResponse", mapping.float_value, "float"),
+    "ResolveInt": ("ResolveIntResponse", mapping.int_value, "integer"),
+    "ResolveObject": ("ResolveObjectResponse", mapping.object_value, "object"),
+}
+
 
 class FlagdResolver:
     """What both flagd services share: the evaluation core, and the context decoding."""
@@ -87,6 +97,14 @@ class FlagdService:
         self._feed = feed
         self._keep_alive = keep_alive
 
+    @property
+    def pb(self) -> ModuleType:
+        return self._pb
+
+    def events(self, header: str | None) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """The EventStream's (type, data) for a Flagd-Selector header (BadRequest if bad)."""
+        return events(self._feed, mapping.flag_set(header), self._keep_alive)
+
     async def ResolveBoolean(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._resolve(
             request, context, self._pb.ResolveBooleanResponse, mapping.boolean_value, "boolean"
@@ -121,11 +139,11 @@ class FlagdService:
         kind: str,
     ) -> Any:
         try:
-            return self._answer(request, selector(context), response_type, convert, kind)
+            return self.answer(request, selector(context), response_type, convert, kind)
         except Refusal as err:
             await abort(context, err)
 
-    def _answer(
+    def answer(
         self,
         request: Any,
         header: str | None,
@@ -182,12 +200,12 @@ class FlagdServiceV1(FlagdService):
         self, request: v1.ResolveAllRequest, context: grpc.aio.ServicerContext
     ) -> v1.ResolveAllResponse:
         try:
-            return self._resolve_all(request, context)
+            return self.resolve_all(request, selector(context))
         except Refusal as err:
             await abort(context, err)
 
-    def _resolve_all(
-        self, request: v1.ResolveAllRequest, context: grpc.aio.ServicerContext
+    def resolve_all(
+        self, request: v1.ResolveAllRequest, header: str | None
     ) -> v1.ResolveAllResponse:
         """A Split flag's treatment is its variant and its value (`string_value`); a flagd
         flag's value goes in the field of its type. A flag whose rules fail is left out, as
@@ -196,7 +214,7 @@ class FlagdServiceV1(FlagdService):
         started = perf_counter()
         resolver = self._resolver
         snap = resolver.evaluator.snapshot()
-        selected = mapping.flag_set(selector(context))
+        selected = mapping.flag_set(header)
         names = list(snap.flags_in_sets((selected,)) if selected else snap.flag_names())
         typed = [name for name in names if mapping.is_typed(snap.flags[name])]
         split = [name for name in names if not mapping.is_typed(snap.flags[name])]

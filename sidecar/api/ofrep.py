@@ -47,6 +47,7 @@ from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api import flagd_mapping as mapping
+from sidecar.api.flagd_connect import FlagdConnect, is_connect, unary_error
 from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.core import Core
@@ -372,12 +373,31 @@ def _matches(request: Request, tag: str) -> bool:
 
 
 class OfrepServer:
-    """The OFREP lane on its own HTTP listener."""
+    """The OFREP lane on its own HTTP listener, with flagd's evaluation API over Connect
+    (`sidecar.api.flagd_connect`) beside it when `connect` is given."""
 
-    def __init__(self, core: Core, tokens: TokenFile | None = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        tokens: TokenFile | None = None,
+        connect: FlagdConnect | None = None,
+        connect_tokens: TokenFile | None = None,
+    ) -> None:
         self.handler = Ofrep(core, tokens)
-        self._http = HttpServer(self.handler.handle, core.limits.max_message_bytes)
+        self._connect = connect
+        # flagd's API needs the evaluation port's tokens (--grpc-token-file), wherever served
+        self._connect_tokens = connect_tokens
+        self._http = HttpServer(self._route, core.limits.max_message_bytes)
         self.address: Address | None = None
+
+    def _route(self, request: Request) -> Response:
+        if self._connect is None or not is_connect(request.path):
+            return self.handler.handle(request)
+        if self._connect_tokens is not None and not self._connect_tokens.allows(
+            [("authorization", request.headers.get("authorization", ""))]
+        ):
+            return unary_error("UNAUTHENTICATED", "a valid bearer token is required")
+        return self._connect.handle(request)
 
     async def start(self, address: Address) -> None:
         _host, port = await self._http.start(address.host, address.port)

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from sidecar.api import flagd_service, flagd_sync, instrument, ofrep, uds
 from sidecar.api.fader_v1 import SERVICE, EvaluationService
 from sidecar.api.fastlane import FastLane, Handlers
+from sidecar.api.flagd_connect import FlagdConnect
 from sidecar.api.health import Health
 from sidecar.api.management import ManagementServer
 from sidecar.api.split_sdk_api import SplitSdkApi
@@ -220,7 +221,11 @@ class Sidecar:
     async def _start_ofrep(self, address: Address) -> None:
         settings = self.settings
         tokens = TokenFile(settings.ofrep_token_file) if settings.ofrep_token_file else None
-        self._ofrep = ofrep.OfrepServer(self.core, tokens)
+        assert self._feed is not None
+        (v1, _), (v2, _) = flagd_service.services(self.core, self._feed)
+        connect = FlagdConnect({"v1": v1, "v2": v2})  # flagd over Connect, for Go's provider
+        grpc_tokens = TokenFile(settings.grpc_token_file) if settings.grpc_token_file else None
+        self._ofrep = ofrep.OfrepServer(self.core, tokens, connect, grpc_tokens)
         try:
             await self._ofrep.start(address)
         except OSError as err:

@@ -4,9 +4,10 @@ Why not the standard library's server (as management HTTP uses): a lookup lane s
 thousands of small requests a second, and a thread per connection would compete with the
 gRPC loop for the GIL. An `asyncio.Protocol` parses requests as bytes arrive and calls the
 lane's handler inline, as gRPC lookups run inline on the loop; keep-alive and pipelining
-come for free. What it serves is deliberately narrow: requests with a `Content-Length` body
-(no chunked uploads, answered 411), bounded header and body sizes (431 and 413), and
-responses with a body of known length.
+come for free. What it serves is deliberately narrow: bodies with a `Content-Length` or
+chunked (as streaming clients send them), bounded header and body sizes (431 and 413),
+responses with a body of known length, and streamed responses (chunked) for server-streaming
+protocols; while a response streams, the connection's next request waits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import cast
@@ -38,6 +39,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # a streamed body: sent chunked as it is produced, instead of `body`
+    stream: AsyncIterator[bytes] | None = None
 
 
 Handler = Callable[[Request], Response]
@@ -53,7 +56,10 @@ def _reason(status: int) -> str:
 def encode(response: Response, keep_alive: bool) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {_reason(response.status)}"]
     lines += [f"{name}: {value}" for name, value in response.headers]
-    lines.append(f"Content-Length: {len(response.body)}")
+    if response.stream is not None:
+        lines.append("Transfer-Encoding: chunked")
+    else:
+        lines.append(f"Content-Length: {len(response.body)}")
     if not keep_alive:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
@@ -66,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._open = open_
+        self._streaming: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -73,7 +80,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        while self._transport is not None and self._serve_one():
+        self._serve_buffered()
+
+    def _serve_buffered(self) -> None:
+        while self._transport is not None and self._streaming is None and self._serve_one():
             pass
 
     def _serve_one(self) -> bool:
@@ -98,20 +108,13 @@ class _Connection(asyncio.Protocol):
                 return False
             headers[name.strip().lower()] = value.strip()
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._fail(411, "a Content-Length is required")
+            found = self._chunked_body(end + 4)
+        else:
+            found = self._sized_body(end + 4, headers.get("content-length", "0"))
+        if found is None:
             return False
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            self._fail(400, "malformed Content-Length")
-            return False
-        if length < 0 or length > self._max_body:
-            self._fail(413, f"the body is over {self._max_body} bytes")
-            return False
-        if len(buffer) < end + 4 + length:
-            return False
-        body = bytes(buffer[end + 4 : end + 4 + length])
-        del buffer[: end + 4 + length]
+        body, consumed = found
+        del buffer[:consumed]
         path, _, query = target.partition("?")
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         try:
@@ -121,9 +124,68 @@ class _Connection(asyncio.Protocol):
             response = Response(500, b'{"errorDetails":"internal error"}')
         assert self._transport is not None
         self._transport.write(encode(response, keep_alive))
+        if response.stream is not None:
+            self._streaming = asyncio.ensure_future(self._pump(response.stream, keep_alive))
+            return False
         if not keep_alive:
             self._close()
         return True
+
+    def _sized_body(self, start: int, length_text: str) -> tuple[bytes, int] | None:
+        """(body, bytes consumed) once the whole body is in; None while it is not (or after
+        a refusal)."""
+        try:
+            length = int(length_text)
+        except ValueError:
+            self._fail(400, "malformed Content-Length")
+            return None
+        if length < 0 or length > self._max_body:
+            self._fail(413, f"the body is over {self._max_body} bytes")
+            return None
+        if len(self._buffer) < start + length:
+            return None
+        return bytes(self._buffer[start : start + length]), start + length
+
+    def _chunked_body(self, start: int) -> tuple[bytes, int] | None:
+        """A chunked body, once its last chunk is in (trailers are not accepted)."""
+        buffer, body, at = self._buffer, bytearray(), start
+        while True:
+            line_end = buffer.find(b"\r\n", at)
+            if line_end < 0:
+                return None
+            try:
+                size = int(bytes(buffer[at:line_end]).split(b";")[0], 16)
+            except ValueError:
+                self._fail(400, "malformed chunk size")
+                return None
+            if len(body) + size > self._max_body:
+                self._fail(413, f"the body is over {self._max_body} bytes")
+                return None
+            if size == 0:
+                if len(buffer) < line_end + 4:
+                    return None
+                return bytes(body), line_end + 4
+            if len(buffer) < line_end + 2 + size + 2:
+                return None
+            body += buffer[line_end + 2 : line_end + 2 + size]
+            at = line_end + 2 + size + 2
+
+    async def _pump(self, stream: AsyncIterator[bytes], keep_alive: bool) -> None:
+        """Sends a streamed body as chunks, then the connection's next request."""
+        try:
+            async for chunk in stream:
+                if self._transport is None:
+                    return
+                if chunk:
+                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if self._transport is not None:
+                self._transport.write(b"0\r\n\r\n")
+        finally:
+            self._streaming = None
+        if not keep_alive:
+            self._close()
+        else:
+            self._serve_buffered()
 
     def _fail(self, status: int, message: str) -> None:
         if self._transport is not None:
@@ -137,10 +199,14 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
             self._transport = None
         self._open.discard(self)
+        if self._streaming is not None:
+            self._streaming.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._open.discard(self)
+        if self._streaming is not None:
+            self._streaming.cancel()
 
 
 class HttpServer:

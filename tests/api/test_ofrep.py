@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,11 +272,17 @@ def test_a_swap_changes_the_bulk_etag(served: tuple[str, int, Any]) -> None:
     connection.close()
 
 
-def test_malformed_http_is_refused(served: tuple[str, int, Any]) -> None:
+def test_chunked_bodies_are_read_and_malformed_ones_refused(served: tuple[str, int, Any]) -> None:
     host, port, _ = served
+    body = b'{"context": {"user": {"plan": "pro"}}}'
     connection = http.client.HTTPConnection(host, port, timeout=5)
-    connection.putrequest("POST", "/ofrep/v1/evaluate/flags/enabled")
-    connection.putheader("Transfer-Encoding", "chunked")
-    connection.endheaders()
-    assert connection.getresponse().status == 411
+    connection.request("POST", "/ofrep/v1/evaluate/flags/greeting", iter([body[:10], body[10:]]))
+    response = connection.getresponse()
+    assert (response.status, json.loads(response.read())["value"]) == (200, "hey")
     connection.close()
+    with socket.create_connection((host, port), timeout=5) as raw:
+        raw.sendall(
+            b"POST /ofrep/v1/evaluate/flags/enabled HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 ")

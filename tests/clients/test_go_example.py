@@ -2,6 +2,7 @@
 OFREP provider, built with the Go toolchain (modules from the Go module proxy, pinned by
 go.sum; the build cache is Go's own), run against a real sidecar:
 
+- rpc: flagd-dialect and Split flags over flagd.evaluation.v1 (Connect);
 - in-process: the testbed's flags synced by Fader, 1,000 random contexts agreeing with Fader's
   gRPC answers, then a snapshot swap;
 - ofrep: every type, a Split flag, not found, type mismatch, disabled, with a bearer token;
@@ -12,8 +13,8 @@ needs flagd/core v0.14.0, which it refuses). It embeds flagd core 0.13, older th
 testbed's semantics: a disabled flag or a missing default variant is FLAG_NOT_FOUND, string
 and semver operators answer false (not null) on bad input, `fractional` is an earlier
 generation. The in-process check leaves those flags out (`OLD_CORE`); every other testbed flag
-must agree. Its RPC mode speaks Connect over HTTP/1.1, which Fader's gRPC port does not, so
-RPC is not run from Go (README: the language table).
+must agree. Its RPC mode speaks flagd's API over Connect (HTTP/1.1), which Fader serves on
+the OFREP listener (sidecar.api.flagd_connect): FLAGD_PORT is --ofrep-listen's port.
 
 Skipped, with the reason, only when `go` is not installed.
 """
@@ -133,6 +134,18 @@ def ofrep_env(sidecar: RunningSidecar) -> dict[str, str]:
 
 def test_ofrep(binary: Path, mixed: RunningSidecar) -> None:
     code, out = run(binary, "ofrep", ofrep_env(mixed), *CHECKS)
+    assert code == 0, out
+    assert out[-1] == f"all {len(CHECKS)} answers right"
+
+
+def test_rpc_over_connect(binary: Path, mixed: RunningSidecar) -> None:
+    address = mixed.sidecar.ofrep_address
+    assert address is not None
+    env = {"FLAGD_HOST": address.host, "FLAGD_PORT": str(address.port)}
+    # flagd.evaluation.v1 cannot leave a value out: a disabled flag arrives as v1's zero value
+    # with reason DISABLED, as from flagd, and this provider passes the zero value on
+    disabled = check("boolean", "off-flag", True, {}, {"value": False, "reason": "DISABLED"})
+    code, out = run(binary, "rpc", env, *CHECKS[:-1], disabled)
     assert code == 0, out
     assert out[-1] == f"all {len(CHECKS)} answers right"
 
