@@ -1,8 +1,9 @@
 // Command check reads Fader flags from Go through the stock OpenFeature providers, with no Fader
 // SDK, and checks every answer it is given.
 //
-//	go run . rpc         flagd provider, remote evaluation: FLAGD_HOST / FLAGD_PORT (Fader's
-//	                     --grpc-listen, default localhost:8013) or FLAGD_SOCKET_PATH (--uds)
+//	go run . rpc         flagd provider, remote evaluation over Connect (HTTP/1.1): FLAGD_HOST /
+//	                     FLAGD_PORT (Fader's --ofrep-listen, which also serves flagd's API over
+//	                     Connect; default localhost:8016)
 //	go run . in-process  flagd provider, local evaluation of the flags Fader syncs: FLAGD_HOST /
 //	                     FLAGD_PORT (Fader's --sync-listen, default localhost:8015)
 //	go run . ofrep       OFREP provider: OFREP_ENDPOINT (Fader's --ofrep-listen, default
@@ -59,7 +60,7 @@ func provider(mode string) (openfeature.FeatureProvider, error) {
 		return ofrep.NewProvider(env("OFREP_ENDPOINT", "http://localhost:8016"), options...), nil
 	case "rpc", "in-process":
 		options := []flagd.ProviderOption{flagd.WithDeadline(5000)}
-		defaultPort := "8013"
+		defaultPort := "8016" // Connect is served on Fader's OFREP port
 		if mode == "in-process" {
 			options = append(options, flagd.WithInProcessResolver())
 			defaultPort = "8015"
