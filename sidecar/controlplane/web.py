@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
+
 from sidecar.config import Address
 from sidecar.controlplane.apitokens import EDITOR, Principal, RoleTokens
 
@@ -58,9 +60,17 @@ class Request:
         """The body as JSON (an empty body is ``{}``); 400 when it is not JSON."""
         if not self.body.strip():
             return {}
+        if json_depth_exceeds(self.body):
+            raise HttpError(
+                400, f"the request body nests more than {MAX_DEPTH} levels deep (the nesting limit)"
+            )
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise HttpError(
+                400, f"the request body is not UTF-8 text (byte offset {exc.start})"
+            ) from None
+        except ValueError as exc:
             raise HttpError(400, f"the request body is not JSON: {exc}") from None
 
     def json_object(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 
 FORMAT: Final = "fader-signature/1"
 ALGORITHM: Final = "ed25519"
@@ -116,6 +117,8 @@ def parse_document(raw: bytes) -> SignatureDocument:
     """The signature document in ``raw``; SignatureError(MALFORMED) saying what is wrong."""
     if len(raw) > MAX_SIGNATURE_BYTES:
         raise SignatureError(MALFORMED, f"signature document larger than {MAX_SIGNATURE_BYTES} B")
+    if json_depth_exceeds(raw):
+        raise SignatureError(MALFORMED, f"signature document nests more than {MAX_DEPTH} levels")
     try:
         document: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -18,7 +18,9 @@ from typing import Any
 
 import msgpack
 
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds, value_depth_exceeds
 from fader.snapshot.issues import Issue, SnapshotError
+from fader.snapshot.limits import DEPTH, LimitError
 from fader.snapshot.validate import is_int
 
 JSON = "json"
@@ -79,23 +81,46 @@ def _yield_point(value: Any) -> Any:
 
 
 def decode(data: bytes, fmt: str) -> Any:
-    """Bytes -> Python objects; a syntax error is a SnapshotError with its position."""
+    """Bytes -> Python objects; a syntax error is a SnapshotError with its position.
+
+    A document nesting deeper than ``depth.MAX_DEPTH`` is refused (LimitError ``too_deep``)
+    before the recursive JSON parser, or anything after msgpack's decoder, walks it.
+    """
+    if fmt != MSGPACK and json_depth_exceeds(data):
+        raise _too_deep()
     try:
         if fmt == MSGPACK:
-            return msgpack.unpackb(
+            document = msgpack.unpackb(
                 data,
                 raw=False,
                 strict_map_key=True,
                 object_hook=_yield_point,
                 list_hook=_yield_point,
             )
+            if value_depth_exceeds(document):
+                raise _too_deep()
+            return document
         return json.loads(data, object_hook=_yield_point)
     except json.JSONDecodeError as exc:
         raise SnapshotError(
             [Issue(None, "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
         ) from None
-    except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {exc}")]) from None
+    except msgpack.StackError:
+        raise _too_deep() from None
+    except UnicodeDecodeError as exc:
+        message = f"a string is not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {message}")]) from None
+    except (ValueError, msgpack.UnpackException) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
+        detail = str(exc) or type(exc).__name__
+        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {detail}")]) from None
+
+
+def _too_deep() -> LimitError:
+    return LimitError(
+        DEPTH, f"document nests more than {MAX_DEPTH} levels deep (the nesting limit)"
+    )
 
 
 def _fail(path: str, message: str) -> SnapshotError:

@@ -16,7 +16,8 @@ from fader.snapshot.issues import Issue, SnapshotError
 SNAPSHOT_BYTES: Final = "too_large"
 FLAGS: Final = "too_many_flags"
 SEGMENT_KEYS: Final = "too_many_segment_keys"
-SNAPSHOT_LIMITS: Final = (SNAPSHOT_BYTES, FLAGS, SEGMENT_KEYS)
+DEPTH: Final = "too_deep"
+SNAPSHOT_LIMITS: Final = (SNAPSHOT_BYTES, FLAGS, SEGMENT_KEYS, DEPTH)
 
 
 @dataclass(frozen=True, slots=True)
