@@ -15,9 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from fader.snapshot.codec import decode, format_for
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 from fader.snapshot.issues import SnapshotError
 from fader.snapshot.loader import check_document, load_file
 from fader.snapshot.snapshot import Snapshot
+
+from sidecar.core.attributes import AttributePolicy
+from sidecar.core.refusals import BadRequest
+from sidecar.limits import RequestLimits
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -93,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             'Each input line: {"flag": "f", "key": "k", "bucketing_key": "b" | null, '
             '"attributes": {...}}. Each output line: {"flag", "key", "treatment", "config", '
-            '"label", "version"}, or {"line": n, "error": "..."} for a malformed line.'
+            '"label", "version"}, or {"line": n, "error": "..."} for a malformed line, or an '
+            "empty line for an empty line: output line n answers input line n."
         ),
     )
     evaluate.add_argument("--snapshot", required=True, metavar="FILE", help=".json/.msgpack/.mpk")
@@ -112,6 +118,7 @@ def evaluate_command(path: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -
     failures = 0
     for number, line in enumerate(stdin, start=1):
         if not line.strip():
+            stdout.write("\n")  # one output line per input line, blank for blank
             continue
         try:
             output: dict[str, Any] = evaluate_line(snapshot, line)
@@ -128,14 +135,23 @@ class CaseError(ValueError):
     """An input line that is not a valid case."""
 
 
+CASE_KEYS = ("flag", "key", "bucketing_key", "attributes")
+_POLICY = AttributePolicy(RequestLimits().max_attributes, RequestLimits().max_attribute_size)
+
+
 def evaluate_line(snapshot: Snapshot, line: str) -> dict[str, Any]:
     """One ``fader evaluate`` input line to its output object."""
+    if json_depth_exceeds(line.encode()):
+        raise CaseError(f"a case nests more than {MAX_DEPTH} levels deep (the nesting limit)")
     try:
         case = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CaseError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(case, Mapping):
         raise CaseError("a case must be a JSON object")
+    unknown = sorted(set(case) - set(CASE_KEYS))
+    if unknown:
+        raise CaseError(f"unknown key {unknown[0]!r} (a case has {', '.join(CASE_KEYS)})")
     flag, key = case.get("flag"), case.get("key")
     bucketing_key, attributes = case.get("bucketing_key"), case.get("attributes")
     if not isinstance(flag, str) or not flag:
@@ -146,7 +162,12 @@ def evaluate_line(snapshot: Snapshot, line: str) -> dict[str, Any]:
         raise CaseError("'bucketing_key' must be a string or null")
     if attributes is not None and not isinstance(attributes, Mapping):
         raise CaseError("'attributes' must be an object or null")
-    result = snapshot.evaluate(key, flag, bucketing_key, attributes)
+    try:
+        # the lanes' own policy: what gRPC, OFREP and flagd refuse is refused here too
+        admitted = _POLICY.admit(attributes or {}, "attributes")
+    except BadRequest as exc:
+        raise CaseError(str(exc)) from None
+    result = snapshot.evaluate(key, flag, bucketing_key, admitted)
     return {
         "flag": flag,
         "key": key,

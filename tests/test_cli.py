@@ -91,3 +91,32 @@ def test_usage_error_exit_code() -> None:
 def test_version() -> None:
     proc = _fader("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("fader ")
+
+
+def test_evaluate_answers_every_line_in_place_and_refuses_what_the_lanes_refuse() -> None:
+    good = '{"flag": "new-checkout", "key": "user-2"}'
+    stdin = "\n".join(
+        [
+            good,
+            "",
+            '{"flag": "pricing-tier", "key": "u", "atributes": {"plan": "pro"}}',
+            '{"flag": "pricing-tier", "key": "u", "attributes": {"plan": {"tier": "pro"}}}',
+            '{"flag": "f", "key": "u", "attributes": {"a": ' + "[" * 1100 + "]" * 1100 + "}}",
+            good,
+        ]
+    )
+    proc = _fader("evaluate", "--snapshot", str(DEMO), stdin=stdin + "\n")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert len(lines) == 7 and lines[-1] == "" and lines[1] == ""
+    assert json.loads(lines[0])["treatment"] == json.loads(lines[5])["treatment"] == "off"
+    assert json.loads(lines[2]) == {
+        "line": 3,
+        "error": "unknown key 'atributes' (a case has flag, key, bucketing_key, attributes)",
+    }
+    assert json.loads(lines[3]) == {
+        "line": 4,
+        "error": "attributes['plan']: dict is not one of string, integer, float, boolean, "
+        "array of strings, timestamp",
+    }
+    assert "nesting limit" in json.loads(lines[4])["error"]
