@@ -4,13 +4,16 @@ Modelled on Envoy xDS: the sidecar opens one bidirectional stream, introduces it
 (id, labels, the version it serves), applies every snapshot it receives through the
 Applier and answers ACK (applied version) or NACK (offered version and every error),
 keeping the last good snapshot. On any failure it reconnects with capped exponential
-backoff and jitter, and keepalive pings detect a dead peer behind a silent network.
+backoff and jitter, reset by a stream that delivered; while it waits it watches the control
+plane's port and reconnects as soon as the control plane is back. Keepalive pings detect a
+dead peer behind a silent network.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -22,10 +25,14 @@ from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_
 
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import WireError, ack_for, format_of, nack
+from sidecar.plumbing import probe
 from sidecar.plumbing.backoff import Backoff
 from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
+# While waiting to reconnect, how often the control plane's port is tried (±20 %, so that a
+# fleet does not come back in lockstep).
+PROBE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,26 @@ class ControlPlaneSource:
                 self.last_error or "closed",
                 delay,
             )
-            self._stop.wait(delay)
+            self._wait(delay)
+
+    def _wait(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less when the control plane was down: its port is then
+        tried every PROBE_SECONDS, and once it accepts connections again the stream
+        reconnects at once. After an outage the backoff has grown (to 30 s), and a kill
+        switch published as the control plane comes back would otherwise wait that long.
+        A control plane that is up but failed the stream (a bad token, say) is not probed:
+        its backoff is waited out in full."""
+        deadline = time.monotonic() + delay
+        address = probe.tcp_address(self.target)
+        if address is not None and not probe.accepts(address):
+            while not self._stop.wait(min(_probe_interval(), deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    return
+                if probe.accepts(address):
+                    log.info("control plane %s: accepting connections again", self.target)
+                    return
+            return
+        self._stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _channel(self) -> grpc.Channel:
         options = [
@@ -181,6 +207,10 @@ class ControlPlaneSource:
         if self.connected:
             self.disconnected_since = time.time()
         self.connected = False
+
+
+def _probe_interval() -> float:
+    return PROBE_SECONDS * random.uniform(0.8, 1.2)
 
 
 def _drain(
