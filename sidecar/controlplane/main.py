@@ -31,6 +31,7 @@ from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.collector import Collector, Outputs
 from sidecar.controlplane.exposures import ExposureStore
 from sidecar.controlplane.guardrails import Guardrails
+from sidecar.controlplane.no_collector import NoCollector
 from sidecar.controlplane.offer import OfferSource
 from sidecar.controlplane.registry import Registry
 from sidecar.controlplane.release import ReleaseControl
@@ -68,9 +69,15 @@ class ControlPlane:
         )
         controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
         self.collector: Collector | None = None
+        self.no_collector: NoCollector | None = None
         if (outputs is not None and outputs.paths()) or exposures is not None:
             self.collector = Collector(outputs or Outputs(), tokens, exposures)
             telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(self.collector, self.server)
+        else:  # sidecars upload here by default: answer them clearly, and say so
+            self.no_collector = NoCollector()
+            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
+                self.no_collector, self.server
+            )
         if credentials is None:
             self.port = self.server.add_insecure_port(str(listen))
         else:
@@ -83,6 +90,8 @@ class ControlPlane:
         status = json_format.MessageToDict(response, preserving_proto_field_name=True)
         if self.collector is not None:
             status["collector"] = self.collector.status()
+        elif self.no_collector is not None:
+            status["collector"] = self.no_collector.status()
         return status
 
     def start(self) -> None:

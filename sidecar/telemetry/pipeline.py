@@ -48,7 +48,7 @@ from sidecar.telemetry.impressions import (
 )
 from sidecar.telemetry.spool import Spool, SpoolFull
 from sidecar.telemetry.stats import Stats, TelemetryCollector
-from sidecar.telemetry.uploader import Uploader, Verdict
+from sidecar.telemetry.uploader import REFUSES_ALL, Uploader, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class Pipeline:
         self._writes: set[asyncio.Future[None]] = set()
         self._settled: set[str] = set()  # answered while being spilled to the spool
         self._upstream_up = True
+        # "CODE: detail" while the collector refuses every upload (it cannot take telemetry)
+        self._refusing: str | None = None
         self._no_room = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -364,12 +366,14 @@ class Pipeline:
             await self._forget(batch, sequence)
             if answer.verdict is Verdict.REFUSED:
                 self._drop(batch, f"refused_{answer.code.lower()}", answer.detail)
+                if answer.code in REFUSES_ALL:
+                    self._collector_refuses(answer.code, answer.detail)
                 continue
             self.stats.add(self.stats.sent, batch.records())
             if sequence is not None:
                 self.stats.add(self.stats.replayed, batch.records())
-            if not self._upstream_up:
-                self._upstream_up = True
+            if not self._upstream_up or self._refusing is not None:
+                self._upstream_up, self._refusing = True, None
                 log.info("telemetry: collector is taking uploads again")
 
     async def _next_batch(self) -> tuple[Batch, int | None] | None:
@@ -423,6 +427,18 @@ class Pipeline:
             if self._spool is not None:
                 self._spill()
 
+    def _collector_refuses(self, code: str, detail: str) -> None:
+        """A collector that cannot take telemetry at all (no collector there) refuses every
+        batch: the status says so, and the first loss is a warning of its own."""
+        if self._refusing is None:
+            log.warning(
+                "telemetry: the collector refuses uploads (%s: %s); impressions and events "
+                "are dropped until it takes one",
+                code,
+                detail,
+            )
+        self._refusing = f"{code}: {detail}"
+
     def _drop(self, batch: Batch, reason: str, detail: str = "") -> None:
         if reason in NO_ROOM:
             self._no_room = True
@@ -444,13 +460,14 @@ class Pipeline:
             "spool_bytes": spool.bytes if spool is not None else 0,
             "spool_batches": self._spool_batches,
             "pending_lookups": self.recorder.size,
-            "upstream_up": 1 if self._upstream_up else 0,
+            "upstream_up": 1 if self._upstream_up and self._refusing is None else 0,
         }
 
     def status(self) -> dict[str, Any]:
         return {
             "impressions_mode": self.settings.mode.value,
-            "collector_up": self._upstream_up,
+            "collector_up": self._upstream_up and self._refusing is None,
+            "collector_refusing": self._refusing,
             "memory_batches": len(self._memory),
             "spool_batches": self._spool_batches,
             "spool_dir": str(self.settings.spool_dir) if self.settings.spool_dir else None,

@@ -103,5 +103,6 @@ _GAUGE_HELP = {
     "spool_bytes": "Bytes of batches in the disk spool.",
     "spool_batches": "Batches in the disk spool.",
     "pending_lookups": "Lookups recorded but not yet turned into impressions.",
-    "upstream_up": "1 while the collector takes uploads, 0 after a failed one until it recovers.",
+    "upstream_up": "1 while the collector takes uploads, 0 after a failed one or while it refuses "
+    "every upload (no collector there) until it takes one again.",
 }

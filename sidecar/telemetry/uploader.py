@@ -28,6 +28,11 @@ PERMANENT = frozenset(
 )
 
 
+# Codes that say the collector takes no telemetry at all (not that one batch is wrong):
+# every batch after this one will be refused alike.
+REFUSES_ALL = frozenset({grpc.StatusCode.UNIMPLEMENTED.name})
+
+
 class Verdict(enum.Enum):
     STORED = "stored"
     RETRY = "retry"
