@@ -4,6 +4,10 @@ A grpc.aio interceptor runs Python code for every call just to decide how to wra
 then wraps it again; here each method handler is wrapped once, at registration. The handlers
 are registered through `add_registered_method_handlers`, which keeps gRPC's fast path for known
 method names.
+
+A request that does not decode (garbage bytes, a string that is not UTF-8) is answered
+INVALID_ARGUMENT saying why. Left to gRPC, the decoding error escaped as the servicer's own:
+UNKNOWN, and an ERROR traceback in the log for every such request.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from sidecar.telemetry.metrics import Metrics, RpcKey
@@ -36,6 +41,8 @@ def register(
         if metrics is not None:
             key = metrics.register_rpc(service.full_name, method.name, _rpc_type(method))
             behavior = _timed(method, behavior, metrics, key)
+        else:
+            behavior = _checked(method, behavior)
         handlers[method.name] = _handler(method, behavior)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
@@ -49,8 +56,34 @@ def _rpc_type(method: MethodDescriptor) -> str:
     return "server_stream" if method.server_streaming else "unary"
 
 
+class Malformed:
+    """What the deserializer hands the handler for bytes that do not decode, instead of
+    raising inside gRPC."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    parse = message_class.FromString
+
+    def deserialize(data: bytes) -> Message | Malformed:
+        try:
+            return parse(data)
+        except DecodeError as err:
+            return Malformed(f"the request does not decode: {err}")
+
+    return deserialize
+
+
+async def _refuse(request: Malformed, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+
+
 def _handler(method: MethodDescriptor, behavior: Any) -> grpc.RpcMethodHandler:
-    deserialize = GetMessageClass(method.input_type).FromString
+    deserialize = _deserializer(GetMessageClass(method.input_type))
     serialize = GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
         raise NotImplementedError(f"{method.full_name}: client streaming is not used yet")
@@ -61,6 +94,28 @@ def _handler(method: MethodDescriptor, behavior: Any) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         behavior, request_deserializer=deserialize, response_serializer=serialize
     )
+
+
+def _checked(method: MethodDescriptor, behavior: Any) -> Any:
+    """`behavior` refusing undecodable requests, for servicers registered without metrics."""
+    if method.server_streaming:
+        stream: StreamBehavior = behavior
+
+        async def handle_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if type(request) is Malformed:
+                await _refuse(request, context)
+            async for response in stream(request, context):
+                yield response
+
+        return handle_stream
+    unary: UnaryBehavior = behavior
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if type(request) is Malformed:
+            await _refuse(request, context)
+        return await unary(request, context)
+
+    return handle
 
 
 def _timed(method: MethodDescriptor, behavior: Any, metrics: Metrics, key: RpcKey) -> Any:
@@ -75,6 +130,8 @@ def _timed_unary(behavior: UnaryBehavior, metrics: Metrics, key: RpcKey) -> Unar
         stats.started += 1
         start = perf_counter()
         try:
+            if type(request) is Malformed:
+                await _refuse(request, context)
             response = await behavior(request, context)
         except BaseException as err:
             stats.finish(_code(err, context), perf_counter() - start)
@@ -92,6 +149,8 @@ def _timed_stream(behavior: StreamBehavior, metrics: Metrics, key: RpcKey) -> St
         start = perf_counter()
         code = "OK"
         try:
+            if type(request) is Malformed:
+                await _refuse(request, context)
             async for response in behavior(request, context):
                 yield response
         except BaseException as err:

@@ -4,15 +4,19 @@ half-sent requests, malformed protobuf."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.integration.churn import Gate
 from tests.integration.harness import (
     free_port,
+    http_get,
+    sc_mgmt,
     serve_process,
     short_tmp,
     start_sidecar,
@@ -59,3 +63,39 @@ def test_a_kill_published_during_an_outage_arrives_as_the_control_plane_comes_ba
     print(f"\n[kill after an outage of {OUTAGE_SECONDS:.0f} s] served {latency:.2f} s after the "
           "control plane came back")  # fmt: skip
     assert latency < 3.0
+
+
+MALFORMED = {
+    "not UTF-8 in a string": b"\x0a\x02\xff\xfe",
+    "garbage": b"\xff\xff\xff\xff\xff",
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_protobuf_is_invalid_argument_without_a_traceback(tmp: Path, body: bytes) -> None:
+    """Before the fix: UNKNOWN, and an ERROR traceback in the log for each request."""
+    methods = {
+        "/fader.v1.EvaluationService/GetTreatment": False,
+        "/fader.v1.EvaluationService/EvaluateBatch": False,
+        "/fader.v1.EvaluationService/Track": False,
+        "/fader.v1.EvaluationService/WatchChanges": True,
+        "/flagd.evaluation.v1.Service/ResolveBoolean": False,
+    }
+    with start_sidecar(["--demo"], tmp, "sc.log") as sc:
+        target = sc.wait_listening()["grpc"]
+        with grpc.insecure_channel(target) as channel:
+            for method, streaming in methods.items():
+                call = (channel.unary_stream if streaming else channel.unary_unary)(method)
+                with pytest.raises(grpc.RpcError) as caught:
+                    answer = call(body, timeout=5)
+                    if streaming:
+                        list(answer)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+                assert "does not decode" in str(caught.value.details()), method
+        assert treatment(target) is not None  # still answering
+        metrics = http_get(sc_mgmt(sc) + "/metrics")[1]
+        sc.signal(signal.SIGTERM)
+        assert sc.wait(10) == 0
+    assert "Traceback" not in sc.log and " ERROR " not in sc.log, sc.log
+    handled = 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetTreatment"'
+    assert handled in metrics
