@@ -197,8 +197,10 @@ def validate_command(path: str, stdout: TextIO, stderr: TextIO) -> int:
         print(f"{path}: invalid ({len(report.errors)} errors)", file=stderr)
         return EXIT_INVALID
     snapshot = load_file(path)
+    # a plain flagd file has no version of its own: the sidecar numbers it when applied
+    version = f"version {snapshot.version}" if snapshot.versioned else "no version (flagd file)"
     print(
-        f"{path}: valid: version {snapshot.version}, {snapshot.flag_count} active flags, "
+        f"{path}: valid: {version}, {snapshot.flag_count} active flags, "
         f"{snapshot.segment_count} segments ({snapshot.segment_key_count} keys)",
         file=stdout,
     )
