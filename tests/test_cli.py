@@ -120,3 +120,44 @@ def test_evaluate_answers_every_line_in_place_and_refuses_what_the_lanes_refuse(
         "array of strings, timestamp",
     }
     assert "nesting limit" in json.loads(lines[4])["error"]
+
+
+def test_a_plain_flagd_file_validates_and_evaluates(tmp_path: Path) -> None:
+    flags = {
+        "flags": {
+            "beta": {
+                "state": "ENABLED",
+                "variants": {"on": {"color": "red"}, "off": {}},
+                "defaultVariant": "off",
+                "targeting": {"if": [{"in": [{"var": "email"}, ["ann@x.io"]]}, "on"]},
+            }
+        }
+    }
+    good = tmp_path / "flags.flagd.json"
+    good.write_text(json.dumps(flags))
+    proc = _fader("validate", str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert "valid: no version (flagd file), 1 active flags" in proc.stdout
+    proc = _fader(
+        "evaluate",
+        "--snapshot",
+        str(good),
+        stdin='{"flag": "beta", "key": "k", "attributes": {"email": "ann@x.io"}}\n',
+    )
+    assert json.loads(proc.stdout) == {
+        "flag": "beta",
+        "key": "k",
+        "treatment": "on",
+        "config": '{"color":"red"}',
+        "label": "targeting match",
+        "version": 0,
+    }
+    flags["flags"]["beta"]["defaultVariant"] = "maybe"
+    bad = tmp_path / "bad.flagd.json"
+    bad.write_text(json.dumps(flags))
+    proc = _fader("validate", str(bad))
+    assert proc.returncode == 1
+    assert (
+        f"{bad}: error: flag 'beta' at $.flags[\"beta\"].defaultVariant: 'maybe' is not one of "
+        "the variants" in proc.stderr
+    )
