@@ -7,8 +7,9 @@ and lie between the epoch and the year 9999 (nanoseconds given as seconds are re
 
 When there is no room left anywhere (memory and spool full, or memory full without a spool)
 the event is refused with QueueFull, so the client's `track` returns False, rather than
-accepted and dropped. Without a collector, events are counted and dropped (logged once):
-accepting them into a queue nobody drains would only grow memory.
+accepted and dropped. Without a collector, events are refused with NotKept (counted,
+logged once), so `track` returns False: accepting them into a queue nobody drains would
+only grow memory, and answering "accepted" for an event that is dropped would be a lie.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import re
 import time
 
-from sidecar.core.refusals import BadRequest, QueueFull
+from sidecar.core.refusals import BadRequest, NotKept, QueueFull
 from sidecar.core.requests import check_key
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.metrics import Metrics
@@ -33,6 +34,12 @@ BASE_EVENT_BYTES = 1024
 MAX_EVENT_BYTES = 32 * 1024
 # 9999-12-31T23:59:59.999Z: far beyond any real event, far below int64 milliseconds.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+NO_COLLECTOR = (
+    "events are not kept: this sidecar has no collector (start it with --collector or "
+    "--control-plane)"
+)
 
 
 class EventQueue:
@@ -50,11 +57,11 @@ class EventQueue:
     def put(self, event: Event) -> None:
         shard = self._metrics.shard()
         if self._pipeline is None:
-            shard.count_track("dropped_no_collector")
+            shard.count_track("refused_no_collector")
             if not self._warned:
                 self._warned = True
-                log.warning("track events are dropped: no --collector or --control-plane")
-            return
+                log.warning("track events are refused: no --collector or --control-plane")
+            raise NotKept(NO_COLLECTOR)
         if not self._pipeline.add_event(event):
             shard.count_track("queue_full")
             raise QueueFull("no room for events: the collector is unreachable, the spool full")

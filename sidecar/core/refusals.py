@@ -10,6 +10,7 @@ the table here, beside the exceptions, is what stops the lanes from drifting apa
 | BadRequest       | INVALID_ARGUMENT   | 400  |
 | NotReady         | UNAVAILABLE        | 503  |
 | QueueFull        | RESOURCE_EXHAUSTED | 429  |
+| NotKept          | FAILED_PRECONDITION| 412  |
 | TooManyStreams   | RESOURCE_EXHAUSTED | 429  |
 """
 
@@ -44,6 +45,13 @@ class QueueFull(Refusal):
 
     code = "RESOURCE_EXHAUSTED"
     http_status = 429
+
+
+class NotKept(Refusal):
+    """Events sent to a sidecar with nowhere to send them (no collector configured)."""
+
+    code = "FAILED_PRECONDITION"
+    http_status = 412
 
 
 class TooManyStreams(Refusal):

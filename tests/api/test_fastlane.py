@@ -202,14 +202,16 @@ def test_batch(lane: RunningSidecar, raw: Raw) -> None:
 
 
 def test_track(lane: RunningSidecar, raw: Raw) -> None:
-    def handed() -> int:  # validated and handed on (this sidecar has no collector)
-        return lane.sidecar.metrics.merged().track.get("dropped_no_collector", 0)
+    def handed() -> int:  # validated, then refused: this sidecar has no collector
+        return lane.sidecar.metrics.merged().track.get("refused_no_collector", 0)
 
     before = handed()
     event = {"op": "track", "key": "u", "traffic_type": "user", "event_type": "checkout.done"}
     stamp = msgpack.Timestamp(1_700_000_000, 0)
-    assert raw.ask({**event, "id": 1, "value": 4.5, "timestamp": stamp}) == {"id": 1}
-    assert raw.ask({**event, "id": 2, "properties": {"n": 1, "tier": "gold"}}) == {"id": 2}
+    for index, extra in enumerate(({"value": 4.5, "timestamp": stamp}, {"properties": {"n": 1}})):
+        answer = raw.ask({**event, "id": index + 1, **extra})
+        assert answer["error"] == "FAILED_PRECONDITION", answer
+        assert "no collector" in answer["message"]
     assert handed() == before + 2
     bad = raw.ask({**event, "id": 3, "event_type": "not valid!"})
     assert bad["error"] == "INVALID_ARGUMENT" and bad["message"].startswith("event_type:")

@@ -10,7 +10,7 @@ from fader.pb.fader.v1 import evaluation_pb2 as pb
 from sidecar.api.fader_v1 import event_from_request
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.events import MAX_TIMESTAMP_MS, EventQueue, make_event
-from sidecar.core.refusals import BadRequest, QueueFull
+from sidecar.core.refusals import BadRequest, NotKept, QueueFull
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
@@ -91,12 +91,15 @@ def test_split_size_estimate_boundary() -> None:
         event_from_request(request(properties=over), AttributePolicy(10))
 
 
-def test_without_a_collector_events_are_counted_as_dropped() -> None:
+def test_without_a_collector_events_are_refused_and_counted() -> None:
+    """Not accepted-then-dropped: the refusal makes the client's track() return False."""
     metrics = Metrics(lambda: None)
     queue = EventQueue(metrics, None)
-    queue.put(event_from_request(request(), AttributePolicy(10)))
+    with pytest.raises(NotKept, match="no collector") as caught:
+        queue.put(event_from_request(request(), AttributePolicy(10)))
+    assert caught.value.code == "FAILED_PRECONDITION"
     assert len(queue) == 0
-    assert metrics.merged().track == {"dropped_no_collector": 1}
+    assert metrics.merged().track == {"refused_no_collector": 1}
 
 
 def test_no_room_refuses_and_counts() -> None:

@@ -43,8 +43,10 @@ def test_design_examples(client: Client, demo_sidecar: RunningSidecar) -> None:
     assert client.evaluate("user-1", "new-checkout", bucketing_key="acct-9") == Result(
         via_account.treatment, via_account.config, via_account.label, 1
     )
-    assert client.track("user-1", "user", "checkout.completed", value=42.0, properties={"n": 1})
+    # the demo sidecar has no collector: the event is refused, so track() must not say True
     assert client.fallback_count == 0
+    assert not client.track("user-1", "user", "checkout.completed", value=42.0, properties={"n": 1})
+    assert client.fallback_count == 1
 
 
 def test_attribute_types_reach_the_engine(client: Client) -> None:
@@ -90,12 +92,12 @@ def test_aio_client(target: str, demo_sidecar: RunningSidecar) -> None:
             )
             assert await c.get_treatments("alice", ["beta-banner"]) == {"beta-banner": "on"}
             assert (await c.evaluate("alice", "beta-banner")).label == "whitelisted"
-            assert await c.track("u", "user", "clicked")
+            assert await c.track("u", "user", "clicked") is False  # no collector: refused
             results = await asyncio.gather(
                 *(c.get_treatment(f"u{i}", "ui-theme") for i in range(50))
             )
             assert results == [snap.evaluate(f"u{i}", "ui-theme").treatment for i in range(50)]
-            assert c.fallback_count == 0
+            assert c.fallback_count == 1  # the refused track
 
     asyncio.run(scenario())
 

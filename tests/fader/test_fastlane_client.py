@@ -62,10 +62,12 @@ def test_sync_client(lane: RunningSidecar, target: str) -> None:
         }
         assert len(c.get_treatments("alice", [])) == 5
         assert c.evaluate("u", "missing") == Result("control", None, "definition not found", 1)
-        assert c.track("u", "user", "clicked", value=1, properties={"n": 2, "gone": None})
         assert c.fallback_count == 0
-        assert c.track("u", "user", "not valid!") is False
+        # the demo sidecar has no collector: the event is refused, so track() must not say True
+        assert c.track("u", "user", "clicked", value=1, properties={"n": 2, "gone": None}) is False
         assert c.fallback_count == 1
+        assert c.track("u", "user", "not valid!") is False
+        assert c.fallback_count == 2
         with pytest.raises(TypeError, match="attribute 'bad': dict is not supported"):
             c.get_treatment("u", "ui-theme", {"bad": {}})
 
@@ -85,12 +87,12 @@ def test_aio_client_pipelines(lane: RunningSidecar, target: str) -> None:
                 "safe",
                 '{"mode":"safe"}',
             )
-            assert await c.track("u", "user", "clicked")
+            assert await c.track("u", "user", "clicked") is False  # no collector: refused
             results = await asyncio.gather(
                 *(c.get_treatment(f"u{i}", "ui-theme") for i in range(300))
             )
             assert results == [snap.evaluate(f"u{i}", "ui-theme").treatment for i in range(300)]
-            assert c.fallback_count == 0
+            assert c.fallback_count == 1  # the refused track
 
     asyncio.run(scenario())
 

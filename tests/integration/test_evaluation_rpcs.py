@@ -287,8 +287,8 @@ def test_limits(stub: pb_grpc.EvaluationServiceStub) -> None:
 
 
 def test_track(stub: pb_grpc.EvaluationServiceStub, demo_sidecar: RunningSidecar) -> None:
-    def handed() -> int:  # validated and handed on (the demo sidecar has no collector)
-        return demo_sidecar.sidecar.metrics.merged().track.get("dropped_no_collector", 0)
+    def handed() -> int:  # validated, then refused: the demo sidecar has no collector
+        return demo_sidecar.sidecar.metrics.merged().track.get("refused_no_collector", 0)
 
     before = handed()
     request = pb.TrackRequest(
@@ -298,7 +298,10 @@ def test_track(stub: pb_grpc.EvaluationServiceStub, demo_sidecar: RunningSidecar
         value=42.0,
         properties={"plan": pb.AttributeValue(string_value="pro")},
     )
-    assert stub.Track(request, timeout=TIMEOUT) == pb.TrackResponse()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Track(request, timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no collector" in str(refused.value.details())
     assert handed() == before + 1
     bad = pb.TrackRequest(key="user-1", traffic_type="user", event_type="has space")
     assert "event_type: 'has space' must start" in invalid(stub.Track, bad)
