@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 from fader.snapshot.loader import build_snapshot, load_bytes
 
-DOC = {
+DOC: dict[str, Any] = {
     "version": 7,
     "flags": [
         {
