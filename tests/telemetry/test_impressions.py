@@ -175,7 +175,9 @@ def reference(
     """Split's rules one lookup at a time, with an observer that never forgets."""
     seen: dict[tuple[object, ...], int] = {}
     days: dict[tuple[str, str], int] = {}
-    sent, counts, unique = [], Counter[tuple[str, int]](), {}
+    sent: list[Impression] = []
+    counts = Counter[tuple[str, int]]()
+    unique: dict[str, dict[str, None]] = {}
     for at, lookups in requests:
         hour = hour_start(at)
         for key, bucketing, name, result in lookups:
