@@ -200,9 +200,21 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        frames, size = self._frames, len(data) - fl.LENGTH_BYTES
+        if (
+            self._greeted
+            and frames.empty
+            and int.from_bytes(data[: fl.LENGTH_BYTES], "big") == size
+            and 0 < size <= self._lane.max_frame_bytes
+        ):
+            try:  # the usual case at one request in flight: exactly one whole frame
+                transport.write(self._lane.dispatch(fl.decode(data[4:])))
+                return
+            except fl.ProtocolError:
+                pass  # answered below, the general way
         out: list[bytes] = []
         try:
-            bodies = self._frames.feed(data) if self._greeted else self._greet(data, out)
+            bodies = frames.feed(data) if self._greeted else self._greet(data, out)
             dispatch = self._lane.dispatch
             for body in bodies:
                 out.append(dispatch(fl.decode(body)))
@@ -265,6 +277,7 @@ class FastLane:
         }
         self._server: asyncio.AbstractServer | None = None
         self._socket: uds.SocketFile | None = None
+        self._packer = fl.packer()  # every connection runs on the one event loop
 
     def dispatch(self, request: dict[str, Any]) -> bytes:
         """The encoded answer to one request; refusals become error frames with its id."""
@@ -279,9 +292,11 @@ class FastLane:
                 raise BadRequest(f"op: {request.get('op')!r} is not one of {known}")
             response = operation(request)
         except Refusal as err:
-            return fl.encode({"id": request_id, "error": err.code, "message": str(err)})
+            return fl.encode(
+                {"id": request_id, "error": err.code, "message": str(err)}, self._packer
+            )
         response["id"] = request_id
-        return fl.encode(response)
+        return fl.encode(response, self._packer)
 
     async def start(self, path: Path, gid: int | None) -> None:
         uds.check_path(path)

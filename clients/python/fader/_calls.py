@@ -9,8 +9,7 @@ built, the value returned, the "control" fallback, is a `Call` built here once f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from fader import _common, fastlane
 from fader._common import Attributes
@@ -19,10 +18,10 @@ from fader.result import Result
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     """One operation: its name (a gRPC method), its request, how an answer reads, and what a
-    failure answers, given the "control" result the fallback made."""
+    failure answers, given the "control" result the fallback made. (A NamedTuple: a frozen
+    dataclass costs a microsecond to build, a tenth of a fast-lane round trip.)"""
 
     method: str
     request: Any
@@ -55,6 +54,8 @@ class Codec(Protocol):
 
     def read_result(self, response: Any) -> Result: ...
 
+    def read_treatment(self, response: Any) -> str: ...
+
     def read_treatments(self, response: Any) -> dict[str, str]: ...
 
 
@@ -70,6 +71,14 @@ class Calls:
     ) -> Call[Result]:
         request = self._codec.treatment_request(key, flag, bucketing_key, attributes)
         return Call(self._methods[0], request, self._codec.read_result, _itself)
+
+    def treatment(
+        self, key: str, flag: str, bucketing_key: str | None, attributes: Attributes | None
+    ) -> Call[str]:
+        """`evaluate` for callers that only want the treatment (get_treatment): no Result
+        is built from the answer."""
+        request = self._codec.treatment_request(key, flag, bucketing_key, attributes)
+        return Call(self._methods[0], request, self._codec.read_treatment, _treatment_of)
 
     def treatments(
         self, key: str, names: list[str], bucketing_key: str | None, attributes: Attributes | None
@@ -96,6 +105,10 @@ class Calls:
 
 def _itself(control: Result) -> Result:
     return control
+
+
+def _treatment_of(control: Result) -> str:
+    return control.treatment
 
 
 def _accepted(_response: Any) -> bool:

@@ -89,6 +89,10 @@ def property_map(properties: Attributes | None) -> dict[str, pb.AttributeValue] 
 METHODS = ("GetTreatment", "GetTreatments", "Track")
 
 
+def read_treatment(response: pb.GetTreatmentResponse) -> str:
+    return str(response.evaluation.treatment)
+
+
 def read_result(response: pb.GetTreatmentResponse) -> Result:
     return result(response.evaluation, response.version)
 

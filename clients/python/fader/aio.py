@@ -93,8 +93,8 @@ class Client:
                     return local.decide(key, flag, bucketing_key, attributes)[0]
                 except CallFailed as failure:
                     return self._fallbacks.record("GetTreatment", failure).treatment
-        result = await self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)
-        return result.treatment
+            in_process.remote_lookups += 1
+        return await self._run(self._calls.treatment(key, flag, bucketing_key, attributes))
 
     async def get_treatment_with_config(
         self,

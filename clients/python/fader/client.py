@@ -100,7 +100,8 @@ class Client:
                     return local.decide(key, flag, bucketing_key, attributes)[0]
                 except CallFailed as failure:
                     return self._fallbacks.record("GetTreatment", failure).treatment
-        return self.evaluate(key, flag, bucketing_key=bucketing_key, attributes=attributes)[0]
+            in_process.remote_lookups += 1
+        return self._run(self._calls.treatment(key, flag, bucketing_key, attributes))
 
     def get_treatment_with_config(
         self,
