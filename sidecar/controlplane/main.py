@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
-from google.protobuf import json_format
 
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, parse_address
@@ -33,7 +32,7 @@ from sidecar.controlplane.exposures import ExposureStore
 from sidecar.controlplane.guardrails import Guardrails
 from sidecar.controlplane.no_collector import NoCollector
 from sidecar.controlplane.offer import OfferSource
-from sidecar.controlplane.registry import Registry
+from sidecar.controlplane.registry import Registry, fleet_json
 from sidecar.controlplane.release import ReleaseControl
 from sidecar.controlplane.service import ControlPlaneServicer, Offers
 from sidecar.controlplane.web import PUBLIC, Request, Response, Router, WebServer
@@ -87,7 +86,7 @@ class ControlPlane:
 
     def status(self) -> dict[str, Any]:
         response = self.servicer.fleet()
-        status = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        status = fleet_json(response)
         if self.collector is not None:
             status["collector"] = self.collector.status()
         elif self.no_collector is not None:
@@ -372,11 +371,7 @@ def status_main(argv: list[str]) -> int:
             )
             return 1
     if args.json:
-        print(
-            json.dumps(
-                json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2
-            )
-        )
+        print(json.dumps(fleet_json(response), indent=2))
         return 0
     print(f"offered: version {response.offered_version} from {response.offered_source or '-'}")
     print(f"{'SIDECAR':24} {'STATE':13} {'ACKED':>8} {'NACKED':>8}  LABELS / ERRORS")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fader.pb.fader.v1 import controlplane_pb2, snapshot_pb2
+from google.protobuf import json_format
+
+# 64-bit integers, which protobuf's JSON mapping writes as strings; a status reader (a
+# script reading `fader status --json`, say) compares them as numbers.
+_NUMBERS = frozenset({"offered_version", "acked_version", "nacked_version", "last_seen_unix_ms"})
 
 
 @dataclass
@@ -54,6 +60,9 @@ class Registry:
             record.last_seen = time.time()
             if ack.accepted:
                 record.acked_version = ack.version
+                if record.nacked_version is not None and record.nacked_version <= ack.version:
+                    # an older refusal is history once a version as new is served
+                    record.nacked_version, record.nack_errors = None, []
             else:
                 record.nacked_version = ack.version
                 record.nack_errors = list(ack.errors)
@@ -76,3 +85,12 @@ def _status(record: SidecarRecord) -> controlplane_pb2.SidecarStatus:
         last_seen_unix_ms=int(record.last_seen * 1000),
         peer=record.peer,
     )
+
+
+def fleet_json(response: controlplane_pb2.ListSidecarsResponse) -> dict[str, Any]:
+    """The fleet as JSON with versions as numbers (not protobuf's strings for 64 bits)."""
+    fleet = json_format.MessageToDict(response, preserving_proto_field_name=True)
+    for record in [fleet, *fleet.get("sidecars", [])]:
+        for name in _NUMBERS.intersection(record):
+            record[name] = int(record[name])
+    return fleet

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
+from fader.snapshot.snapshot import Snapshot
 
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import WireError, ack_for, format_of, nack
@@ -150,6 +151,9 @@ class ControlPlaneSource:
         except OSError as exc:
             self.last_error = f"cannot read the token file: {exc.strerror}"
             return False
+        unsubscribe = self.applier.store.subscribe(
+            lambda _old, new: self._report_other(new, outbox)
+        )
         with self._channel() as channel:
             stub = controlplane_pb2_grpc.ControlPlaneServiceStub(channel)
             try:
@@ -166,10 +170,20 @@ class ControlPlaneSource:
             except grpc.RpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             finally:
+                unsubscribe()
                 outbox.put(None)
                 self._call = None
                 self._mark_disconnected()
         return received
+
+    def _report_other(
+        self, snapshot: Snapshot, outbox: queue.Queue[controlplane_pb2.SyncRequest | None]
+    ) -> None:
+        """A snapshot applied from another source (a direct push, the watched file) is
+        reported as an ACK of its version, so the fleet status shows what is served."""
+        if snapshot.source != self.source:
+            ack = snapshot_pb2.SnapshotAck(version=snapshot.version, accepted=True)
+            outbox.put(controlplane_pb2.SyncRequest(ack=ack))
 
     def _hello(self) -> controlplane_pb2.Hello:
         active = self.applier.store.current

@@ -90,7 +90,7 @@ def test_every_version_reaches_a_sidecar_that_requires_signatures(
     assert offer is not None and offer.signature is not None
     document = signing.parse_document(offer.signature)
     assert (document.key_id, document.version) == ("cp-2026", 2)
-    wait_for(lambda: running.sidecars()["strict"].get("acked_version") == "2", what="ACK 2")
+    wait_for(lambda: running.sidecars()["strict"].get("acked_version") == 2, what="ACK 2")
 
 
 def test_an_unsigned_store_is_nacked_and_the_fleet_shows_why(
@@ -104,10 +104,10 @@ def test_an_unsigned_store_is_nacked_and_the_fleet_shows_why(
         wait_for(lambda: relaxed.current is not None, what="the relaxed sidecar applies v1")
         wait_for(lambda: "nacked_version" in plane.sidecars()["strict"], what="NACK")
         record = plane.sidecars()["strict"]
-        assert record["nacked_version"] == "1" and "acked_version" not in record
+        assert record["nacked_version"] == 1 and "acked_version" not in record
         errors = record["nack_errors"]
         assert isinstance(errors, list) and any("unsigned" in str(e) for e in errors)
         assert strict.current is None
-        assert plane.sidecars()["relaxed"]["acked_version"] == "1"
+        assert plane.sidecars()["relaxed"]["acked_version"] == 1
     finally:
         plane.close()

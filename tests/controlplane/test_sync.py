@@ -67,7 +67,7 @@ def test_change_reaches_the_sidecar_and_is_acked(plane: ControlPlane, snapshot_f
         wait_for(lambda: _acked(plane, "pod-a") == 2)
         assert store.current is not None and store.current.evaluate("k", "f").treatment == "v2"
         status = plane.status()
-        assert status["offered_version"] == "2"
+        assert status["offered_version"] == 2
         assert status["sidecars"][0]["identity"]["labels"] == {"app": "shop"}
         assert status["sidecars"][0]["connected"] is True
     finally:

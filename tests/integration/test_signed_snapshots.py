@@ -197,7 +197,7 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
 
     def nacked(text: str) -> bool:
         item = record()
-        return item.get("nacked_version") == "2" and any(text in e for e in item["nack_errors"])
+        return item.get("nacked_version") == 2 and any(text in e for e in item["nack_errors"])
 
     try:
         with start_sidecar(args, tmp, "s.log") as sc:
@@ -214,7 +214,7 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             sign_expired(snap, key, 2)
             offers.refresh()
             wait_for(lambda: nacked("expired"), what="NACK expired")
-            assert treatment(target) == "v1" and record()["acked_version"] == "1"
+            assert treatment(target) == "v1" and record()["acked_version"] == 1
             sign(snap, key)
             offers.refresh()
             wait_for(lambda: treatment(target) == "v2", what="v2 signed over the stream")
@@ -223,7 +223,7 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             offers.refresh()
             wait_for(
                 lambda: (
-                    record().get("nacked_version") == "1"
+                    record().get("nacked_version") == 1
                     and any("replayed" in e for e in record()["nack_errors"])
                 ),
                 what="NACK replay",
@@ -234,7 +234,7 @@ def test_control_plane_stream(tmp: Path, keys: tuple[Path, Path]) -> None:
             offers.refresh()
             wait_for(
                 lambda: (
-                    record().get("nacked_version") == "3"
+                    record().get("nacked_version") == 3
                     and any("bad signature" in e for e in record()["nack_errors"])
                 ),
                 what="NACK tampered",

@@ -77,18 +77,18 @@ def test_control_plane_push_ack_nack_and_restarts(tmp: Path) -> None:
     with controlplane(snapshot, port, tmp) as cp, start_sidecar(sidecar_args, tmp, "a.log") as sc:
         target = sc.wait_listening()["grpc"]
         wait_for(lambda: treatment(target) == "v1", what="v1 served")
-        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == "1", what="ACK 1")
+        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == 1, what="ACK 1")
         assert sidecar_record(port, "pod-a")["identity"]["labels"] == {"app": "shop"}
 
         write_snapshot(snapshot, 2)
         wait_for(lambda: treatment(target) == "v2", what="v2 served")
-        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == "2", what="ACK 2")
+        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == 2, what="ACK 2")
 
         write_snapshot(snapshot, 3, algo=9)  # invalid: NACKed, v2 keeps serving
-        wait_for(lambda: sidecar_record(port, "pod-a").get("nacked_version") == "3", what="NACK")
+        wait_for(lambda: sidecar_record(port, "pod-a").get("nacked_version") == 3, what="NACK")
         record = sidecar_record(port, "pod-a")
         assert any("$.flags[0].algo" in error for error in record["nack_errors"]), record
-        assert record["acked_version"] == "2"
+        assert record["acked_version"] == 2
         assert treatment(target) == "v2"
         assert "refused snapshot" in sc.log
 

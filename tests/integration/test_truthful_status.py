@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import free_port, http_get, serve_process, short_tmp
+from tests.integration.harness import (
+    free_port,
+    http_get,
+    serve_process,
+    short_tmp,
+    start_sidecar,
+    treatment,
+    write_snapshot,
+)
+from tests.integration.test_snapshot_sources import controlplane, fader, fleet, sidecar_record
 from tests.integration.test_telemetry_faults import lookups, metric, sidecar, snapshot
 from tests.waiting import wait_for
 
@@ -43,3 +52,29 @@ def test_a_collector_that_refuses_everything_is_not_reported_up(tmp: Path) -> No
         assert collector["kept"] is False and collector["refused_uploads"] >= 1
         assert "--impressions-out" in collector["detail"]
         assert cp.log.count("refusing telemetry from") == 1, cp.log
+
+
+def test_fader_status_shows_what_each_sidecar_serves_however_it_got_it(tmp: Path) -> None:
+    snapshot, port, admin = tmp / "snap.json", free_port(), f"127.0.0.1:{free_port()}"
+    write_snapshot(snapshot, 2)
+    args = ["--control-plane", f"127.0.0.1:{port}", "--sidecar-id", "pod-a"]
+    args += ["--admin-listen", admin]
+    with controlplane(snapshot, port, tmp), start_sidecar(args, tmp, "a.log") as sc:
+        target = sc.wait_listening()["grpc"]
+        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == 2, what="ACK 2")
+        pushed = tmp / "pushed.json"
+        write_snapshot(pushed, 5)
+        assert fader("push", "--target", admin, str(pushed)).returncode == 0
+        assert treatment(target) == "v5"
+        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == 5, what="ACK 5")
+        table = fader("status", "--control-plane", f"127.0.0.1:{port}").stdout
+        assert "pod-a" in table and " 5 " in table, table
+
+        write_snapshot(snapshot, 6, algo=9)  # invalid: NACKed
+        wait_for(lambda: sidecar_record(port, "pod-a").get("nacked_version") == 6, what="NACK")
+        assert sidecar_record(port, "pod-a")["nack_errors"]
+        write_snapshot(snapshot, 7)
+        wait_for(lambda: sidecar_record(port, "pod-a").get("acked_version") == 7, what="ACK 7")
+        record = sidecar_record(port, "pod-a")
+        assert "nacked_version" not in record and "nack_errors" not in record, record
+        assert isinstance(fleet(port)["offered_version"], int)
