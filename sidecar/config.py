@@ -75,15 +75,32 @@ def parse_bool(text: str) -> bool:
     raise ConfigError(f"{text!r} is not a boolean (true/false)")
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{text!r} is not a finite number")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value <= 0:
         raise ConfigError(f"{text!r} must be a positive integer")
     return value
 
 
 def parse_grace(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if value < 0:
         raise ConfigError(f"{text!r} must be zero or more seconds")
     return value
@@ -115,7 +132,7 @@ def parse_impressions_mode(text: str) -> str:
 
 
 def parse_interval(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ConfigError(f"{text!r} must be more than zero seconds")
     return value
@@ -901,15 +918,21 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     flags: dict[str, str] = vars(build_parser().parse_args(list(argv)))
     config_path = flags.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     raw: dict[str, str] = read_config_file(Path(config_path)) if config_path else {}
-    raw.update({s.name: environ[s.env] for s in SETTINGS if s.env in environ})
-    raw.update(flags)
+    # where each value came from, so an error names what the user wrote
+    origin = {name: f"config file {config_path}: {name}" for name in raw}
+    for item in SETTINGS:
+        if item.env in environ:
+            raw[item.name], origin[item.name] = environ[item.env], item.env
+    for name, text in flags.items():
+        if text is not None:
+            raw[name], origin[name] = text, _BY_NAME[name].flag
     values: dict[str, Any] = {}
     for name, text in raw.items():
         item = _BY_NAME[name]
         try:
             values[name] = item.spec.parse(text)
         except (ConfigError, ValueError) as err:
-            raise ConfigError(f"{item.flag} / {item.env}: {err}") from None
+            raise ConfigError(f"{origin.get(name, item.flag)}: {err}") from None
     settings = Settings(**values)
     validate(settings)
     return settings
@@ -919,8 +942,10 @@ def read_config_file(path: Path) -> dict[str, str]:
     """Reads a flat TOML table; unknown keys are errors so that typos do not pass silently."""
     try:
         document = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"config file {path}: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: not TOML: {err}") from None
     unknown = sorted(set(document) - set(_BY_NAME))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s): {', '.join(unknown)}")

@@ -68,10 +68,14 @@ def test_config_flag_and_off(tmp_path: Path) -> None:
         (
             ["--grpc-listen", "8013"],
             {},
-            "--grpc-listen / FADER_GRPC_LISTEN: '8013' is not HOST:PORT",
+            "--grpc-listen: '8013' is not HOST:PORT",
         ),
         ([], {"FADER_MAX_ATTRIBUTES": "0"}, "FADER_MAX_ATTRIBUTES: '0' must be a positive integer"),
         ([], {"FADER_DEMO": "maybe"}, "'maybe' is not a boolean"),
+        (["--max-attributes", "many"], {}, "^--max-attributes: 'many' is not a whole number$"),
+        ([], {"FADER_MAX_ATTRIBUTES": "many"}, "^FADER_MAX_ATTRIBUTES: 'many' is not a whole"),
+        (["--telemetry-flush-interval", "abc"], {}, "'abc' is not a number$"),
+        (["--shutdown-grace", "nan"], {}, "'nan' is not a finite number$"),
         (["--log-level", "loud"], {}, "'loud' is not one of debug"),
         (["--shutdown-grace", "-1"], {}, "must be zero or more seconds"),
         (["--grpc-listen", "off"], {}, "nothing to serve on"),
@@ -97,8 +101,16 @@ def test_config_file_errors(tmp_path: Path) -> None:
     typo.write_text('grpc_lisen = "127.0.0.1:1"\n')
     with pytest.raises(ConfigError, match="unknown setting\\(s\\): grpc_lisen"):
         load_settings(["--config", str(typo)], environ={})
-    with pytest.raises(ConfigError, match=r"config file .*missing\.toml"):
+    with pytest.raises(ConfigError, match=r"config file .*missing\.toml: cannot read: No such"):
         load_settings(["--config", str(tmp_path / "missing.toml")], environ={})
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("max_attributes = 'many'\n")
+    with pytest.raises(ConfigError, match=r"wrong\.toml: max_attributes: 'many' is not a whole"):
+        load_settings(["--config", str(wrong)], environ={})
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x84\x00")
+    with pytest.raises(ConfigError, match=r"binary\.toml: not TOML"):
+        load_settings(["--config", str(binary)], environ={})
 
 
 def test_every_setting_has_a_flag_and_help() -> None:
