@@ -156,7 +156,6 @@ class Sidecar:
         self._unsubscribe_health = self.store.subscribe(lambda _old, _new: health.changed())
         if settings.mgmt_listen is not None:
             self._mgmt = self._management(settings.mgmt_listen)
-            self._mgmt.start()
 
     def _add_services(self, server: grpc.aio.Server) -> None:
         """Every gRPC lane, each a thin translator over the one evaluation core."""

@@ -7,7 +7,10 @@ lane's handler inline, as gRPC lookups run inline on the loop; keep-alive and pi
 come for free. What it serves is deliberately narrow: bodies with a `Content-Length` or
 chunked (as streaming clients send them), bounded header and body sizes (431 and 413),
 responses with a body of known length, and streamed responses (chunked) for server-streaming
-protocols; while a response streams, the connection's next request waits.
+protocols; while a response streams, the connection's next request waits. Optionally, a
+connection that has not sent a whole request within `request_timeout` seconds (of opening, or
+of its previous answer) is closed, and connections beyond `max_connections` are closed as
+they open: half-sent requests then cost neither memory nor file descriptors for long.
 """
 
 from __future__ import annotations
@@ -65,18 +68,51 @@ def encode(response: Response, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may take; None: no limit."""
+
+    request_timeout: float | None = None
+    max_connections: int | None = None
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, handler: Handler, max_body: int, open_: set[_Connection]) -> None:
+    def __init__(
+        self, handler: Handler, max_body: int, open_: set[_Connection], limits: Limits
+    ) -> None:
         self._handler = handler
         self._max_body = max_body
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._open = open_
         self._streaming: asyncio.Task[None] | None = None
+        self._limits = limits
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        limit = self._limits.max_connections
+        if limit is not None and len(self._open) >= limit:
+            log.debug("HTTP connection refused: %d connections are open", len(self._open))
+            self._close()
+            return
         self._open.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the time the connection has to send its next whole request."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        timeout = self._limits.request_timeout
+        if timeout is not None and self._transport is not None and self._streaming is None:
+            self._deadline = asyncio.get_running_loop().call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        log.debug(
+            "HTTP connection closed: no whole request within %s s", self._limits.request_timeout
+        )
+        self._deadline = None
+        self._close()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -126,9 +162,11 @@ class _Connection(asyncio.Protocol):
         self._transport.write(encode(response, keep_alive))
         if response.stream is not None:
             self._streaming = asyncio.ensure_future(self._pump(response.stream, keep_alive))
+            self._arm()  # no deadline while the answer streams
             return False
         if not keep_alive:
             self._close()
+        self._arm()
         return True
 
     def _sized_body(self, start: int, length_text: str) -> tuple[bytes, int] | None:
@@ -185,6 +223,7 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._close()
         else:
+            self._arm()
             self._serve_buffered()
 
     def _fail(self, status: int, message: str) -> None:
@@ -195,6 +234,9 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -203,6 +245,9 @@ class _Connection(asyncio.Protocol):
             self._streaming.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._transport = None
         self._open.discard(self)
         if self._streaming is not None:
@@ -212,16 +257,17 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Serves `handler` on a TCP address; `start` binds, `stop` closes."""
 
-    def __init__(self, handler: Handler, max_body: int) -> None:
+    def __init__(self, handler: Handler, max_body: int, limits: Limits | None = None) -> None:
         self._handler = handler
         self._max_body = max_body
+        self._limits = limits or Limits()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self._handler, self._max_body, self._connections),
+            lambda: _Connection(self._handler, self._max_body, self._connections, self._limits),
             host,
             port,
             family=socket.AF_INET6 if ":" in host else socket.AF_INET,

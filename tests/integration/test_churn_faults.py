@@ -4,7 +4,9 @@ half-sent requests, malformed protobuf."""
 
 from __future__ import annotations
 
+import select
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.churn import Gate
+from sidecar.api.management import REQUEST_TIMEOUT_SECONDS
+from tests.integration.churn import Gate, threads
 from tests.integration.harness import (
     free_port,
     http_get,
@@ -99,3 +102,57 @@ def test_malformed_protobuf_is_invalid_argument_without_a_traceback(tmp: Path, b
     assert "Traceback" not in sc.log and " ERROR " not in sc.log, sc.log
     handled = 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetTreatment"'
     assert handled in metrics
+
+
+HALF_SENT = 200
+
+
+def test_half_sent_management_requests_hold_no_thread_and_are_dropped(tmp: Path) -> None:
+    """Before the fix: a thread per half-sent request for as long as its client liked, new
+    connections accepted at ~6/s, and a BrokenPipeError traceback per client that left
+    mid-answer."""
+    with start_sidecar(["--demo"], tmp, "sc.log") as sc:
+        mgmt = sc.wait_listening()["mgmt"]
+        host, port = mgmt.rsplit(":", 1)
+        address = (host, int(port))
+        assert http_get(f"http://{mgmt}/healthz")[0] == 200
+        before = threads(sc.process.pid)
+        held = [socket.create_connection(address) for _ in range(HALF_SENT)]
+        for connection in held:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        started = time.monotonic()
+        for _ in range(20):
+            assert http_get(f"http://{mgmt}/readyz")[0] == 200
+        probes = time.monotonic() - started
+        during = threads(sc.process.pid)
+        for _ in range(50):  # clients that leave before the answer is written
+            with socket.create_connection(address) as leaving:
+                leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                leaving.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(REQUEST_TIMEOUT_SECONDS + 1.0)
+        dropped = _closed_by_peer(held)
+        for connection in held:
+            connection.close()
+        assert http_get(f"http://{mgmt}/healthz")[0] == 200
+        sc.signal(signal.SIGTERM)
+        assert sc.wait(10) == 0
+    print(
+        f"\n[management] {HALF_SENT} half-sent requests: threads {before} -> {during}, "
+        f"20 probes in {probes:.2f} s, {dropped} dropped after {REQUEST_TIMEOUT_SECONDS:.0f} s"
+    )
+    assert during <= before + 1
+    assert probes < 2.0
+    assert dropped == HALF_SENT
+    assert "Traceback" not in sc.log and "BrokenPipe" not in sc.log, sc.log
+
+
+def _closed_by_peer(connections: list[socket.socket]) -> int:
+    """How many of ``connections`` the other end has closed (their read end is at EOF)."""
+    readable, _, _ = select.select(connections, [], [], 1.0)
+    closed = 0
+    for connection in readable:
+        try:
+            closed += connection.recv(1) == b""
+        except ConnectionResetError:
+            closed += 1
+    return closed
