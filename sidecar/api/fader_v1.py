@@ -10,6 +10,7 @@ fields on a message already in its response costs half of building one and copyi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from time import perf_counter
@@ -39,11 +40,14 @@ from sidecar.core.requests import (
 )
 from sidecar.telemetry.batches import CountRow, UniqueRow
 from sidecar.telemetry.events import Event
+from sidecar.telemetry.impressions import Answer
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EvaluationService"]
 # WatchSnapshots cuts a snapshot's bytes into messages of this size (the default gRPC
 # message limit is 4 MiB, and a large snapshot is tens of MiB).
 CHUNK_BYTES = 1024 * 1024
+# Field 1 (evaluations), wire type 2 (length-delimited), in both lookup responses that list.
+EVALUATIONS_TAG = b"\x0a"
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
@@ -56,6 +60,7 @@ class Lookups:
         self._evaluator = core.evaluator
         self._policy = core.policy
         self._max_items = core.limits.max_batch_items
+        self._entries = EvaluationEntries()
 
     def get_treatment(self, request: pb.GetTreatmentRequest) -> pb.GetTreatmentResponse:
         started = perf_counter()
@@ -82,9 +87,7 @@ class Lookups:
         lookups = [(key, bucketing_key, flag, attrs) for flag in flags]
         answers = self._evaluator.evaluate(snap, lookups, "GetTreatments", started)
         response = pb.GetTreatmentsResponse(version=snap.version)
-        add = response.evaluations.add
-        for _, _, flag, result in answers:
-            fill_evaluation(add(), flag, result)
+        response.MergeFromString(self._entries.encode(snap, answers))
         return response
 
     def evaluate_batch(self, request: pb.EvaluateBatchRequest) -> pb.EvaluateBatchResponse:
@@ -114,10 +117,59 @@ class Lookups:
             append((key, bucketing_key, flag, attrs))
         answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
         response = pb.EvaluateBatchResponse(version=snap.version)
-        add = response.evaluations.add
-        for _, _, flag, result in answers:
-            fill_evaluation(add(), flag, result)
+        response.MergeFromString(self._entries.encode(snap, answers))
         return response
+
+
+class EvaluationEntries:
+    """The `evaluations` of a GetTreatments or EvaluateBatch response, as bytes: each (flag,
+    decision) is encoded once per snapshot and its bytes reused, and the response takes them
+    all in one MergeFromString. Filling a message per answer costs three times as much, and a
+    snapshot has few distinct answers (decisions are built at compile time).
+
+    Keyed by value, not identity: a decision made at lookup time is encoded correctly too.
+    The cache is dropped when the snapshot changes, and when it grows past `MAX_ENTRIES`
+    (answers that vary per lookup cannot fill memory).
+    """
+
+    MAX_ENTRIES = 50_000
+
+    def __init__(self) -> None:
+        self._snapshot: weakref.ref[Snapshot] | None = None
+        self._entries: dict[tuple[str, Decision], bytes] = {}
+
+    def encode(self, snap: Snapshot, answers: list[Answer]) -> bytes:
+        if self._snapshot is None or self._snapshot() is not snap:
+            self._snapshot, self._entries = weakref.ref(snap), {}
+        entries = self._entries
+        get = entries.get
+        parts = []
+        for _, _, flag, result in answers:
+            answer = (flag, result)
+            entry = get(answer)
+            if entry is None:
+                if len(entries) >= self.MAX_ENTRIES:
+                    entries.clear()
+                entry = entries[answer] = _entry(flag, result)
+            parts.append(entry)
+        return b"".join(parts)
+
+
+def _entry(flag: str, result: Decision) -> bytes:
+    """One `repeated Evaluation evaluations = 1` entry: tag, length, message."""
+    message = pb.Evaluation()
+    fill_evaluation(message, flag, result)
+    body = message.SerializeToString()
+    return EVALUATIONS_TAG + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class EvaluationService:
