@@ -8,11 +8,15 @@ import datetime
 import pytest
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
+from fader.snapshot.loader import build_snapshot
 
-from sidecar.api.fader_v1 import attributes, fill_evaluation
+from sidecar.api.fader_v1 import EvaluationEntries, Lookups, attributes, fill_evaluation
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest
 from sidecar.core.requests import check_key, check_name
+from sidecar.delivery.store import Store
+from tests.core.builders import core_for
+from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 
 def test_attribute_types() -> None:
@@ -54,3 +58,31 @@ def test_evaluation_leaves_absent_fields_unset() -> None:
     full = pb.Evaluation()
     fill_evaluation(full, "f", Decision("on", "default rule", "{}", 7))
     assert (full.config, full.change_number, full.label) == ("{}", 7, "default rule")
+
+
+def test_batch_entries_are_the_evaluations_filled_one_by_one() -> None:
+    """The encoded-once entries give the response that filling each answer would, across a
+    snapshot swap (entries are per snapshot) and past the cache's bound."""
+    store = Store()
+    lookups = Lookups(core_for(store))
+    items = [pb.BatchItem(key=f"k{i}", flag=name) for i in range(4) for name in ("f", "g", "x")]
+    for version, treatment in ((1, "on"), (2, "v2")):
+        f = flag(
+            "f", condition(partitions={treatment: 50, "off": 50}), configurations={"off": "{}"}
+        )
+        store.swap(build_snapshot(snapshot_doc(f, flag("g"), version=version)))
+        snap = store.current
+        assert snap is not None
+        expected = pb.EvaluateBatchResponse(version=version)
+        for item in items[:10]:
+            fill_evaluation(
+                expected.evaluations.add(), item.flag, snap.evaluate(item.key, item.flag)
+            )
+        response = lookups.evaluate_batch(pb.EvaluateBatchRequest(items=items[:10]))
+        assert response == expected
+        assert response.SerializeToString() == expected.SerializeToString()
+    EvaluationEntries.MAX_ENTRIES, bound = 2, EvaluationEntries.MAX_ENTRIES
+    try:
+        assert lookups.evaluate_batch(pb.EvaluateBatchRequest(items=items[:10])) == expected
+    finally:
+        EvaluationEntries.MAX_ENTRIES = bound
