@@ -194,7 +194,8 @@ def validate_command(path: str, stdout: TextIO, stderr: TextIO) -> int:
     _print_issues(path, "warning", report.warnings, stderr)
     if report.errors:
         _print_issues(path, "error", report.errors, stderr)
-        print(f"{path}: invalid ({len(report.errors)} errors)", file=stderr)
+        count = len(report.errors)
+        print(f"{path}: invalid ({count} error{'s' if count != 1 else ''})", file=stderr)
         return EXIT_INVALID
     snapshot = load_file(path)
     # a plain flagd file has no version of its own: the sidecar numbers it when applied

@@ -39,7 +39,17 @@ def keygen_main(argv: list[str]) -> int:
     try:
         signing.check_key_id(args.key_id)
         private_path, public_path = keygen(args.out, args.key_id)
-    except (KeyFileError, OSError) as exc:
+    except FileExistsError as exc:
+        print(
+            f"fader keygen: {exc.filename} already exists (a key is never overwritten: give "
+            "another --key-id or --out)",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        print(f"fader keygen: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyFileError as exc:
         print(f"fader keygen: {exc}", file=sys.stderr)
         return 2
     print(f"private key: {private_path} (keep it secret)\npublic key:  {public_path}")

@@ -228,7 +228,7 @@ class Sidecar:
         try:
             await self._ofrep.start(address)
         except OSError as err:
-            raise StartupError(f"cannot listen on {address} for OFREP: {err}") from None
+            raise StartupError(f"cannot listen on {address} for OFREP: {_reason(err)}") from None
 
     @property
     def ofrep_address(self) -> Address | None:
@@ -271,7 +271,9 @@ class Sidecar:
                 keys=keys,
             )
         except OSError as err:
-            raise StartupError(f"cannot listen on {address} for the Split SDK API: {err}") from None
+            raise StartupError(
+                f"cannot listen on {address} for the Split SDK API: {_reason(err)}"
+            ) from None
         self._split_api = api
         if keys is None and not is_loopback(address.host):
             log.warning(
@@ -292,7 +294,9 @@ class Sidecar:
                 ready=self.readiness.ready,
             )
         except OSError as err:
-            raise StartupError(f"cannot listen on {address} for management HTTP: {err}") from None
+            raise StartupError(
+                f"cannot listen on {address} for management HTTP: {_reason(err)}"
+            ) from None
 
     def _status_extra(self) -> dict[str, Any]:
         return {
@@ -354,3 +358,8 @@ def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     if settings.grpc_token_file is None:
         return []
     return [EvaluationTokens(TokenFile(settings.grpc_token_file))]
+
+
+def _reason(err: OSError) -> str:
+    """An OSError's words without Python's "[Errno 98]" prefix."""
+    return err.strerror or str(err)

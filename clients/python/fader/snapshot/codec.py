@@ -25,6 +25,7 @@ from fader.snapshot.validate import is_int
 
 JSON = "json"
 MSGPACK = "msgpack"
+_NAMES = {JSON: "JSON", MSGPACK: "msgpack"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +110,12 @@ def decode(data: bytes, fmt: str) -> Any:
         raise _too_deep() from None
     except UnicodeDecodeError as exc:
         message = f"a string is not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
-        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {message}")]) from None
+        raise _fail("$", f"invalid {_NAMES.get(fmt, fmt)}: {message}") from None
     except (ValueError, msgpack.UnpackException) as exc:
         if isinstance(exc, SnapshotError):
             raise
         detail = str(exc) or type(exc).__name__
-        raise SnapshotError([Issue(None, "$", f"invalid {fmt}: {detail}")]) from None
+        raise _fail("$", f"invalid {_NAMES.get(fmt, fmt)}: {detail}") from None
 
 
 def _too_deep() -> LimitError:
@@ -155,12 +156,20 @@ def normalize(doc: Any) -> Document:
 
 
 def _version(value: Any, path: str) -> int:
+    if value is None:
+        raise _fail(path, "missing: a snapshot's version is a non-negative integer")
     if not is_int(value) or value < 0:
         raise _fail(path, f"version must be a non-negative integer, got {value!r}")
     return int(value)
 
 
 def _native(doc: Mapping[str, Any]) -> Document:
+    if "version" not in doc and isinstance(doc.get("flags"), list):
+        raise _fail(
+            "$.version",
+            "missing: a Fader snapshot has 'version' and 'flags' as a list (a flagd flags "
+            "file has 'flags' as an object keyed by flag name)",
+        )
     segments = doc.get("segments")
     return Document(
         version=_version(doc.get("version"), "$.version"),

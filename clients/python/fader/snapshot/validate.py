@@ -443,8 +443,16 @@ def _check_regex(w: _Walker, raw: Mapping[str, Any], path: str) -> None:
         return
     try:
         compile_regex(pattern)
-    except Exception as exc:  # re2.error carries RE2's own message
-        w.error(where, f"invalid regular expression (RE2 syntax): {exc}")
+    except Exception as exc:  # re2.error carries RE2's own message, sometimes as bytes
+        w.error(where, f"invalid regular expression (RE2 syntax): {_message(exc)}")
+
+
+def _message(exc: Exception) -> str:
+    """An exception's message as text, not the repr of the bytes some bindings pass."""
+    detail = exc.args[0] if len(exc.args) == 1 else str(exc)
+    if isinstance(detail, bytes):
+        return detail.decode("utf-8", "replace")
+    return str(detail)
 
 
 def _check_semver(w: _Walker, raw: Mapping[str, Any], path: str) -> None:
