@@ -75,6 +75,8 @@ def push_main(argv: list[str]) -> int:
             return 1
     if ack.accepted:
         print(f"applied version {ack.version}")
+        for warning in ack.warnings:
+            print(f"  warning: {warning}", file=sys.stderr)
         return 0
     print(f"refused version {ack.version}:", file=sys.stderr)
     for error in ack.errors:

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sidecar.app.errors import StartupError
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Settings, control_plane_security, sidecar_id
-from sidecar.delivery import signing
+from sidecar.delivery import cache, signing
 from sidecar.delivery.apply import Applier, Outcome
 from sidecar.delivery.signing import KeyFileError, Verifier
 from sidecar.delivery.store import Store
@@ -90,6 +90,9 @@ class SnapshotSources:
     def load_initial(self) -> None:
         """Load what can be served right away; StartupError when a given file is unusable."""
         settings = self.settings
+        if settings.cache_dir is not None:
+            for leftover in cache.sweep(settings.cache_dir):
+                log.warning("removed %s, left by a crash while the cache was written", leftover)
         if settings.demo:
             self.demo = DemoSource(self.applier)
             self.demo.load()
@@ -198,6 +201,12 @@ class SnapshotSources:
                 "reason": last.reason,
                 "errors": [str(issue) for issue in last.errors[:20]],
             }
+        if self.settings.cache_dir is not None:
+            serving = self.store.current.version if self.store.current is not None else None
+            body["last_known_good"] = {
+                "dir": str(self.settings.cache_dir),
+                **self.applier.cache_writes.status(serving),
+            }
         # where they were before every source had a status: kept for dashboards and scripts
         if self.control_plane is not None:
             body["control_plane"] = self.control_plane.status()
@@ -229,6 +238,20 @@ class SourcesCollector(Collector):
         for reason in reasons:
             refused.add_metric((reason,), sources.refusals.get(reason, 0))
         yield refused
+        if sources.settings.cache_dir is not None:
+            writes = sources.applier.cache_writes
+            current = sources.store.current
+            yield CounterMetricFamily(
+                "fader_snapshot_cache_write_failures",
+                "Applied snapshots that could not be written to the last-known-good cache.",
+                value=writes.failures,
+            )
+            yield GaugeMetricFamily(
+                "fader_snapshot_cache_behind",
+                "1 while the last-known-good cache holds another version than the one served: "
+                "a restart without a source would serve that one.",
+                value=1 if writes.behind(current.version if current else None) else 0,
+            )
         source = sources.control_plane
         if source is not None:
             yield GaugeMetricFamily(

@@ -114,7 +114,14 @@ class ControlPlaneServicer(controlplane_pb2_grpc.ControlPlaneServiceServicer):
                 if request.HasField("ack"):
                     ack = request.ack
                     self._registry.answer(sidecar_id, ack)
-                    if ack.accepted:
+                    if ack.accepted and ack.warnings:
+                        log.warning(
+                            "sidecar %s ACK version %d, with: %s",
+                            sidecar_id,
+                            ack.version,
+                            "; ".join(ack.warnings),
+                        )
+                    elif ack.accepted:
                         log.info("sidecar %s ACK version %d", sidecar_id, ack.version)
                     else:
                         log.warning(

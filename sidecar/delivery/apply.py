@@ -48,6 +48,8 @@ class Outcome:
     errors: tuple[Issue, ...] = ()
     # applied | invalid | stale | a signing.REASONS entry | a limits.SNAPSHOT_LIMITS entry
     reason: str = "applied"
+    # what an applied snapshot did not get (not written to the cache, say)
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> str:
         if self.applied:
@@ -60,6 +62,27 @@ RefusalHook = Callable[[Outcome], None]
 
 
 @dataclass
+class CacheWrites:
+    """How the last-known-good cache keeps up with what is served: a cache that stays
+    behind would be a silent rollback at the next restart without a source."""
+
+    version: int | None = None  # the version on disk (read at start, or written since)
+    failures: int = 0
+    last_error: str | None = None
+
+    def behind(self, serving: int | None) -> bool:
+        return serving is not None and self.version != serving
+
+    def status(self, serving: int | None) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "behind": self.behind(serving),
+            "write_failures": self.failures,
+            "last_write_error": self.last_error,
+        }
+
+
+@dataclass
 class Applier:
     """Applies snapshots to a Store, writing each applied one to the cache directory."""
 
@@ -69,6 +92,7 @@ class Applier:
     last_refusal: Outcome | None = None
     verifier: Verifier | None = None
     limits: SnapshotLimits = field(default_factory=SnapshotLimits)
+    cache_writes: CacheWrites = field(default_factory=CacheWrites)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def apply_bytes(
@@ -142,23 +166,42 @@ class Applier:
             except StaleVersionError as exc:
                 issue = Issue(None, "$.version", str(exc))
                 return self._refused(snapshot.source, snapshot.version, [issue], "stale")
-            if self.cache_dir is not None and persist:
-                self._persist(snapshot, fmt, data, signature)
+            warnings: tuple[str, ...] = ()
+            if self.cache_dir is not None:
+                if persist:
+                    warnings = self._persist(snapshot, fmt, data, signature)
+                else:  # it was just read from the cache
+                    self.cache_writes.version = snapshot.version
         log.info(
             "applied snapshot version %d from %s (%d flags)",
             snapshot.version,
             snapshot.source,
             snapshot.flag_count,
         )
-        return Outcome(True, snapshot.version, snapshot.source)
+        return Outcome(True, snapshot.version, snapshot.source, warnings=warnings)
 
-    def _persist(self, snapshot: Snapshot, fmt: str, data: bytes, signature: bytes | None) -> None:
+    def _persist(
+        self, snapshot: Snapshot, fmt: str, data: bytes, signature: bytes | None
+    ) -> tuple[str, ...]:
+        """Write the cache; on failure, the warning the ACK carries (nothing is refused:
+        the cache is a restart aid, and the snapshot is served either way)."""
         assert self.cache_dir is not None
+        writes = self.cache_writes
         try:
             cache.save(self.cache_dir, snapshot, fmt, data, signature)
         except OSError as exc:
-            # Serving goes on: the cache is a restart aid, not a reason to refuse a snapshot.
-            log.error("could not write the last-known-good cache in %s: %s", self.cache_dir, exc)
+            writes.failures += 1
+            writes.last_error = f"{exc.strerror or exc}"
+            on_disk = "none" if writes.version is None else f"version {writes.version}"
+            warning = (
+                f"version {snapshot.version} is served but not persisted: cannot write the "
+                f"last-known-good cache in {self.cache_dir} ({writes.last_error}); a restart "
+                f"without a source would serve {on_disk}"
+            )
+            log.error("%s", warning)
+            return (warning,)
+        writes.version = snapshot.version
+        return ()
 
     def _refused(
         self, source: str, version: int | None, issues: list[Issue] | tuple[Issue, ...], reason: str

@@ -26,6 +26,9 @@ from sidecar.durable import write_atomically
 
 FILE_NAME: Final = "last-known-good.fader"
 FORMAT: Final = 1
+# Temporary files are named so while written (sidecar.durable); any found at start are a
+# crash's leftovers, up to a snapshot's size each.
+TMP_PREFIX: Final = ".lkg-"
 
 
 class CacheError(SnapshotError):
@@ -69,8 +72,25 @@ def save(
         use_bin_type=True,
     )
     target = path_in(cache_dir)
-    write_atomically(target, envelope, ".lkg-")
+    write_atomically(target, envelope, TMP_PREFIX)
     return target
+
+
+def sweep(cache_dir: Path) -> list[Path]:
+    """Remove the temporary files a crash left mid-write; only at start, when no write of
+    this process can be under way. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        leftovers = sorted(cache_dir.glob(TMP_PREFIX + "*"))
+    except OSError:
+        return removed
+    for path in leftovers:
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def load(cache_dir: Path) -> Snapshot | None:

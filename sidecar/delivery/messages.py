@@ -48,6 +48,7 @@ def ack_for(outcome: Outcome, offered: int = 0) -> snapshot_pb2.SnapshotAck:
         version=outcome.version if outcome.version is not None else offered,
         accepted=outcome.applied,
         errors=[str(issue) for issue in outcome.errors],
+        warnings=outcome.warnings,
     )
 
 

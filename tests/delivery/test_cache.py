@@ -78,3 +78,13 @@ def test_flipped_payload_byte_fails_the_checksum(tmp_path: Path) -> None:
     path.write_bytes(msgpack.packb(envelope, use_bin_type=True))
     with pytest.raises(cache.CacheError, match="checksum mismatch"):
         cache.load(tmp_path)
+
+
+def test_sweep_removes_only_a_crash_s_temporary_files(tmp_path: Path) -> None:
+    kept, _ = _save(tmp_path)
+    (tmp_path / f"{cache.TMP_PREFIX}abc").write_bytes(b"half a snapshot")
+    (tmp_path / "notes.txt").write_text("someone else's")
+    removed = cache.sweep(tmp_path)
+    assert [path.name for path in removed] == [f"{cache.TMP_PREFIX}abc"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [kept.name, "notes.txt"]
+    assert cache.sweep(tmp_path / "missing") == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
-from tests.integration.harness import REPO, ServeProcess, free_port, serve_process
+from tests.integration.harness import REPO, ServeProcess, free_port, serve_env, serve_process
 
 # The deadline fader's clients give a lookup before answering "control" (fader._common).
 LOOKUP_DEADLINE = 0.1
@@ -120,7 +121,11 @@ class Pusher:
         self._stub = controlplane_pb2_grpc.SnapshotAdminServiceStub(self._channel)
 
     def push(self, version: int, document: bytes) -> snapshot_pb2.SnapshotAck:
-        message = snapshot_pb2.Snapshot(version=version, encoding=_MSGPACK, document=document)
+        return self.push_bytes(version, document, "msgpack")
+
+    def push_bytes(self, version: int, document: bytes, fmt: str) -> snapshot_pb2.SnapshotAck:
+        encoding = _MSGPACK if fmt == "msgpack" else snapshot_pb2.SNAPSHOT_ENCODING_JSON
+        message = snapshot_pb2.Snapshot(version=version, encoding=encoding, document=document)
         request = controlplane_pb2.PushSnapshotRequest(snapshot=message)
         ack: snapshot_pb2.SnapshotAck = self._stub.PushSnapshot(request, timeout=60)
         assert ack.accepted, ack
@@ -238,8 +243,6 @@ sys.stdin.read()
 @contextlib.contextmanager
 def unread_watch_streams(target: str, count: int) -> Iterator[None]:
     """``count`` WatchChanges streams that are opened and never read, until the block ends."""
-    from tests.integration.harness import serve_env
-
     process = subprocess.Popen(
         [sys.executable, "-c", _UNREAD_STREAMS, target, str(count)],
         stdin=subprocess.PIPE,
@@ -320,3 +323,31 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
             sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def sidecar_with_small_disk(
+    args: list[str], log_dir: Path, max_file_bytes: int
+) -> Iterator[ServeProcess]:
+    """`fader serve ARGS` that cannot write a file larger than ``max_file_bytes`` (a full
+    disk, as far as a write is concerned: it fails with EFBIG; Python ignores SIGXFSZ)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    log_path = log_dir / "small-disk.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=serve_env(),
+            cwd=REPO,
+            preexec_fn=limit,
+        )
+    try:
+        yield ServeProcess(process, log_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

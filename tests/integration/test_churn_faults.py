@@ -4,6 +4,7 @@ half-sent requests, malformed protobuf."""
 
 from __future__ import annotations
 
+import json
 import select
 import signal
 import socket
@@ -15,8 +16,17 @@ import grpc
 import pytest
 
 from sidecar.api.management import REQUEST_TIMEOUT_SECONDS
-from tests.integration.churn import Gate, threads
+from tests.fader.rules.builders import flag, snapshot_doc
+from tests.integration.churn import (
+    Gate,
+    Pusher,
+    big_snapshot,
+    metric,
+    sidecar_with_small_disk,
+    threads,
+)
 from tests.integration.harness import (
+    SIDECAR_ARGS,
     free_port,
     http_get,
     sc_mgmt,
@@ -156,3 +166,46 @@ def _closed_by_peer(connections: list[socket.socket]) -> int:
         except ConnectionResetError:
             closed += 1
     return closed
+
+
+def test_a_cache_write_that_fails_is_in_the_ack_the_status_and_the_metrics(tmp: Path) -> None:
+    """Before the fix the push was ACKed as if all were well and only an ERROR line said the
+    cache stayed at version 1: a restart without a source then served version 1."""
+    cache_dir, admin = tmp / "cache", f"127.0.0.1:{free_port()}"
+    args = ["--admin-listen", admin, "--cache-dir", str(cache_dir), *SIDECAR_ARGS]
+    small = json.dumps(snapshot_doc(flag("f"), version=1)).encode()
+    with sidecar_with_small_disk(args, tmp, max_file_bytes=64 << 10) as sc:
+        mgmt = sc_mgmt(sc)
+        pusher = Pusher(admin)
+        try:
+            first = pusher.push_bytes(1, small, "json")
+            assert not first.warnings
+            second = pusher.push(2, big_snapshot(2, 200))  # ~200 KiB: more than the disk takes
+        finally:
+            pusher.close()
+        status = json.loads(http_get(mgmt + "/status")[1])
+        metrics = http_get(mgmt + "/metrics")[1]
+    print(f"\n[cache write failed] ACK warnings: {list(second.warnings)}")
+    assert second.accepted and status["version"] == 2  # served all the same
+    assert len(second.warnings) == 1 and "not persisted" in second.warnings[0]
+    assert "serve version 1" in second.warnings[0]
+    lkg = status["last_known_good"]
+    assert lkg["version"] == 1 and lkg["behind"] is True and lkg["write_failures"] == 1
+    assert "too large" in lkg["last_write_error"].lower()
+    assert metric(metrics, "fader_snapshot_cache_behind") == 1
+    assert metric(metrics, "fader_snapshot_cache_write_failures_total") == 1
+
+
+def test_a_crash_s_temporary_cache_files_are_swept_at_start(tmp: Path) -> None:
+    """Before the fix a `.lkg-*` file left by a crash mid-write (up to a snapshot's size)
+    stayed for ever."""
+    cache_dir = tmp / "cache"
+    cache_dir.mkdir()
+    leftover = cache_dir / ".lkg-k3v9x2"
+    leftover.write_bytes(b"\0" * (1 << 20))
+    with start_sidecar(["--demo", "--cache-dir", str(cache_dir)], tmp, "sc.log") as sc:
+        sc.wait_listening()
+        wait_for(lambda: (cache_dir / "last-known-good.fader").exists(), what="the cache")
+    assert not leftover.exists()
+    assert sorted(path.name for path in cache_dir.iterdir()) == ["last-known-good.fader"]
+    assert f"removed {leftover}" in sc.log
