@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
 
-from fader.snapshot.codec import decode, format_for
+from fader.snapshot.codec import JSON, MSGPACK, decode, format_for
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 from fader.snapshot.issues import SnapshotError
-from fader.snapshot.loader import check_document, load_file
+from fader.snapshot.limits import SnapshotLimits
+from fader.snapshot.loader import check_document, load_bytes, load_file
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.core.attributes import AttributePolicy
@@ -27,6 +30,7 @@ from sidecar.limits import RequestLimits
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
+SNAPSHOT_SUFFIXES = (".json", ".msgpack", ".mpk")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "evaluate":
         return evaluate_command(ns.snapshot, sys.stdin, sys.stdout, sys.stderr)
     if ns.command == "validate":
-        return validate_command(ns.file, sys.stdout, sys.stderr)
+        limits = SnapshotLimits(ns.max_snapshot_bytes, ns.max_flags, ns.max_segment_keys)
+        return validate_command(
+            ns.files, sys.stdout, sys.stderr, limits, sys.stdin.buffer, ns.format
+        )
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -103,8 +110,25 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     evaluate.add_argument("--snapshot", required=True, metavar="FILE", help=".json/.msgpack/.mpk")
-    validate = sub.add_parser("validate", help="check a snapshot file; exit 0 when valid")
-    validate.add_argument("file", metavar="FILE")
+    validate = sub.add_parser(
+        "validate",
+        help="check snapshot files; exit 0 when all are valid",
+        description="Check snapshot files as a sidecar would, its size limits included: "
+        "FILE, several, a directory (each .json/.msgpack/.mpk in it) or - (stdin).",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    defaults = SnapshotLimits()
+    for flag, default in (
+        ("--max-snapshot-bytes", defaults.max_snapshot_bytes),
+        ("--max-flags", defaults.max_flags),
+        ("--max-segment-keys", defaults.max_segment_keys),
+    ):
+        validate.add_argument(
+            flag, type=_positive, default=default, metavar="N", help=f"as serve (default {default})"
+        )
+    validate.add_argument(
+        "--format", choices=(JSON, MSGPACK), default=JSON, help="of stdin (-); default json"
+    )
     return parser
 
 
@@ -178,34 +202,87 @@ def evaluate_line(snapshot: Snapshot, line: str) -> dict[str, Any]:
     }
 
 
-def validate_command(path: str, stdout: TextIO, stderr: TextIO) -> int:
-    """Print every error (flag + JSON path) and warning; exit 0 only when valid."""
+def validate_command(
+    paths: Sequence[str],
+    stdout: TextIO,
+    stderr: TextIO,
+    limits: SnapshotLimits | None = None,
+    stdin: BinaryIO | None = None,
+    stdin_format: str = JSON,
+) -> int:
+    """Validate every file (a directory: each snapshot file in it; ``-``: stdin) as a
+    sidecar would, its ``--max-*`` limits included; exit 0 only when all are valid."""
+    limits = limits or SnapshotLimits()
+    files: list[str] = []
+    for path in paths:
+        if path != "-" and os.path.isdir(path):
+            found = sorted(str(p) for p in Path(path).iterdir() if p.suffix in SNAPSHOT_SUFFIXES)
+            if not found:
+                print(
+                    f"fader validate: {path}: no snapshot files (.json, .msgpack, .mpk)",
+                    file=stderr,
+                )
+            files.extend(found or [path])
+        else:
+            files.append(path)
+    failed = 0
+    for path in files:
+        if path == "-":
+            data = (stdin or sys.stdin.buffer).read()
+            fmt = stdin_format
+        else:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                print(f"fader validate: {path}: cannot read: {exc.strerror}", file=stderr)
+                failed += 1
+                continue
+            fmt = format_for(path)
+        failed += validate_bytes(path, data, fmt, limits, stdout, stderr)
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def validate_bytes(
+    name: str, data: bytes, fmt: str, limits: SnapshotLimits, stdout: TextIO, stderr: TextIO
+) -> int:
+    """Print every error (flag + JSON path) and warning of one snapshot; 1 when invalid."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        document = decode(data, format_for(path))
-    except OSError as exc:
-        print(f"fader validate: {path}: cannot read: {exc.strerror}", file=stderr)
-        return EXIT_INVALID
+        limits.check_bytes(len(data))
+        document = decode(data, fmt)
     except SnapshotError as exc:
-        _print_issues(path, "error", exc.issues, stderr)
-        return EXIT_INVALID
+        _print_issues(name, "error", exc.issues, stderr)
+        return 1
     report = check_document(document)
-    _print_issues(path, "warning", report.warnings, stderr)
-    if report.errors:
-        _print_issues(path, "error", report.errors, stderr)
-        count = len(report.errors)
-        print(f"{path}: invalid ({count} error{'s' if count != 1 else ''})", file=stderr)
-        return EXIT_INVALID
-    snapshot = load_file(path)
+    _print_issues(name, "warning", report.warnings, stderr)
+    errors = list(report.errors)
+    if not errors:
+        try:
+            snapshot = load_bytes(data, fmt, name, limits)
+        except SnapshotError as exc:  # the --max-* limits a sidecar would apply
+            errors = exc.issues
+    if errors:
+        _print_issues(name, "error", errors, stderr)
+        count = len(errors)
+        print(f"{name}: invalid ({count} error{'s' if count != 1 else ''})", file=stderr)
+        return 1
     # a plain flagd file has no version of its own: the sidecar numbers it when applied
     version = f"version {snapshot.version}" if snapshot.versioned else "no version (flagd file)"
     print(
-        f"{path}: valid: {version}, {snapshot.flag_count} active flags, "
+        f"{name}: valid: {version}, {snapshot.flag_count} active flags, "
         f"{snapshot.segment_count} segments ({snapshot.segment_key_count} keys)",
         file=stdout,
     )
-    return EXIT_OK
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
 
 
 def _print_issues(path: str, level: str, issues: Iterable[object], out: TextIO) -> None:

@@ -161,3 +161,28 @@ def test_a_plain_flagd_file_validates_and_evaluates(tmp_path: Path) -> None:
         f"{bad}: error: flag 'beta' at $.flags[\"beta\"].defaultVariant: 'maybe' is not one of "
         "the variants" in proc.stderr
     )
+
+
+def test_validate_applies_the_serve_limits_and_takes_files_a_directory_and_stdin(
+    tmp_path: Path,
+) -> None:
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(snapshot_doc(flag("f"), flag("g"))))
+    limited = _fader("validate", "--max-flags", "1", str(two))
+    assert limited.returncode == 1
+    assert "snapshot has 2 flags, more than --max-flags 1" in limited.stderr
+    small = _fader("validate", "--max-snapshot-bytes", "10", str(two))
+    assert small.returncode == 1 and "more than --max-snapshot-bytes 10" in small.stderr
+
+    (tmp_path / "notes.txt").write_text("not a snapshot")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(snapshot_doc(flag("f", algo=7))))
+    every = _fader("validate", str(DEMO), str(tmp_path))
+    assert every.returncode == 1
+    assert f"{DEMO}: valid" in every.stdout and f"{two}: valid" in every.stdout
+    assert f"{bad}: invalid (1 error)" in every.stderr and "notes.txt" not in every.stderr
+
+    piped = _fader("validate", "-", stdin=DEMO.read_text())
+    assert piped.returncode == 0 and "-: valid: version 1" in piped.stdout
+    usage = _fader("validate", "--max-flags", "many", str(two))
+    assert usage.returncode == 2 and "'many' is not a whole number" in usage.stderr
