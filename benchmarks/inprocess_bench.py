@@ -17,6 +17,12 @@ in interleaved rounds:
 - ``get_treatment`` over gRPC (the remote client on a Unix socket, one call in flight): the
   median call.
 
+Memory (`--memory`): a client process holding a 10,000-flag snapshot in process (the
+snapshot benchmark's flags, each with a whitelist, a segment and a two-attribute condition;
+100 segments of 100 keys: the large segments of that benchmark are data, not flags); its RSS
+is read before the in-process client is created (gRPC already loaded and used) and once the
+snapshot answers, after a garbage collection.
+
 Keys rotate over a pool of 50,000, so that optimized mode both sends first impressions and
 counts repeats. Figures are medians over rounds; ratios are taken per round, then the median.
 The lookup is the engine benchmark's case (b): a flag whose condition has three attribute
@@ -26,6 +32,7 @@ matchers (WHITELIST, >=, boolean), with the attributes plan, age and beta.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -45,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgpack
 from fader import Client
 from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
-from benchmarks import processes
+from benchmarks import processes, snapshot_bench
 from benchmarks.engine_bench import ATTRS, DOCUMENT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,8 +285,53 @@ def report(
     print(f"  collector received: {totals}")
 
 
+MEMORY_SEGMENT_KEYS = 100
+
+
+def memory_child(target: str) -> None:
+    """Prints this process's RSS (MB) without and with an in-process client's snapshot."""
+    with Client(target, timeout=5.0) as warm:  # gRPC loaded and a channel used: not counted
+        warm.get_treatment("u", "flag-0")
+    gc.collect()
+    before = rss_mb()
+    client = Client(target, timeout=5.0, mode="in-process")
+    assert client.in_process is not None and client.in_process.ready.wait(120)
+    local = client.in_process.local
+    assert local is not None and local.snapshot.flag_count == snapshot_bench.FLAGS
+    gc.collect()
+    print(json.dumps({"before": before, "after": rss_mb()}), flush=True)
+    client.close()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(workdir: Path) -> None:
+    snapshot_bench.KEYS_PER_SEGMENT = MEMORY_SEGMENT_KEYS
+    path = workdir / "flags.msgpack"
+    path.write_bytes(msgpack.packb(snapshot_bench.document(1)))
+    with sidecar("off", workdir, path, 0) as target:
+        command = [sys.executable, "-m", "benchmarks.inprocess_bench", "memory-child", target]
+        out = subprocess.run(
+            command, capture_output=True, text=True, cwd=REPO, env=child_env(), check=True
+        ).stdout
+    rss = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"memory: {snapshot_bench.FLAGS:,} flags ({path.stat().st_size / 1e6:.1f} MB msgpack): "
+        f"client RSS {rss['before']:.0f} MB before, {rss['after']:.0f} MB holding it in "
+        f"process: +{rss['after'] - rss['before']:.0f} MB (target < 100 MB)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["memory-child"]:
+        memory_child(argv[1])
+        return 0
     if argv[:1] == ["collector"]:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         collector_child(int(argv[1]))
@@ -288,12 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--grpc-calls", type=int, default=500)
+    parser.add_argument("--memory", action="store_true", help="only the memory check")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.grpc_calls = 3, 0.5, 200
     workdir = Path(tempfile.mkdtemp(prefix="fdr-inproc-", dir="/tmp"))
     try:
-        run(args, workdir)
+        if args.memory:
+            memory(workdir)
+        else:
+            run(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -85,7 +85,15 @@ def versions(messages: Iterator[pb.WatchSnapshotsResponse]) -> Iterator[Version]
             received += len(message.chunk)
         if received != size:
             raise ValueError(f"snapshot version {first.version}: {received} of {size} bytes")
-        yield Version(first.version, first.source, first.encoding, b"".join(chunks), first.settings)
+        yield Version(first.version, first.source, first.encoding, _joined(chunks), first.settings)
+
+
+def _joined(chunks: list[bytes]) -> bytes:
+    """The chunks as one payload, the list emptied: a snapshot's bytes are not held twice
+    while it compiles."""
+    payload = b"".join(chunks)
+    chunks.clear()
+    return payload
 
 
 class Status(NamedTuple):
@@ -146,6 +154,7 @@ class InProcess:
                 self.connected.set()
                 for version in versions(call):
                     self._install(version)
+                    del version  # its payload: not kept until the next version arrives
                     lost_at, delay = None, RETRY_INITIAL
             except grpc.RpcError as err:
                 if self._closed.is_set():
@@ -180,6 +189,7 @@ class InProcess:
         try:
             source = f"sidecar {self.target} ({version.source})"
             snapshot = load_bytes(version.payload, version.encoding, source)
+            snapshot.document = None  # kept for lanes that re-serve definitions; none here
         except SnapshotError as err:
             log.error(
                 "fader: version %d does not compile (%s); asking the sidecar", version.version, err
