@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from fader.snapshot.loader import SnapshotError, build_snapshot
+from fader.snapshot.validate import validate
 
 from sidecar.delivery.store import Store
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
@@ -259,3 +260,14 @@ def test_refused_snapshot_leaves_the_store_serving_the_old_one() -> None:
         store.swap(build_snapshot(bad))
     assert store.current is good
     assert store.current.evaluate("k", "f").treatment == "on"
+
+
+def test_an_unknown_flag_key_is_a_warning_naming_the_likely_one() -> None:
+    raw = flag("f")
+    raw["defaultTreatmen"] = "on"
+    report = validate([raw], {}, [])
+    assert not report.errors
+    assert [str(w) for w in report.warnings] == [
+        "flag 'f' at $.flags[0].defaultTreatmen: unknown key, ignored "
+        "(did you mean 'defaultTreatment'?)"
+    ]

@@ -12,6 +12,7 @@ check on ``Mapping`` is a noticeable part of a 10,000-flag load.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,18 @@ class _Refs:
     missing_segments: list[tuple[str, str | None, str]] = field(default_factory=list)
 
 
+# A Split flag's keys as Split's API writes them (those Fader does not use included).
+FLAG_KEYS: Final = frozenset(
+    {
+        "name", "trafficTypeName", "trafficTypeId", "killed", "defaultTreatment",
+        "changeNumber", "algo", "trafficAllocation", "trafficAllocationSeed", "seed",
+        "status", "conditions", "configurations", "sets", "impressionsDisabled",
+        "prerequisites", "orgId", "environment", "id", "creationTime", "lastUpdateTime",
+        "owner", "description", "tags",
+    }
+)  # fmt: skip
+
+
 class _Walker:
     """Walks one document, appending issues; ``owner`` is the flag being walked."""
 
@@ -112,6 +125,7 @@ class _Walker:
         self.owner = name
         self.node = f"flag:{name}"
         self.refs.edges.setdefault(self.node, [])
+        self._unknown_keys(raw, path)
         self._flag_scalars(raw, path)
         self._flag_sets(raw, path)
         self._configurations(raw.get("configurations"), f"{path}.configurations")
@@ -122,6 +136,16 @@ class _Walker:
         ):
             for i, condition in enumerate(conditions):
                 self.condition(condition, f"{path}.conditions[{i}]", with_partitions=True)
+
+    def _unknown_keys(self, raw: Mapping[str, Any], path: str) -> None:
+        """A misspelt key (``defaultTreatmen``) would otherwise be ignored without a word
+        while the flag serves something else: it is a warning naming the likely key."""
+        for key in sorted(set(raw) - FLAG_KEYS, key=str):
+            close = difflib.get_close_matches(str(key), FLAG_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.report.warnings.append(
+                Issue(self.owner, f"{path}.{key}", f"unknown key, ignored{hint}")
+            )
 
     def _flag_scalars(self, raw: Mapping[str, Any], path: str) -> None:
         default = raw.get("defaultTreatment")
