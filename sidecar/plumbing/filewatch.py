@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import watchfiles
@@ -57,9 +57,12 @@ class PathWatcher:
         debounce_ms: int = 50,
         recheck_ms: int = 2000,
         force_polling: bool | None = None,
+        names: Collection[str] | None = None,
     ) -> None:
         self.path = path
         self.on_change = on_change
+        # only changes to these names in the directory count (None: every change)
+        self.names = frozenset(names) if names is not None else None
         self.debounce_ms = debounce_ms
         self.recheck_ms = recheck_ms
         self.force_polling = force_polling
@@ -94,10 +97,18 @@ class PathWatcher:
                 log.exception("watching %s failed; retrying in 1 s", self._root())
                 self._stop.wait(1.0)
 
+    def _relevant(self, _change: watchfiles.Change, path: str) -> bool:
+        """A change to a watched name, or to Kubernetes' atomic-writer entries (``..data``
+        and its timestamped directories), which is how a ConfigMap's files change. Other
+        files in the directory (a log file written beside the snapshot) are not changes."""
+        name = os.path.basename(path)
+        assert self.names is not None
+        return name in self.names or name.startswith("..")
+
     def _watch(self) -> None:
         for changes in watchfiles.watch(
             self._root(),
-            watch_filter=None,
+            watch_filter=None if self.names is None else self._relevant,
             debounce=self.debounce_ms,
             stop_event=self._stop,
             rust_timeout=self.recheck_ms,

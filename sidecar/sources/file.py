@@ -44,7 +44,11 @@ class FileSource:
         self._applied: bytes | None = None
         self._missing_logged = False
         self._watcher = PathWatcher(
-            self.path, self._on_change, recheck_ms=recheck_ms, force_polling=force_polling
+            self.path,
+            self._on_change,
+            recheck_ms=recheck_ms,
+            force_polling=force_polling,
+            names=(self.path.name, self.signature_path.name),
         )
 
     @property
