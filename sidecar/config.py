@@ -113,6 +113,13 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+def parse_log_format(text: str) -> str:
+    fmt = text.strip().lower()
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"{text!r} is not one of text, json")
+    return fmt
+
+
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
     """`k=v,k=v` (e.g. pod=$(POD_NAME),namespace=$(POD_NAMESPACE))."""
     labels = []
@@ -700,6 +707,15 @@ class Settings:
     log_level: str = field(
         default="info",
         metadata=setting(PROCESS, parse_log_level, "debug, info, warning or error", "LEVEL"),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=setting(
+            PROCESS,
+            parse_log_format,
+            "text, or json: one JSON object a line (time, level, logger, message)",
+            "FORMAT",
+        ),
     )
 
     def request_limits(self) -> RequestLimits:

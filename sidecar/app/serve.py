@@ -20,6 +20,7 @@ from sidecar.app.sources import SnapshotSources
 from sidecar.app.telemetry import build_pipeline
 from sidecar.config import ConfigError, Settings, load_settings
 from sidecar.delivery.store import Store
+from sidecar.plumbing import logformat
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ def _on_signal(stopping: asyncio.Event, sidecar: Sidecar, signum: int) -> None:
     asyncio.get_running_loop().create_task(sidecar.cut_drain_short())
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve_main(argv: list[str]) -> int:
     """`fader serve ARGS`: returns the process exit code (0 after a clean shutdown)."""
     try:
@@ -88,7 +81,7 @@ def serve_main(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"fader serve: {err}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    logformat.configure(settings.log_level, settings.log_format)
     store = Store()
     try:
         sources = SnapshotSources(settings, store)
