@@ -72,6 +72,24 @@ def _on_signal(stopping: asyncio.Event, sidecar: Sidecar, signum: int) -> None:
     asyncio.get_running_loop().create_task(sidecar.cut_drain_short())
 
 
+NOTHING_TO_LOAD = (
+    "nothing to load: give --snapshot FILE, --demo, --control-plane HOST:PORT, or "
+    "--admin-listen HOST:PORT to wait for a `fader push` (a --cache-dir alone serves its "
+    "last-known-good snapshot)"
+)
+
+
+def _has_source(settings: Settings) -> bool:
+    """Without any of these, the sidecar would answer "not ready" forever."""
+    return bool(
+        settings.snapshot is not None
+        or settings.demo
+        or settings.control_plane is not None
+        or settings.admin_listen is not None
+        or settings.cache_dir is not None
+    )
+
+
 def serve_main(argv: list[str]) -> int:
     """`fader serve ARGS`: returns the process exit code (0 after a clean shutdown)."""
     try:
@@ -80,6 +98,9 @@ def serve_main(argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     except ConfigError as err:
         print(f"fader serve: {err}", file=sys.stderr)
+        return 2
+    if not _has_source(settings):
+        print(f"fader serve: {NOTHING_TO_LOAD}", file=sys.stderr)
         return 2
     logformat.configure(settings.log_level, settings.log_format)
     store = Store()

@@ -187,4 +187,11 @@ def test_settings_from_environment_and_config_file(tmp: Path) -> None:
 def test_usage_errors_exit_2(tmp: Path) -> None:
     with serve_process(["--grpc-listen", "nonsense"], tmp) as serve:
         assert serve.wait(20) == 2
-    assert "--grpc-listen / FADER_GRPC_LISTEN" in serve.log
+    assert "fader serve: --grpc-listen: 'nonsense' is not HOST:PORT" in serve.log
+
+
+def test_nothing_to_load_exits_saying_what_would_feed_it(tmp: Path) -> None:
+    with serve_process(BASE_ARGS, tmp) as serve:
+        assert serve.wait(20) == 2
+    assert "fader serve: nothing to load" in serve.log and "--snapshot" in serve.log
+    assert "Traceback" not in serve.log
