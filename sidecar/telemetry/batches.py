@@ -140,6 +140,38 @@ class BatchBuilder:
             self.seal()
 
 
+# What encoding raises for a record it cannot hold: a string that is not valid Unicode (a lone
+# surrogate from a JSON escape), an integer out of its field's range.
+UNENCODABLE = (ValueError, TypeError, OverflowError)
+
+
+def remove_unencodable(batch: Batch) -> Batch:
+    """Takes the records that cannot be encoded (for the spool or the upload) out of `batch`
+    and returns them as a batch of their own, to be counted as lost: one bad record must never
+    make the batch around it unencodable. Called only after encoding the batch failed: it
+    encodes each record alone."""
+    bad = Batch(id=batch.id, source=batch.source, mode=batch.mode)
+    for kind in KINDS:
+        records: list[Any] = getattr(batch, kind)
+        rejected = [record for record in records if not _encodable(kind, record)]
+        if rejected:
+            ids = {id(record) for record in rejected}
+            setattr(batch, kind, [record for record in records if id(record) not in ids])
+            setattr(bad, kind, rejected)
+    return bad
+
+
+def _encodable(kind: str, record: Any) -> bool:
+    alone = Batch(id="-")
+    getattr(alone, kind).append(record)
+    try:
+        encode(alone)
+        to_request(alone, "-", "-")
+    except UNENCODABLE:
+        return False
+    return True
+
+
 def encode(batch: Batch) -> bytes:
     """The spool's form of a batch (msgpack)."""
     data: bytes = msgpack.packb(

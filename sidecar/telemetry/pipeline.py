@@ -31,11 +31,13 @@ from typing import Any
 
 from sidecar.plumbing.backoff import Backoff
 from sidecar.telemetry.batches import (
+    UNENCODABLE,
     Batch,
     BatchBuilder,
     CountRow,
     UniqueRow,
     event_row,
+    remove_unencodable,
     to_request,
 )
 from sidecar.telemetry.events import Event
@@ -333,6 +335,11 @@ class Pipeline:
             self._no_room = False
             return
         self._spool_batches -= 1
+        if isinstance(error, UNENCODABLE):
+            self._set_aside(batch, error)
+            if len(batch):
+                self._to_spool(batch)
+            return
         reason = "spool_full" if isinstance(error, SpoolFull) else "spool_error"
         self._drop(batch, reason, str(error))
 
@@ -350,10 +357,12 @@ class Pipeline:
             batch, sequence = picked
             try:
                 request = to_request(batch, self.settings.sidecar_id, self.settings.mode.value)
-            except (ValueError, TypeError) as err:  # retrying could never help: drop it
-                await self._forget(batch, sequence)
-                self._drop(batch, "unencodable", str(err))
-                continue
+            except UNENCODABLE as err:  # retrying could never help: set the bad records aside
+                self._set_aside(batch, err)
+                if not len(batch):
+                    await self._forget(batch, sequence)
+                    continue
+                request = to_request(batch, self.settings.sidecar_id, self.settings.mode.value)
             started = time.perf_counter()
             answer = await self._uploader.send(request)
             self.stats.upload(answer.verdict.value, time.perf_counter() - started)
@@ -438,6 +447,13 @@ class Pipeline:
                 detail,
             )
         self._refusing = f"{code}: {detail}"
+
+    def _set_aside(self, batch: Batch, error: BaseException) -> None:
+        """Counts as lost only the records of `batch` that cannot be encoded, and takes them
+        out; the rest of the batch goes on."""
+        bad = remove_unencodable(batch)
+        if len(bad):
+            self._drop(bad, "unencodable", str(error))
 
     def _drop(self, batch: Batch, reason: str, detail: str = "") -> None:
         if reason in NO_ROOM:
