@@ -72,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return evaluate_command(ns.snapshot, sys.stdin, sys.stdout, sys.stderr)
     if ns.command == "validate":
         limits = SnapshotLimits(ns.max_snapshot_bytes, ns.max_flags, ns.max_segment_keys)
-        return validate_command(
-            ns.files, sys.stdout, sys.stderr, limits, sys.stdin.buffer, ns.format
-        )
+        return validate_command(ns.files, sys.stdout, sys.stderr, limits, None, ns.format)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
