@@ -14,18 +14,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import msgpack
+from fader import fastlane
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, snapshot_pb2
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.pb.fader.v1 import evaluation_pb2_grpc as pb_grpc
 
-from tests.integration.harness import REPO, ServeProcess, free_port, serve_env, serve_process
+from tests.integration.harness import REPO, ServeProcess, free_port, serve_env
 
 # The deadline fader's clients give a lookup before answering "control" (fader._common).
 LOOKUP_DEADLINE = 0.1
@@ -150,14 +151,16 @@ class Pushable:
 
 
 @contextlib.contextmanager
-def pushable_sidecar(log_dir: Path, *extra: str, name: str = "serve.log") -> Iterator[Pushable]:
+def pushable_sidecar(
+    log_dir: Path, *extra: str, prefix: Sequence[str] = (), name: str = "serve.log"
+) -> Iterator[Pushable]:
     """`fader serve` on loopback with an admin listener for pushes and no snapshot yet."""
     admin = f"127.0.0.1:{free_port()}"
     args = [
         "--admin-listen", admin, "--grpc-listen", "127.0.0.1:0", "--mgmt-listen", "127.0.0.1:0",
         "--max-watch-streams", "4096", *extra,
     ]  # fmt: skip
-    with serve_process(args, log_dir, log_name=name) as serve:
+    with sidecar_process(args, log_dir, prefix=prefix, log_name=name) as serve:
         listening = serve.wait_listening()
         pusher = Pusher(admin)
         try:
@@ -326,19 +329,20 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def sidecar_with_small_disk(
-    args: list[str], log_dir: Path, max_file_bytes: int
+def sidecar_process(
+    args: list[str],
+    log_dir: Path,
+    *,
+    prefix: Sequence[str] = (),
+    limit: Callable[[], None] | None = None,
+    log_name: str = "serve.log",
 ) -> Iterator[ServeProcess]:
-    """`fader serve ARGS` that cannot write a file larger than ``max_file_bytes`` (a full
-    disk, as far as a write is concerned: it fails with EFBIG; Python ignores SIGXFSZ)."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-
-    log_path = log_dir / "small-disk.log"
+    """`fader serve ARGS` run behind ``prefix`` (a tracer, say), with ``limit`` applied in the
+    child before it starts (resource limits)."""
+    log_path = log_dir / log_name
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", *args],
+            [*prefix, sys.executable, "-m", "sidecar", "serve", *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=serve_env(),
@@ -351,3 +355,49 @@ def sidecar_with_small_disk(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def sidecar_with_small_disk(
+    args: list[str], log_dir: Path, max_file_bytes: int
+) -> contextlib.AbstractContextManager[ServeProcess]:
+    """`fader serve ARGS` that cannot write a file larger than ``max_file_bytes`` (a full
+    disk, as far as a write is concerned: it fails with EFBIG; Python ignores SIGXFSZ)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return sidecar_process(args, log_dir, limit=limit, log_name="small-disk.log")
+
+
+def slow_disk(fsync_seconds: float) -> list[str]:
+    """A prefix that makes every fsync and fdatasync of the process take ``fsync_seconds``
+    longer (strace's fault injection, filtered by seccomp: other system calls run free)."""
+    delay = int(fsync_seconds * 1_000_000)
+    return [
+        "strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null",
+        "-e", "trace=fsync,fdatasync",
+        "-e", f"inject=fsync,fdatasync:delay_enter={delay}",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def unread_fastlane(path: Path, connections: int, requests: int) -> Iterator[None]:
+    """``connections`` fast-lane clients that each pipeline ``requests`` lookups and never
+    read an answer, until the block ends."""
+    frames = b"".join(
+        fastlane.encode({"id": i, "op": "treatment", "key": f"k{i}", "flag": "flag-1"})
+        for i in range(1, requests + 1)
+    )
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(connections):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(path))
+            client.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                client.send(b"FADR\x01" + frames)  # as much as the socket takes
+            clients.append(client)
+        yield
+    finally:
+        for client in clients:
+            client.close()
