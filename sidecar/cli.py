@@ -212,6 +212,7 @@ def validate_command(
     sidecar would, its ``--max-*`` limits included; exit 0 only when all are valid."""
     limits = limits or SnapshotLimits()
     files: list[str] = []
+    empty = 0  # directories without a snapshot file: a mistake worth exit status 1
     for path in paths:
         if path != "-" and os.path.isdir(path):
             found = sorted(str(p) for p in Path(path).iterdir() if p.suffix in SNAPSHOT_SUFFIXES)
@@ -220,10 +221,11 @@ def validate_command(
                     f"fader validate: {path}: no snapshot files (.json, .msgpack, .mpk)",
                     file=stderr,
                 )
-            files.extend(found or [path])
+                empty += 1
+            files.extend(found)
         else:
             files.append(path)
-    failed = 0
+    failed = empty
     for path in files:
         if path == "-":
             data = (stdin or sys.stdin.buffer).read()

@@ -186,3 +186,9 @@ def test_validate_applies_the_serve_limits_and_takes_files_a_directory_and_stdin
     assert piped.returncode == 0 and "-: valid: version 1" in piped.stdout
     usage = _fader("validate", "--max-flags", "many", str(two))
     assert usage.returncode == 2 and "'many' is not a whole number" in usage.stderr
+
+
+def test_validate_a_directory_without_snapshots_is_an_error(tmp_path: Path) -> None:
+    proc = _fader("validate", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr == f"fader validate: {tmp_path}: no snapshot files (.json, .msgpack, .mpk)\n"
