@@ -44,6 +44,7 @@ from typing import Any
 
 from fader.rules.model import CompiledFlag
 from fader.rules.result import Decision
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.api import flagd_mapping as mapping
@@ -99,6 +100,8 @@ def read_context(body: bytes) -> dict[str, Any]:
     """The request's `context` object (empty when there is no body or no context)."""
     if not body.strip():
         return {}
+    if json_depth_exceeds(body):  # json.loads recurses: refuse before it sees the body
+        raise OfrepError(400, PARSE_ERROR, f"the body nests more than {MAX_DEPTH} levels deep")
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

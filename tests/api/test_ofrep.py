@@ -164,6 +164,10 @@ def test_errors_follow_the_spec(lane: Ofrep) -> None:
     )
     status, body, _ = post(lane, "/ofrep/v1/evaluate/flags/enabled", b"{not json")
     assert (status, body["errorCode"]) == (400, "PARSE_ERROR")
+    deep = b'{"context": {"a": ' + b"[" * 1100 + b"]" * 1100 + b"}}"
+    status, body, _ = post(lane, "/ofrep/v1/evaluate/flags/enabled", deep)
+    assert (status, body["errorCode"]) == (400, "PARSE_ERROR")
+    assert "nests more than 100 levels deep" in body["errorDetails"]
     status, body, _ = single(lane, "banner", {"plan": "pro"})
     assert (status, body["errorCode"]) == (400, "TARGETING_KEY_MISSING")
     status, body, _ = single(lane, "banner", {"targetingKey": "u", "plan": {"nested": 1}})
