@@ -23,11 +23,12 @@ import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from sidecar.api.flagd_service import RESOLVES, FlagdService, FlagdServiceV1
-from sidecar.core.refusals import Refusal
+from sidecar.core.refusals import BadRequest, Refusal
 from sidecar.plumbing.http import Request, Response
 
 PREFIXES = {"/flagd.evaluation.v1.Service/": "v1", "/flagd.evaluation.v2.Service/": "v2"}
@@ -120,6 +121,8 @@ class _Unimplemented(Refusal):
 
 def _decode(message: Message, body: bytes, as_json: bool) -> Message:
     if as_json:
+        if json_depth_exceeds(body):  # json_format parses with the recursive json module
+            raise BadRequest(f"the request nests more than {MAX_DEPTH} levels deep")
         json_format.Parse(body or b"{}", message)
     else:
         message.ParseFromString(body)

@@ -89,6 +89,12 @@ def test_unary_json_and_errors(sidecar: RunningSidecar) -> None:
         sidecar, "/flagd.evaluation.v1.Service/ResolveInt", b"\xff\xff", "application/proto"
     )
     assert (status, json.loads(body)["code"]) == (400, "invalid_argument")
+    deep = b'{"flagKey": "enabled", "context": {"a": ' + b"[" * 1100 + b"]" * 1100 + b"}}"
+    status, body = post(
+        sidecar, "/flagd.evaluation.v1.Service/ResolveBoolean", deep, "application/json"
+    )
+    assert (status, json.loads(body)["code"]) == (400, "invalid_argument")
+    assert "nests more than 100 levels deep" in json.loads(body)["message"]
 
 
 def test_resolve_all(sidecar: RunningSidecar) -> None:
