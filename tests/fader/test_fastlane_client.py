@@ -40,7 +40,7 @@ def target(lane: RunningSidecar) -> str:
     return f"fastlane://{lane.sidecar.fastlane_path}"
 
 
-def test_sync_client(lane: RunningSidecar, target: str) -> None:
+def test_sync_client(lane: RunningSidecar, target: str, caplog: pytest.LogCaptureFixture) -> None:
     snap = lane.store.current
     assert snap is not None
     with Client(target, timeout=TIMEOUT) as c:
@@ -66,6 +66,7 @@ def test_sync_client(lane: RunningSidecar, target: str) -> None:
         # the demo sidecar has no collector: the event is refused, so track() must not say True
         assert c.track("u", "user", "clicked", value=1, properties={"n": 2, "gone": None}) is False
         assert c.fallback_count == 1
+        assert "track failed (FAILED_PRECONDITION: events are not kept" in caplog.text
         assert c.track("u", "user", "not valid!") is False
         assert c.fallback_count == 2
         with pytest.raises(TypeError, match="attribute 'bad': dict is not supported"):

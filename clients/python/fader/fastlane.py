@@ -23,11 +23,12 @@ DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-# Error codes of error frames. The first three answer one request and leave the connection
+# Error codes of error frames. The first four answer one request and leave the connection
 # open; the others end the connection.
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+FAILED_PRECONDITION = "FAILED_PRECONDITION"
 BAD_FRAME = "BAD_FRAME"
 FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
