@@ -63,6 +63,7 @@ bench: $(GEN)
 	$(BIN)/python -m benchmarks.impressions_bench
 	$(BIN)/python -m benchmarks.release_bench
 	$(BIN)/python -m benchmarks.flagd_bench
+	$(BIN)/python -m benchmarks.churn_bench
 
 clean:
 	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo .fader-demo-release
