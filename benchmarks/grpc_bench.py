@@ -424,7 +424,8 @@ def summary(cells: list[Cell]) -> list[str]:
     index = {(c.stack, c.kind, c.method, c.transport, c.in_flight): c for c in cells}
     lines = []
     for method in ("GetTreatment", "EvaluateBatch"):
-        lines += ["", f"{method} / floor (QPS ratio; target for GetTreatment >= 0.90):"]
+        target = "0.90" if method == "GetTreatment" else "0.70 at N=8 and 64"
+        lines += ["", f"{method} / floor (QPS ratio; target >= {target}):"]
         for stack, kind in (("aio", "fader"), ("aio", "fader-bare"), ("sync", "fader-bare")):
             for transport in ("tcp", "uds"):
                 ratios = []
