@@ -227,9 +227,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "refused-batch-counted-as-sent",
         "a batch the collector refused for good is counted as sent as well as dropped",
         "sidecar/telemetry/pipeline.py",
-        '                self._drop(batch, f"refused_{answer.code.lower()}", answer.detail)\n'
+        "                    self._collector_refuses(answer.code, answer.detail)\n"
         "                continue\n",
-        '                self._drop(batch, f"refused_{answer.code.lower()}", answer.detail)\n',
+        "                    self._collector_refuses(answer.code, answer.detail)\n",
         (
             "tests/telemetry/test_pipeline.py::"
             "test_permanent_refusal_drops_that_batch_only_and_counts_it",
