@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
@@ -133,18 +134,20 @@ def envelope(flags: int, data: bytes) -> bytes:
     return struct.pack(">BI", flags, len(data)) + data
 
 
+def _enveloped(message: Any, as_json: bool) -> bytes:
+    if as_json:
+        return envelope(0, json_format.MessageToJson(message).encode())
+    return envelope(0, message.SerializeToString())
+
+
 async def _events(service: FlagdService, header: str | None, as_json: bool) -> AsyncIterator[bytes]:
     """The EventStream's messages, enveloped, then the end of the stream."""
     end: dict[str, Any] = {}
     try:
         async for kind, data in service.events(header):
-            message = service.pb.EventStreamResponse(type=kind)
-            if data is not None:
-                message.data.update(data)
-            if as_json:
-                yield envelope(0, json_format.MessageToJson(message).encode())
-            else:
-                yield envelope(0, message.SerializeToString())
+            message = service.event_message(kind, data)
+            # the same bytes for every stream a swap sends this message to
+            yield service.shared_for(message, as_json, partial(_enveloped, message, as_json))
     except Refusal as err:
         end = {"error": _error_body(err.code, str(err))}
     yield envelope(END_STREAM, json.dumps(end).encode())

@@ -17,9 +17,10 @@ one holds a coroutine and a wakeup for as long as it lasts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar, cast
 
 from fader.snapshot.snapshot import Snapshot
@@ -29,6 +30,8 @@ from sidecar.core.refusals import TooManyStreams
 from sidecar.delivery.store import Store
 
 Message = TypeVar("Message")
+Value = TypeVar("Value")
+_MISSING = object()
 # Streams woken per turn of the event loop after a swap.
 WAKE_BATCH = 4
 
@@ -57,9 +60,9 @@ class ChangeFeed:
         self._changed_at: dict[str, int] = dict.fromkeys(
             self._latest.flag_names() if self._latest is not None else (), 0
         )
-        # for the current swap only: (place, watched) -> flags; (encode, place, watched) -> message
+        # for the current swap only: (place, watched) -> flags; anything streams share
         self._since: dict[tuple[int | None, frozenset[str]], tuple[str, ...]] = {}
-        self._messages: dict[tuple[object, int | None, frozenset[str]], object] = {}
+        self._shared: dict[Hashable, object] = {}
         self._unsubscribe = store.subscribe(self._on_swap)
 
     def close(self) -> None:
@@ -125,14 +128,27 @@ class ChangeFeed:
     def _message(
         self, encode: Callable[[Change], Message], heard: int | None, watched: frozenset[str]
     ) -> Message:
-        key = (encode, heard, watched)
-        message = self._messages.get(key)
-        if message is None:
-            latest = self._latest
-            assert latest is not None
-            flags = self._flags_since(heard, watched)
-            message = self._messages[key] = encode(Change(latest.version, latest.source, flags))
-        return cast(Message, message)
+        return self.shared((encode, heard, watched), lambda: encode(self._change(heard, watched)))
+
+    def shared(self, key: Hashable, make: Callable[[], Value]) -> Value:
+        """What `make()` returns, made once per swap for all the streams asking with the same
+        `key` (forgotten at the next swap): what a swap means for a stream depends on where it
+        was and what it watches, rarely on which stream it is."""
+        found = self._shared.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._shared[key] = make()
+        return cast(Value, found)
+
+    def shared_for(self, subject: object, key: Hashable, make: Callable[[], Value]) -> Value:
+        """`shared` for what is made from `subject` (a snapshot, a message): keyed by its
+        identity, and held with the result so that no other object takes its id meanwhile."""
+        held, value = self.shared((id(subject), key), partial(_held, subject, make))
+        return value if held is subject else make()
+
+    def _change(self, heard: int | None, watched: frozenset[str]) -> Change:
+        latest = self._latest
+        assert latest is not None
+        return Change(latest.version, latest.source, self._flags_since(heard, watched))
 
     def _open(self) -> asyncio.Event:
         if len(self._positions) >= self._max_streams:
@@ -174,7 +190,7 @@ class ChangeFeed:
             self._changed_at[name] = self._seq
         self._latest = current
         self._since.clear()
-        self._messages.clear()
+        self._shared.clear()
         self._forget_removed(current)
         self._wake_all()
 
@@ -198,3 +214,7 @@ class ChangeFeed:
             wakeup.set()
         if end < len(wakeups):
             self._loop.call_soon(self._wake, wakeups, end)
+
+
+def _held(subject: object, make: Callable[[], Value]) -> tuple[object, Value]:
+    return subject, make()

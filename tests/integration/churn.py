@@ -226,28 +226,29 @@ class LookupLoad:
                 await asyncio.sleep(self._pause)
 
 
-# A child process that opens WatchChanges streams and never reads them: in the test process
-# the streams would share its GIL with the measuring client.
+# A child process that opens server streams and never reads them: in the test process the
+# streams would share its GIL with the measuring client.
 _UNREAD_STREAMS = """
-import sys, time, grpc
-from fader.pb.fader.v1 import evaluation_pb2 as pb, evaluation_pb2_grpc as pb_grpc
-target, count = sys.argv[1], int(sys.argv[2])
+import sys, grpc
+target, method, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(max(1, count // 50))]
-streams = [pb_grpc.EvaluationServiceStub(channels[i % len(channels)]).WatchChanges(
-    pb.WatchChangesRequest()) for i in range(count)]
+streams = [channels[i % len(channels)].unary_stream(method)(b"") for i in range(count)]
 for stream in streams:
     stream.initial_metadata()
 print("open", flush=True)
 sys.stdin.read()
 """
+WATCH_CHANGES = "/fader.v1.EvaluationService/WatchChanges"
+FLAGD_EVENTS = "/flagd.evaluation.v1.Service/EventStream"
 
 
 @contextlib.contextmanager
-def unread_watch_streams(target: str, count: int) -> Iterator[None]:
-    """``count`` WatchChanges streams that are opened and never read, until the block ends."""
+def unread_watch_streams(target: str, count: int, method: str = WATCH_CHANGES) -> Iterator[None]:
+    """``count`` streams of ``method`` (an empty request) opened and never read, until the
+    block ends."""
     process = subprocess.Popen(
-        [sys.executable, "-c", _UNREAD_STREAMS, target, str(count)],
+        [sys.executable, "-c", _UNREAD_STREAMS, target, method, str(count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=serve_env(),

@@ -21,6 +21,8 @@ import pytest
 from fader.pb.fader.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 from tests.integration.churn import (
+    FLAGD_EVENTS,
+    WATCH_CHANGES,
     LookupLoad,
     Lookups,
     Pushable,
@@ -57,16 +59,17 @@ def _tolerated(baseline: Lookups) -> int:
     return baseline.control + max(3, baseline.count // 50)
 
 
-def test_unread_watch_streams_cost_no_lookup(tmp: Path) -> None:
+@pytest.mark.parametrize("method", [WATCH_CHANGES, FLAGD_EVENTS], ids=["WatchChanges", "flagd"])
+def test_unread_watch_streams_cost_no_lookup(tmp: Path, method: str) -> None:
     documents = {version: big_snapshot(version, FLAGS) for version in range(1, 2 * SWAPS + 2)}
     with pushable_sidecar(tmp) as sidecar:
         sidecar.pusher.push(1, documents[1])
         alone = _lookups_during_swaps(sidecar, documents, 2)
-        with unread_watch_streams(sidecar.grpc_target, STREAMS):
+        with unread_watch_streams(sidecar.grpc_target, STREAMS, method):
             watched = _lookups_during_swaps(sidecar, documents, 2 + SWAPS)
     print(
         f"\n[isolation] {SWAPS} swaps of {FLAGS} flags; no stream: {alone.summary()}"
-        f"\n[isolation] {STREAMS} unread WatchChanges streams: {watched.summary()}"
+        f"\n[isolation] {STREAMS} unread {method} streams: {watched.summary()}"
     )
     assert watched.count > 0 and alone.count > 0
     assert watched.control <= _tolerated(alone), (alone.summary(), watched.summary())
