@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
+from functools import partial
 from time import perf_counter
 from typing import TypeVar
 
@@ -235,7 +236,9 @@ class EvaluationService:
         try:
             async with aclosing(self._feed.snapshots()) as snapshots:
                 async for snap in snapshots:
-                    for message in snapshot_messages(snap, settings):
+                    # made once per version for every stream: a stuck stream holds no copy
+                    make = partial(_messages_of, snap, settings)
+                    for message in self._feed.shared_for(snap, snapshot_messages, make):
                         yield message
         except Refusal as err:
             await abort(context, err)
@@ -256,6 +259,12 @@ def change_message(change: Change) -> pb.WatchChangesResponse:
     return pb.WatchChangesResponse(
         version=change.version, changed_flags=change.flags, source=change.source
     )
+
+
+def _messages_of(
+    snap: Snapshot, settings: pb.InProcessSettings
+) -> tuple[pb.WatchSnapshotsResponse, ...]:
+    return tuple(snapshot_messages(snap, settings))
 
 
 def snapshot_messages(
