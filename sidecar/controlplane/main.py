@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2_grpc
+from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc, telemetry_pb2
 
 from sidecar.auth import TokenFile, server_credentials
 from sidecar.config import Address, ConfigError, parse_address
@@ -36,9 +36,13 @@ from sidecar.controlplane.registry import Registry, fleet_json
 from sidecar.controlplane.release import ReleaseControl
 from sidecar.controlplane.service import ControlPlaneServicer, Offers
 from sidecar.controlplane.web import PUBLIC, Request, Response, Router, WebServer
+from sidecar.plumbing import grpc_sync
 from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
+
+CONTROL_PLANE = controlplane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"]
+TELEMETRY = telemetry_pb2.DESCRIPTOR.services_by_name["TelemetryService"]
 
 
 class ControlPlane:
@@ -66,17 +70,15 @@ class ControlPlane:
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=max_sidecars + 16,
         )
-        controlplane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(self.servicer, self.server)
+        grpc_sync.register(self.server, self.servicer, CONTROL_PLANE)
         self.collector: Collector | None = None
         self.no_collector: NoCollector | None = None
         if (outputs is not None and outputs.paths()) or exposures is not None:
             self.collector = Collector(outputs or Outputs(), tokens, exposures)
-            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(self.collector, self.server)
+            grpc_sync.register(self.server, self.collector, TELEMETRY)
         else:  # sidecars upload here by default: answer them clearly, and say so
             self.no_collector = NoCollector()
-            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
-                self.no_collector, self.server
-            )
+            grpc_sync.register(self.server, self.no_collector, TELEMETRY)
         if credentials is None:
             self.port = self.server.add_insecure_port(str(listen))
         else:

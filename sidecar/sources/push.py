@@ -18,6 +18,9 @@ from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import WireError, ack_for, format_of
+from sidecar.plumbing import grpc_sync
+
+SNAPSHOT_ADMIN = controlplane_pb2.DESCRIPTOR.services_by_name["SnapshotAdminService"]
 
 
 class SnapshotAdminServicer(controlplane_pb2_grpc.SnapshotAdminServiceServicer):
@@ -67,9 +70,7 @@ class AdminServer:
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fader-admin"),
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)],
         )
-        controlplane_pb2_grpc.add_SnapshotAdminServiceServicer_to_server(
-            SnapshotAdminServicer(applier, tokens), self._server
-        )
+        grpc_sync.register(self._server, SnapshotAdminServicer(applier, tokens), SNAPSHOT_ADMIN)
         try:
             if credentials is None:
                 port = self._server.add_insecure_port(str(address))
