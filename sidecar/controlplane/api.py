@@ -6,19 +6,23 @@ version it was based on: if the store has moved on, 409 and nothing is written. 
 JSON ``{"error", "status", ...}``: 400 malformed request, 401 no or unknown token, 403 role,
 404 unknown flag / version / plan, 409 stale base or a plan state that forbids it, 422 the
 change would leave invalid flags (``errors``: each with its flag and JSON path exactly as
-``fader validate`` prints them).
+``fader validate`` prints them) or asks the dimmer or a rollout plan of a flagd-dialect flag.
+
+Flags of both dialects share the routes: a flagd flag is put as its flagd JSON (``variants``,
+``state``...), listed with ``"dialect": "flagd"``, killed by ``state: DISABLED``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from sidecar.controlplane import dimmer
 from sidecar.controlplane.apitokens import EDITOR, VIEWER
 from sidecar.controlplane.documents import InvalidFlags, Part, parse_document
-from sidecar.controlplane.edits import UnknownFlag, apply_documents
+from sidecar.controlplane.edits import SplitOnly, UnknownFlag, apply_documents
+from sidecar.controlplane.flagset import EVALUATOR, FLAG, FLAGD, FLAGD_SET, KINDS, FlagSet
 from sidecar.controlplane.rollout import NoPlan, PlanError, RolloutEngine, check_steps
 from sidecar.controlplane.store import FlagStore, StaleVersion, UnknownVersion, VersionRecord
 from sidecar.controlplane.web import HttpError, Request, Response, Router
@@ -38,7 +42,7 @@ _WRITE_FIELDS = {"reason": _REASON, "base_version": _BASE, "author": _AUTHOR}
 _CHANGE = {
     "type": "object",
     "properties": {
-        "kind": {"type": "string", "enum": ["flag", "segment", "rbs"]},
+        "kind": {"type": "string", "enum": list(KINDS)},
         "name": {"type": "string"},
         "op": {"type": "string", "enum": ["added", "changed", "removed"]},
         "fields": {"type": "array", "items": {"type": "object"}},
@@ -62,6 +66,7 @@ _SUMMARY = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
+        "dialect": {"type": "string", "enum": ["split", "flagd"]},
         "state": {"type": "string", "enum": ["active", "killed", "archived"]},
         "dial": _DIAL,
         "version": {"type": "integer", "description": "version of its last change"},
@@ -114,6 +119,8 @@ def _errors(handler: Callable[[Request], Response]) -> Callable[[Request], Respo
             ) from None
         except PlanError as exc:
             raise HttpError(409, str(exc)) from None
+        except SplitOnly as exc:
+            raise HttpError(422, str(exc)) from None
 
     return wrapped
 
@@ -135,7 +142,7 @@ class ReleaseApi:
         add("GET", flag, _errors(self.get_flag), role=VIEWER, tag="flags", errors=(404,),
             summary="one flag: its definition, dial, last change and rollout")  # fmt: skip
         add("PUT", flag, _errors(self.put_flag), role=EDITOR, tag="flags", errors=(409, 422),
-            summary="create or replace one flag (Split flag JSON)",
+            summary="create or replace one flag (Split flag JSON, or a flagd flag's JSON)",
             request_schema=_obj({"definition": {"type": "object"}, **_WRITE_FIELDS},
                                 ("definition",)),
             response_schema=WRITTEN_SCHEMA)  # fmt: skip
@@ -166,9 +173,11 @@ class ReleaseApi:
             response_schema=_obj({"versions": {"type": "array", "items": _RECORD}}))  # fmt: skip
         add("POST", PREFIX + "/apply", _errors(self.apply), role=EDITOR, tag="flags",
             errors=(409, 422),
-            summary="apply Split flag JSON (one flag, a list, a snapshot or splitChanges)",
+            summary="apply flag JSON (one Split flag, a list, a snapshot with its flagd section,"
+            " splitChanges, or a flagd flags file)",
             request_schema=_obj({
-                "document": {"description": "one flag, a list, a snapshot or splitChanges"},
+                "document": {"description": "one Split flag, a list, a snapshot, splitChanges"
+                              " or a flagd flags file"},
                 "documents": {"type": "array", "items": _obj(
                     {"source": {"type": "string"}, "document": {}}, ("document",))},
                 "replace": {"type": "boolean", "description": "the documents are the whole set"},
@@ -207,26 +216,30 @@ class ReleaseApi:
 
     def list_flags(self, request: Request) -> Response:
         state = self.store.state
-        records = self.store.records({state.changed.get(("flag", n), 0) for n in state.flags.flags})
+        names = state.flags.flag_names()
+        versions = {name: _flag_version(state.flags, state.changed, name) for name in names}
+        records = self.store.records(set(versions.values()))
         plans = self.rollouts.plans()
         flags = []
-        for name in sorted(state.flags.flags):
-            version = state.changed.get(("flag", name), 0)
-            flags.append(_summary(state.flags.flags[name], version, records.get(version), plans))
+        for name in names:
+            version = versions[name]
+            flags.append(_summary(state.flags, name, version, records.get(version), plans))
         return Response.json({"version": state.version, "flags": flags})
 
     def get_flag(self, request: Request) -> Response:
         name = request.params["flag"]
         state = self.store.state
-        definition = state.flags.flags.get(name)
-        if definition is None:
+        kind = state.flags.dialect(name)
+        if kind is None:
             raise UnknownFlag(name)
-        version = state.changed.get(("flag", name), 0)
+        version = _flag_version(state.flags, state.changed, name)
         record = self.store.records({version}).get(version)
         plans = self.rollouts.plans()
-        body = _summary(definition, version, record, plans)
+        body = _summary(state.flags, name, version, record, plans)
         body["set_version"] = state.version
-        body["definition"] = definition
+        body["definition"] = state.flags.table(kind)[name]
+        if kind == FLAGD:
+            body["flagd"] = _flagd_context(state.flags)
         plan = plans.get(name)
         body["rollout"] = None if plan is None else self.rollouts.view(plan)
         return Response.json(body)
@@ -235,7 +248,7 @@ class ReleaseApi:
         name = request.params["flag"]
         limit = _int_arg(request, "limit", 100, MAX_HISTORY)
         records = self.store.history(name, limit)
-        if not records and name not in self.store.state.flags.flags:
+        if not records and self.store.state.flags.dialect(name) is None:
             raise UnknownFlag(name)
         return Response.json({"flag": name, "versions": [r.to_json(name) for r in records]})
 
@@ -274,8 +287,7 @@ class ReleaseApi:
         treatment = _optional_text(body, "treatment")
         if self.rollouts.is_running(name):
             raise PlanError(f"{name} has a running rollout plan: pause or abort it first")
-        if name not in self.store.state.flags.flags:
-            raise UnknownFlag(name)
+        _split_flag(self.store.state.flags, name, "the dimmer")
         written = self.store.dial(name, percent, treatment, **_write_args(request, body))
         return Response.json(written.to_json())
 
@@ -342,8 +354,7 @@ class ReleaseApi:
             raise HttpError(400, str(exc)) from None
         args = _write_args(request, body)
         name = request.params["flag"]
-        if name not in self.store.state.flags.flags:
-            raise UnknownFlag(name)
+        _split_flag(self.store.state.flags, name, "a rollout plan")
         try:
             plan, written = self.rollouts.start(
                 name,
@@ -381,25 +392,60 @@ class ReleaseApi:
 # --- request helpers -----------------------------------------------------------------------
 
 
+def _split_flag(flags: FlagSet, name: str, operation: str) -> None:
+    """Refuse before anything else an operation that only a Split flag supports."""
+    kind = flags.dialect(name)
+    if kind is None:
+        raise UnknownFlag(name)
+    if kind == FLAGD:
+        raise SplitOnly(name, operation)
+
+
+def _flag_version(flags: FlagSet, changed: Mapping[tuple[str, str], int], name: str) -> int:
+    """The version in which the flag last changed (0 when unknown)."""
+    kind = flags.dialect(name) or FLAG
+    return changed.get((kind, name), 0)
+
+
+def _flagd_context(flags: FlagSet) -> dict[str, Any]:
+    """What a flagd flag's answers also depend on: the set's evaluators and settings."""
+    return {"$evaluators": dict(flags.table(EVALUATOR)), **flags.table(FLAGD_SET)}
+
+
 def _summary(
-    definition: dict[str, Any],
+    flags: FlagSet,
+    name: str,
     version: int,
     record: VersionRecord | None,
     plans: dict[str, Any],
 ) -> dict[str, Any]:
-    if definition.get("status", "ACTIVE") == "ARCHIVED":
-        state = "archived"
+    if flags.dialect(name) == FLAGD:
+        definition = flags.flagd_flags[name]
+        state = "killed" if definition.get("state") == "DISABLED" else "active"
+        dial = None
+        dialect = "flagd"
+        default = definition.get("defaultVariant")
     else:
-        state = "killed" if definition.get("killed") else "active"
-    current = dimmer.current_dial(definition)
-    plan = plans.get(definition["name"])
+        definition = flags.flags[name]
+        if definition.get("status", "ACTIVE") == "ARCHIVED":
+            state = "archived"
+        else:
+            state = "killed" if definition.get("killed") else "active"
+        current = dimmer.current_dial(definition)
+        dial = (
+            None
+            if current is None
+            else {"treatment": current.treatment, "percent": current.percent}
+        )
+        dialect = "split"
+        default = definition.get("defaultTreatment")
+    plan = plans.get(name)
     return {
-        "name": definition["name"],
+        "name": name,
+        "dialect": dialect,
         "state": state,
-        "dial": None
-        if current is None
-        else {"treatment": current.treatment, "percent": current.percent},
-        "default_treatment": definition.get("defaultTreatment"),
+        "dial": dial,
+        "default_treatment": default,
         "version": version,
         "changed_at": record.created_at if record else None,
         "author": record.author if record else None,

@@ -74,7 +74,9 @@ def flags_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", parents=[common], help="name, state, dial, version, last change")
     get = sub.add_parser("get", parents=[common], help="one flag")
     get.add_argument("flag")
-    get.add_argument("--json", action="store_true", help="print its Split JSON definition")
+    get.add_argument(
+        "--json", action="store_true", help="print its JSON definition (Split's or flagd's)"
+    )
     apply = sub.add_parser(
         "apply",
         parents=[common, writes],
@@ -225,7 +227,7 @@ def _list(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     for item in listing["flags"]:
         rows.append(
             (
-                item["name"],
+                item["name"] + (" (flagd)" if item.get("dialect") == "flagd" else ""),
                 item["state"] + (f" ({item['rollout']})" if item.get("rollout") else ""),
                 _dial_text(item.get("dial")),
                 str(item["version"]),
@@ -242,6 +244,9 @@ def _get(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(flag["definition"], indent=2, ensure_ascii=False), file=out)
         return EXIT_OK
     definition = flag["definition"]
+    if flag.get("dialect") == "flagd":
+        print("\n".join(_flagd_lines(flag, definition)), file=out)
+        return EXIT_OK
     lines = [
         f"flag:       {flag['name']}",
         f"state:      {flag['state']}",
@@ -262,6 +267,20 @@ def _get(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         lines.append(f"  {kind:9} {condition.get('label') or '-'}: {partitions}")
     print("\n".join(lines), file=out)
     return EXIT_OK
+
+
+def _flagd_lines(flag: dict[str, Any], definition: dict[str, Any]) -> list[str]:
+    """A flagd flag: its state, variants and whether targeting decides among them."""
+    variants = definition.get("variants") or {}
+    return [
+        f"flag:       {flag['name']} (flagd dialect)",
+        f"state:      {flag['state']} ({definition.get('state')})",
+        f"default:    {definition.get('defaultVariant')}",
+        f"variants:   {', '.join(f'{k}={json.dumps(v)}' for k, v in variants.items())}",
+        f"targeting:  {'yes' if definition.get('targeting') else 'none'}",
+        f"version:    {flag['version']} (flag set at {flag['set_version']})",
+        f"changed:    {_change_text(flag)}",
+    ]
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -335,7 +354,12 @@ def _dial(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 def _kill(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     written = client.post(flag_path(args.flag, "/kill"), _write_body(args))
     flag = client.get(flag_path(args.flag))
-    what = f"{args.flag} killed: every key gets {flag.get('default_treatment')!r}"
+    if flag.get("dialect") == "flagd":
+        what = (
+            f"{args.flag} killed (flagd state DISABLED): every evaluation gets its caller's default"
+        )
+    else:
+        what = f"{args.flag} killed: every key gets {flag.get('default_treatment')!r}"
     _print_written(written, what, out)
     return EXIT_OK
 

@@ -1,25 +1,40 @@
 """Submitted flag documents: recognise their shape, merge them into a set, validate the result.
 
-A team submits Split flag JSON in whatever shape it keeps it: one flag, a list of flags, a
-snapshot, or Split's ``splitChanges`` (1.1 or 1.3). Whatever changes, the *resulting* set
-is validated as a whole (a flag may depend on one already in the store), but each error is
-reported where the submitter can find it: for a submitted flag, at the JSON path it has in
-its own document, exactly as ``fader validate`` prints it for that file; for an item the
-submission did not contain, at its path in the snapshot the store would publish.
+A team submits flag JSON in whatever shape it keeps it: one Split flag, a list of them, a
+snapshot (its ``flagd`` section too), Split's ``splitChanges`` (1.1 or 1.3), or a plain
+flagd flags file. Whatever changes, the *resulting* set is validated as a whole, by the
+sidecar's own snapshot validation (a flag may depend on one already in the store; a name is
+unique across both dialects), but each error is reported where the submitter can find it:
+for a submitted item, at the JSON path it has in its own document, exactly as ``fader
+validate`` prints it for that file; for an item the submission did not contain, at its path
+in the snapshot the store would publish.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fader.flagd.document import build as build_flagd
+from fader.flagd.document import flag_path as flagd_flag_path
 from fader.snapshot.codec import normalize
 from fader.snapshot.issues import Issue, SnapshotError
+from fader.snapshot.loader import check_document
 from fader.snapshot.validate import validate
 
-from sidecar.controlplane.flagset import FLAG, RBS, FlagSet, strip_change_number
+from sidecar.controlplane.flagset import (
+    EVALUATOR,
+    FLAG,
+    FLAGD,
+    FLAGD_SET,
+    FLAGD_SETTINGS,
+    RBS,
+    FlagSet,
+    strip_change_number,
+)
 
 # Where an issue about an item that nobody submitted comes from.
 SNAPSHOT_SOURCE = "snapshot"
@@ -52,9 +67,18 @@ class InvalidFlags(ValueError):
         super().__init__(f"invalid flags ({len(self.errors)} errors): {lines}")
 
 
+# Where a snapshot keeps its flagd document.
+FLAGD_SECTION = "$.flagd"
+
+
 @dataclass(frozen=True)
 class Part:
-    """One submitted document in native form, with the JSON paths its items have in it."""
+    """One submitted document in native form, with the JSON paths its items have in it.
+
+    Its flagd document, if any, is split into items: flags by key (the daemon's array form
+    becomes the object form), ``$evaluators`` by name, ``metadata`` and ``fractional``.
+    ``single``: the part is one flag (of either dialect) submitted on its own, at ``$``.
+    """
 
     source: str
     flags: list[Any]
@@ -64,13 +88,31 @@ class Part:
     single: bool = False
     rbs_path: str = "$.ruleBasedSegments"
     segments_path: str = "$.segments"
+    flagd_flags: dict[str, Any] = field(default_factory=dict)
+    evaluators: dict[str, Any] = field(default_factory=dict)
+    flagd_settings: dict[str, Any] = field(default_factory=dict)
+    flagd_path: str = FLAGD_SECTION
 
     def flag_path(self, index: int) -> str:
         return self.flags_path if self.single else f"{self.flags_path}[{index}]"
 
+    def flagd_item_path(self, kind: str, name: str) -> str:
+        """Where a flagd item is in this part: a flag, an evaluator or a setting."""
+        if kind == FLAGD:
+            return "$" if self.single else flagd_flag_path(self.flagd_path, name)
+        if kind == EVALUATOR:
+            return f"{self.flagd_path}.$evaluators.{name}"
+        return f"{self.flagd_path}.{name}"
+
+    def flagd_items(self, kind: str) -> dict[str, Any]:
+        if kind == FLAGD:
+            return self.flagd_flags
+        return self.evaluators if kind == EVALUATOR else self.flagd_settings
+
 
 def parse_document(document: Any, source: str = "request") -> Part:
-    """Recognise one flag, a list of flags, a snapshot or splitChanges; InvalidFlags if none."""
+    """Recognise one flag, a list of flags, a snapshot, splitChanges or a flagd flags file;
+    InvalidFlags if none."""
     if isinstance(document, list):
         return Part(source, list(document), flags_path="$")
     if isinstance(document, dict) and _looks_like_flag(document):
@@ -83,6 +125,7 @@ def parse_document(document: Any, source: str = "request") -> Part:
     if not isinstance(doc.segments, dict):
         issue = Issue(None, doc.segments_path, "segments must be an object")
         raise InvalidFlags([Located(issue, source)])
+    flagd_flags, evaluators, settings = _flagd_items(doc.flagd, doc.flagd_path, source)
     return Part(
         source,
         doc.flags,
@@ -91,7 +134,60 @@ def parse_document(document: Any, source: str = "request") -> Part:
         flags_path=doc.flags_path,
         rbs_path=doc.rbs_path,
         segments_path=doc.segments_path,
+        flagd_flags=flagd_flags,
+        evaluators=evaluators,
+        flagd_settings=settings,
+        flagd_path=doc.flagd_path,
     )
+
+
+def flagd_flag_part(name: str, definition: Any, source: str = "request") -> Part:
+    """One flagd flag submitted on its own (its definition at ``$``)."""
+    return Part(source, [], single=True, flagd_flags={name: definition})
+
+
+def is_flagd_flag(definition: Any) -> bool:
+    """A flag definition in flagd's dialect (``variants``), not Split's (``conditions``)."""
+    return (
+        isinstance(definition, dict) and "variants" in definition and "conditions" not in definition
+    )
+
+
+FlagdItems = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def _flagd_items(flagd: Any, path: str, source: str) -> FlagdItems:
+    """A submitted flagd document as (flags by key, evaluators, settings). A document whose
+    shape cannot be taken apart is refused with the sidecar's own errors for it."""
+    if flagd is None:
+        return {}, {}, {}
+    items = _taken_apart(flagd)
+    if items is not None:
+        return items
+    built = build_flagd(flagd, path)
+    errors = built.errors or [Issue(None, path, "not a flagd flags document")]
+    raise InvalidFlags([Located(i, source) for i in errors])
+
+
+def _taken_apart(flagd: Any) -> FlagdItems | None:
+    if not isinstance(flagd, dict):
+        return None
+    raw_flags, evaluators = flagd.get("flags"), flagd.get("$evaluators", {})
+    if not isinstance(evaluators, dict):
+        return None
+    if isinstance(raw_flags, dict):
+        flags = dict(raw_flags)
+    elif isinstance(raw_flags, list):  # the flagd daemon's array form: each flag has "key"
+        flags = {}
+        for raw in raw_flags:
+            key = raw.get("key") if isinstance(raw, dict) else None
+            if not isinstance(key, str) or not key or key in flags:
+                return None
+            flags[key] = {k: v for k, v in raw.items() if k != "key"}
+    else:
+        return None
+    settings = {name: flagd[name] for name in FLAGD_SETTINGS if name in flagd}
+    return flags, dict(evaluators), settings
 
 
 def _looks_like_flag(document: Mapping[str, Any]) -> bool:
@@ -133,6 +229,20 @@ def check_flag(flagset: FlagSet, name: str) -> FlagSet:
     return flagset
 
 
+def check_flagd_flag(flagset: FlagSet, name: str) -> FlagSet:
+    """``flagset`` after an edit of flagd flag ``name`` alone (kill, revive): a flagd flag
+    names no other flag, so only it is validated, with the set's evaluators and settings."""
+    alone = FlagSet(
+        flagd_flags={name: flagset.flagd_flags[name]},
+        evaluators=flagset.evaluators,
+        flagd_settings=flagset.flagd_settings,
+    )
+    built = build_flagd(alone.flagd_document(), FLAGD_SECTION)
+    if built.errors:
+        raise InvalidFlags([Located(issue, SNAPSHOT_SOURCE) for issue in built.errors])
+    return flagset
+
+
 def _flags_named(definition: dict[str, Any]) -> set[str]:
     """The flags a definition depends on (dependency matchers and prerequisites)."""
     names: set[str] = set()
@@ -148,6 +258,8 @@ def _flags_named(definition: dict[str, Any]) -> set[str]:
     return names
 
 
+# How the flagd compiler locates an issue inside a $ref'd evaluator.
+_EVALUATORS = "$evaluators."
 _INDEXED = re.compile(r"^\$\.(flags|ruleBasedSegments)\[(\d+)\](.*)$", re.DOTALL)
 _SEGMENT = re.compile(r"^\$\.segments\.([^.\[]+)(.*)$", re.DOTALL)
 
@@ -163,22 +275,37 @@ class _Merge:
         # item nobody submitted, placed once the resulting set is known
         self.origins: dict[str, list[tuple[str, str]]] = {FLAG: [], RBS: []}
         self.segment_origin: dict[str, tuple[str, str]] = {}
+        # (kind, name) of a flagd item -> (source, path) of where it came from
+        self.flagd_origin: dict[tuple[str, str], tuple[str, str]] = {}
+        self.duplicates: list[Located] = []
         self.result = FlagSet()
 
     def run(self) -> FlagSet:
         flags = self._combined(FLAG)
         rbs = self._combined(RBS)
         segments = self._segments()
-        report = validate(flags, segments, rbs)
+        flagd = {kind: self._flagd(kind) for kind in (FLAGD, EVALUATOR, FLAGD_SET)}
         self.result = FlagSet(
             _by_name(flags),
             {name: keys for name, keys in segments.items() if isinstance(keys, list)},
             _by_name(rbs),
+            flagd[FLAGD],
+            flagd[EVALUATOR],
+            flagd[FLAGD_SET],
         )
-        if report.errors:
-            raise InvalidFlags(
-                [self._locate(i) for i in report.errors], [self._locate(i) for i in report.warnings]
-            )
+        document: dict[str, Any] = {
+            "version": 1,
+            "flags": flags,
+            "segments": segments,
+            "ruleBasedSegments": rbs,
+        }
+        if self.result.has_flagd():
+            document["flagd"] = self.result.flagd_document()
+        # the sidecar's own check: Split rules, flagd rules, names unique across dialects
+        report = check_document(document)
+        errors = self.duplicates + [self._locate(i) for i in report.errors]
+        if errors:
+            raise InvalidFlags(errors, [self._locate(i) for i in report.warnings])
         return self.result
 
     def _combined(self, kind: str) -> list[Any]:
@@ -201,6 +328,28 @@ class _Merge:
                 if name not in names:
                     items.append(table[name])
                     origin.append((SNAPSHOT_SOURCE, name))
+        return items
+
+    def _flagd(self, kind: str) -> dict[str, Any]:
+        """The flagd items of ``kind``: the base's (unless replacing), then the submitted
+        ones over them; an item submitted twice is an error naming both places."""
+        items: dict[str, Any] = {}
+        if not self.replace:
+            for name, body in self.base.table(kind).items():
+                items[name] = body
+                self.flagd_origin[(kind, name)] = (SNAPSHOT_SOURCE, _published_path(kind, name))
+        submitted: dict[str, tuple[str, str]] = {}
+        for part in self.parts:
+            for name, body in part.flagd_items(kind).items():
+                where = (part.source, part.flagd_item_path(kind, name))
+                if name in submitted:
+                    first = submitted[name]
+                    message = f"duplicate: also defined in {first[0]} at {first[1]}"
+                    flag = name if kind == FLAGD else None
+                    self.duplicates.append(Located(Issue(flag, where[1], message), where[0]))
+                submitted[name] = where
+                items[name] = strip_change_number(body) if kind == FLAGD else body
+                self.flagd_origin[(kind, name)] = where
         return items
 
     def _segments(self) -> dict[str, Any]:
@@ -226,6 +375,14 @@ class _Merge:
         return source, f"$.{key}[{names.index(where)}]"
 
     def _locate(self, issue: Issue) -> Located:
+        if issue.path.startswith(FLAGD_SECTION):
+            found = self._flagd_path(issue.path)
+            if found is not None:
+                source, path = found
+                return Located(Issue(issue.flag, path, issue.message), source)
+        submitter = self._evaluator_source(issue.path)
+        if submitter is not None:  # the library writes these paths from the evaluator, as is
+            return Located(issue, submitter)
         match = _INDEXED.match(issue.path)
         if match:
             kind = FLAG if match.group(1) == "flags" else RBS
@@ -239,6 +396,47 @@ class _Merge:
             return Located(Issue(issue.flag, path + match.group(2), issue.message), source)
         source = self.parts[0].source if len(self.parts) == 1 else SNAPSHOT_SOURCE
         return Located(issue, source)
+
+    def _evaluator_source(self, path: str) -> str | None:
+        """Who submitted the evaluator an issue at ``$evaluators.NAME...`` is in."""
+        if not path.startswith(_EVALUATORS):
+            return None
+        rest = path[len(_EVALUATORS) :]
+        for (kind, name), (source, _) in self.flagd_origin.items():
+            tail = rest[len(name) :] if rest.startswith(name) else None
+            if kind == EVALUATOR and tail is not None and (not tail or tail[0] in ".["):
+                return source
+        return None
+
+    def _flagd_path(self, path: str) -> tuple[str, str] | None:
+        """(source, path) of a path in the combined flagd section, for the submitter."""
+        rest = path[len(FLAGD_SECTION) :]
+        flags = '.flags["'
+        if rest.startswith(flags):
+            try:  # the key is written as a JSON string: .flags["key"]
+                key, end = json.JSONDecoder().raw_decode(rest, len(flags) - 1)
+            except ValueError:
+                return None
+            origin = self.flagd_origin.get((FLAGD, key))
+            if origin is None or not rest.startswith("]", end):
+                return None
+            tail = rest[end + 1 :]
+            return origin[0], origin[1] + tail
+        for name in FLAGD_SETTINGS:
+            if rest == f".{name}" or rest.startswith(f".{name}."):
+                origin = self.flagd_origin.get((FLAGD_SET, name))
+                if origin is not None:
+                    return origin[0], origin[1] + rest[len(name) + 1 :]
+        return None
+
+
+def _published_path(kind: str, name: str) -> str:
+    """Where a flagd item is in the snapshot the store publishes."""
+    if kind == FLAGD:
+        return flagd_flag_path(FLAGD_SECTION, name)
+    if kind == EVALUATOR:
+        return f"{FLAGD_SECTION}.$evaluators.{name}"
+    return f"{FLAGD_SECTION}.{name}"
 
 
 def _by_name(raws: list[Any]) -> dict[str, dict[str, Any]]:

@@ -1,9 +1,12 @@
 """The flag set the control plane keeps, and what changed between two of them.
 
-A flag set is everything a sidecar snapshot carries: flags, segments and rule-based
-segments, each by name, in Split's JSON model. Every change the control plane makes is a
-new version of the whole set; this module is the pure part of that: the value, its
-snapshot document, and the diff recorded with each version.
+A flag set is everything a sidecar snapshot carries, each item by name: Split flags,
+segments and rule-based segments in Split's JSON model, and flagd-dialect flags with the
+rest of a flagd flags document (its ``$evaluators``, and the set-wide ``metadata`` and
+``fractional`` generation as the two items of the ``flagd-set`` kind). Every change the
+control plane makes is a new version of the whole set; this module is the pure part of
+that: the value, its snapshot document (flagd items in its ``flagd`` section), and the diff
+recorded with each version. A flag name belongs to one dialect at a time.
 
 ``changeNumber`` is not part of a stored definition: the store sets it, in the snapshot,
 to the version in which the flag last changed, so that a re-applied file that differs only
@@ -20,7 +23,25 @@ from typing import Any, Final
 FLAG: Final = "flag"
 SEGMENT: Final = "segment"
 RBS: Final = "rbs"
-KINDS: Final = (FLAG, SEGMENT, RBS)
+FLAGD: Final = "flagd"  # a flagd-dialect flag, by its key
+EVALUATOR: Final = "evaluator"  # a flagd ``$evaluators`` rule, by its name
+FLAGD_SET: Final = "flagd-set"  # the flagd document's own settings: METADATA, FRACTIONAL
+KINDS: Final = (FLAG, SEGMENT, RBS, FLAGD, EVALUATOR, FLAGD_SET)
+# The kinds that are flags (a name is in at most one of them).
+FLAG_KINDS: Final = (FLAG, FLAGD)
+# The items of the FLAGD_SET kind: keys of a flagd document.
+METADATA: Final = "metadata"
+FRACTIONAL: Final = "fractional"
+FLAGD_SETTINGS: Final = (METADATA, FRACTIONAL)
+
+_TABLES: Final = {
+    FLAG: "flags",
+    SEGMENT: "segments",
+    RBS: "rule_based_segments",
+    FLAGD: "flagd_flags",
+    EVALUATOR: "evaluators",
+    FLAGD_SET: "flagd_settings",
+}
 
 # Stored definitions never carry it; the snapshot gets it from the version history.
 CHANGE_NUMBER: Final = "changeNumber"
@@ -39,7 +60,8 @@ def strip_change_number(body: Any) -> Any:
 
 @dataclass(frozen=True)
 class FlagSet:
-    """Flags, segments (name -> keys) and rule-based segments, each by name.
+    """Flags, segments (name -> keys), rule-based segments, flagd flags, flagd evaluators
+    and flagd settings, each by name.
 
     Bodies are decoded JSON and are never mutated once in a FlagSet: edits copy the one
     definition they change (``with_item``) and share the rest.
@@ -48,15 +70,30 @@ class FlagSet:
     flags: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     segments: Mapping[str, list[str]] = field(default_factory=dict)
     rule_based_segments: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    flagd_flags: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    evaluators: Mapping[str, Any] = field(default_factory=dict)
+    flagd_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def table(self, kind: str) -> Mapping[str, Any]:
-        if kind == FLAG:
-            return self.flags
-        if kind == SEGMENT:
-            return self.segments
-        if kind == RBS:
-            return self.rule_based_segments
-        raise ValueError(f"unknown kind {kind!r}")
+        if kind not in _TABLES:
+            raise ValueError(f"unknown kind {kind!r}")
+        table: Mapping[str, Any] = getattr(self, _TABLES[kind])
+        return table
+
+    def dialect(self, name: str) -> str | None:
+        """FLAG or FLAGD: the kind of the flag called ``name`` (None: no such flag)."""
+        if name in self.flags:
+            return FLAG
+        if name in self.flagd_flags:
+            return FLAGD
+        return None
+
+    def flag_names(self) -> list[str]:
+        """Every flag of either dialect, sorted."""
+        return sorted([*self.flags, *self.flagd_flags])
+
+    def has_flagd(self) -> bool:
+        return bool(self.flagd_flags or self.evaluators or self.flagd_settings)
 
     def items(self) -> Iterator[tuple[str, str, Any]]:
         """(kind, name, body) of everything in the set, in kind then name order."""
@@ -75,7 +112,7 @@ class FlagSet:
             tables[kind].pop(name, None)
         else:
             tables[kind][name] = body
-        return FlagSet(tables[FLAG], tables[SEGMENT], tables[RBS])
+        return _from_tables(tables)
 
     def with_changes(self, changes: Mapping[tuple[str, str], Any | None]) -> FlagSet:
         """A copy with every (kind, name) -> body applied (None removes)."""
@@ -85,7 +122,7 @@ class FlagSet:
                 tables[kind].pop(name, None)
             else:
                 tables[kind][name] = body
-        return FlagSet(tables[FLAG], tables[SEGMENT], tables[RBS])
+        return _from_tables(tables)
 
     def document(
         self, version: int, change_numbers: Mapping[tuple[str, str], int]
@@ -101,12 +138,33 @@ class FlagSet:
             body = dict(self.rule_based_segments[name])
             body[CHANGE_NUMBER] = change_numbers.get((RBS, name), version)
             rbs.append(body)
-        return {
+        document: dict[str, Any] = {
             "version": version,
             "flags": flags,
             "segments": {name: self.segments[name] for name in sorted(self.segments)},
             "ruleBasedSegments": rbs,
         }
+        if self.has_flagd():
+            document["flagd"] = self.flagd_document()
+        return document
+
+    def flagd_document(self) -> dict[str, Any]:
+        """The flagd flags document of the flagd items (a snapshot's ``flagd`` section)."""
+        document: dict[str, Any] = {
+            "flags": {name: self.flagd_flags[name] for name in sorted(self.flagd_flags)}
+        }
+        if self.evaluators:
+            document["$evaluators"] = {
+                name: self.evaluators[name] for name in sorted(self.evaluators)
+            }
+        for name in FLAGD_SETTINGS:
+            if name in self.flagd_settings:
+                document[name] = self.flagd_settings[name]
+        return document
+
+
+def _from_tables(tables: Mapping[str, Mapping[str, Any]]) -> FlagSet:
+    return FlagSet(**{_TABLES[kind]: table for kind, table in tables.items()})
 
 
 def encode(body: Any) -> str:

@@ -24,7 +24,8 @@ from sidecar.controlplane.definitions import (
     MetricDef,
     NotFound,
 )
-from sidecar.controlplane.edits import UnknownFlag
+from sidecar.controlplane.edits import SplitOnly, UnknownFlag
+from sidecar.controlplane.flagset import FLAGD
 from sidecar.controlplane.release_page import render_index, render_release
 from sidecar.controlplane.releases import Releases
 from sidecar.controlplane.statistics import Direction, MetricKind
@@ -104,6 +105,8 @@ def _refusals(handler: Callable[[Request], Response]) -> Callable[[Request], Res
             raise HttpError(404, str(exc)) from None
         except InUse as exc:
             raise HttpError(409, str(exc)) from None
+        except SplitOnly as exc:
+            raise HttpError(422, str(exc)) from None
 
     return wrapped
 
@@ -212,7 +215,10 @@ class GuardrailApi:
     def set_guardrail(self, request: Request) -> Response:
         flag, metric = request.params["flag"], request.params["metric"]
         body = request.json_object()
-        definition = self.store.state.flags.flags.get(flag)
+        flags = self.store.state.flags
+        if flags.dialect(flag) == FLAGD:
+            raise SplitOnly(flag, "a guardrail")
+        definition = flags.flags.get(flag)
         if definition is None:
             raise UnknownFlag(flag)
         baseline = body.get("baseline") or DEFAULT_BASELINE

@@ -152,6 +152,7 @@ class ReleaseControl:
             "store": self.store.db.description,
             "version": self.store.version,
             "flags": len(self.store.state.flags.flags),
+            "flagd_flags": len(self.store.state.flags.flagd_flags),
             "signed": self.offers.signer is not None,
             "rollouts": {flag: f"{p.status} step {p.step_label}" for flag, p in plans.items()},
         }

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from sidecar.controlplane import dimmer
-from sidecar.controlplane.edits import UnknownFlag
+from sidecar.controlplane.edits import SplitOnly, UnknownFlag
+from sidecar.controlplane.flagset import FLAGD
 from sidecar.controlplane.store import FlagStore, Written, save_plan
 from sidecar.controlplane.storedb import Tx
 
@@ -218,7 +219,10 @@ class RolloutEngine:
                 f"{flag} already has a {existing.status} rollout (step {existing.step_label});"
                 " abort it first"
             )
-        definition = self.store.state.flags.flags.get(flag)
+        flags = self.store.state.flags
+        if flags.dialect(flag) == FLAGD:
+            raise SplitOnly(flag, "a rollout plan")
+        definition = flags.flags.get(flag)
         if definition is None:
             raise UnknownFlag(flag)
         chosen = treatment or _dial_treatment(definition)

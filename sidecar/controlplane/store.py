@@ -24,7 +24,14 @@ from typing import Any
 
 from sidecar.controlplane import edits
 from sidecar.controlplane.documents import Part
-from sidecar.controlplane.flagset import FLAG, Change, FlagSet, changed_keys, diff, encode
+from sidecar.controlplane.flagset import (
+    FLAG_KINDS,
+    Change,
+    FlagSet,
+    changed_keys,
+    diff,
+    encode,
+)
 from sidecar.controlplane.storedb import Database, Tx
 
 log = logging.getLogger(__name__)
@@ -78,7 +85,9 @@ class VersionRecord:
     def to_json(self, name: str | None = None) -> dict[str, Any]:
         """As the API shows it; with ``name``, only that flag's part of the diff."""
         changes = [
-            c.to_json() for c in self.changes if name is None or (c.kind == FLAG and c.name == name)
+            c.to_json()
+            for c in self.changes
+            if name is None or (c.kind in FLAG_KINDS and c.name == name)
         ]
         return {
             "version": self.version,
@@ -303,7 +312,7 @@ class FlagStore:
         reason: str,
         base_version: int | None = None,
     ) -> Written:
-        action = "edit" if name in self._state.flags.flags else "create"
+        action = "edit" if self._state.flags.dialect(name) is not None else "create"
         return self.change(
             edits.put_flag(name, definition),
             author=author,
@@ -383,9 +392,9 @@ class FlagStore:
         base_version: int | None = None,
     ) -> Written:
         """The flag's rules as of ``to_version``, recorded as a new version."""
-        definition = self.flag_at(name, to_version)
+        kind, definition = self.flag_at(name, to_version)
         return self.change(
-            edits.restore(name, definition, to_version),
+            edits.restore(name, kind, definition, to_version),
             author=author,
             reason=reason or f"rollback to version {to_version}",
             action="rollback",
@@ -394,23 +403,26 @@ class FlagStore:
 
     # --- reading history -----------------------------------------------------------------
 
-    def flag_at(self, name: str, version: int) -> dict[str, Any]:
-        """The flag's definition at ``version``; UnknownVersion / UnknownFlag otherwise."""
+    def flag_at(self, name: str, version: int) -> tuple[str, dict[str, Any]]:
+        """The flag's dialect (its kind) and definition at ``version``; UnknownVersion /
+        UnknownFlag otherwise."""
         if not 1 <= version <= self._state.version:
             raise UnknownVersion(f"no version {version} (the flag set is at {self._state.version})")
         with self.db.transaction() as tx:
-            rows = tx.query(
-                "SELECT body FROM fader_items WHERE kind = ? AND name = ? AND version <= ?"
-                " ORDER BY version DESC LIMIT 1",
-                (FLAG, name, version),
-            )
-        if not rows or rows[0][0] is None:
-            raise edits.UnknownFlag(name, f"flag {name!r} did not exist at version {version}")
-        body: dict[str, Any] = json.loads(rows[0][0])
-        return body
+            for kind in FLAG_KINDS:  # a name is a flag of one dialect at a time
+                rows = tx.query(
+                    "SELECT body FROM fader_items WHERE kind = ? AND name = ? AND version <= ?"
+                    " ORDER BY version DESC LIMIT 1",
+                    (kind, name, version),
+                )
+                if rows and rows[0][0] is not None:
+                    body: dict[str, Any] = json.loads(rows[0][0])
+                    return kind, body
+        raise edits.UnknownFlag(name, f"flag {name!r} did not exist at version {version}")
 
     def history(self, name: str | None = None, limit: int = 100) -> list[VersionRecord]:
-        """Newest first: the versions that changed flag ``name`` (or any, when None)."""
+        """Newest first: the versions that changed flag ``name`` (either dialect; or any
+        version, when None)."""
         if name is None:
             sql = (
                 "SELECT version, created_at, author, reason, action, diff FROM fader_versions"
@@ -420,10 +432,11 @@ class FlagStore:
         else:
             sql = (
                 "SELECT version, created_at, author, reason, action, diff FROM fader_versions"
-                " WHERE version IN (SELECT version FROM fader_items WHERE kind = ? AND name = ?)"
+                " WHERE version IN (SELECT version FROM fader_items"
+                " WHERE kind IN (?, ?) AND name = ?)"
                 " ORDER BY version DESC LIMIT ?"
             )
-            params = (FLAG, name, limit)
+            params = (*FLAG_KINDS, name, limit)
         with self.db.transaction() as tx:
             rows = tx.query(sql, params)
         return [_record(row) for row in rows]

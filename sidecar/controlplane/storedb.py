@@ -7,8 +7,10 @@ PostgreSQL, for several replicas, is ``postgres.PostgresDatabase``.
 
 Tables: ``fader_head`` (one row: the newest version, the row every write locks and moves
 on, which is what makes a stale write fail), ``fader_versions`` (author, time, reason,
-action and diff of each version), ``fader_items`` (each flag, segment and rule-based
-segment as of the version that changed it; a NULL body means removed),
+action and diff of each version), ``fader_items`` (each item of the flag set, by ``kind``
+and name, as of the version that changed it: Split flags, segments, rule-based segments,
+flagd flags, flagd evaluators and flagd settings, ``flagset.KINDS``; ``kind`` is free text,
+so a new kind needs no migration; a NULL body means removed),
 ``fader_rollouts`` (rollout plans) and ``fader_meta`` (small facts such as the digest of
 a ``--snapshot`` file last applied).
 """

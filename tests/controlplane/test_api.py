@@ -18,6 +18,7 @@ from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.main import ControlPlane, http_router
 from sidecar.controlplane.release import ReleaseControl, ReleaseSettings
 from sidecar.controlplane.web import PUBLIC, WebServer
+from tests.controlplane.flagd_docs import flagd_file, flagd_flag
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 TOKENS = "editor ed-token alice\nviewer view-token\n# a comment\neditor nameless\n"
@@ -258,3 +259,78 @@ def test_other_modules_register_routes_on_the_same_listener(api: Api) -> None:
     with pytest.raises(ValueError, match="twice"):
         api.router.add("GET", "/api/v1/releases/{flag}", lambda r: Response.json({}),
                        role="viewer", summary="again")  # fmt: skip
+
+
+def test_flagd_flags_through_the_api(api: Api) -> None:
+    editor = api.client()
+    editor.post("/api/v1/apply", {"document": released()})
+    applied = editor.post(
+        "/api/v1/apply", {"documents": [{"source": "shop.flagd.json", "document": flagd_file()}]}
+    )
+    assert applied["version"] == 2
+    assert {(c["kind"], c["name"]) for c in applied["changes"]} == {
+        ("flagd", "new-ui"), ("flagd", "color"), ("evaluator", "is-pro"), ("flagd-set", "metadata"),
+    }  # fmt: skip
+    listing = {f["name"]: f for f in editor.get("/api/v1/flags")["flags"]}
+    assert sorted(listing) == ["banner", "checkout", "color", "new-ui"]
+    assert (listing["new-ui"]["dialect"], listing["checkout"]["dialect"]) == ("flagd", "split")
+    assert listing["new-ui"]["state"] == "active" and listing["new-ui"]["version"] == 2
+    one = editor.get(flag_path("new-ui"))
+    assert (
+        one["definition"] == flagd_file()["flags"]["new-ui"] and one["default_treatment"] == "off"
+    )
+    assert one["flagd"] == {
+        "$evaluators": {"is-pro": {"==": [{"var": "plan"}, "pro"]}},
+        "metadata": {"flagSetId": "shop"},
+    }
+    kill = editor.post(flag_path("new-ui", "/kill"), {"reason": "errors"})
+    assert kill["changes"][0]["fields"] == [
+        {"path": "$.state", "before": "ENABLED", "after": "DISABLED"}
+    ]
+    assert editor.get(flag_path("new-ui"))["state"] == "killed"
+    assert editor.get("/api/v1/snapshot")["flagd"]["flags"]["new-ui"]["state"] == "DISABLED"
+    editor.post(flag_path("new-ui", "/revive"), {})
+    put = editor.put(flag_path("dark-mode"), {"definition": flagd_flag("on"), "reason": "new"})
+    assert put["changes"][0]["op"] == "added"
+    history = editor.get(flag_path("new-ui", "/history"))["versions"]
+    assert [(h["version"], h["action"]) for h in history] == [
+        (4, "revive"), (3, "kill"), (2, "apply"),
+    ]  # fmt: skip
+    back = editor.post(flag_path("new-ui", "/rollback"), {"to_version": 3})
+    assert back["version"] == 6 and editor.get(flag_path("new-ui"))["state"] == "killed"
+    deleted = editor.delete(flag_path("color"), {"reason": "unused"})
+    assert deleted["changes"] == [{"kind": "flagd", "name": "color", "op": "removed", "fields": []}]
+    assert refusal(lambda: editor.get(flag_path("color"))).status == 404
+    assert editor.get(flag_path("color", "/history"))["versions"][0]["action"] == "delete"
+
+
+def test_split_only_operations_refuse_a_flagd_flag_with_422(api: Api) -> None:
+    editor = api.client()
+    editor.post("/api/v1/apply", {"document": flagd_file()})
+    dial = refusal(lambda: editor.post(flag_path("new-ui", "/dial"), {"percent": 5}))
+    assert dial.status == 422
+    assert dial.message.startswith("'new-ui' is a flagd-dialect flag: the dimmer works on")
+    plan = {"steps": [1, 50], "hold_seconds": 60}
+    rollout = refusal(lambda: editor.post(flag_path("new-ui", "/rollout"), plan))
+    assert rollout.status == 422 and "a rollout plan works on a Split flag" in rollout.message
+    assert editor.get("/api/v1/versions")["version"] == 1  # nothing written
+
+
+def test_an_invalid_flagd_flag_gets_422_with_the_sidecars_errors(api: Api) -> None:
+    editor = api.client()
+    editor.post("/api/v1/apply", {"document": released()})
+    editor.post("/api/v1/apply", {"document": flagd_file()})
+    before = editor.get("/api/v1/snapshot")
+    bad = flagd_file(broken=flagd_flag(default="maybe"), checkout=flagd_flag())
+    error = refusal(lambda: editor.post("/api/v1/apply", {"document": bad}))
+    assert error.status == 422
+    expected = check_document({**released(), "flagd": bad}).errors
+    assert sorted(e["text"] for e in error.body["errors"]) == sorted(
+        str(i).replace("$.flagd.", "$.") for i in expected
+    )
+    put = refusal(lambda: editor.put(flag_path("new-ui"), {"definition": flagd_flag("maybe")}))
+    assert put.status == 422
+    assert put.body["errors"][0]["text"] == (
+        "flag 'new-ui' at $.defaultVariant: 'maybe' is not one of the variants"
+    )
+    assert editor.get("/api/v1/snapshot") == before

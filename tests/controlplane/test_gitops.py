@@ -9,6 +9,7 @@ from typing import Any
 from sidecar.controlplane.gitops import SnapshotFiles
 from sidecar.controlplane.store import FlagStore
 from sidecar.controlplane.storedb import SqliteDatabase
+from tests.controlplane.flagd_docs import flagd_file, flagd_flag
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 
@@ -75,3 +76,27 @@ def test_a_folder_gives_its_newest_snapshot(tmp_path: Path) -> None:
     SnapshotFiles(store, folder).refresh()
     assert store.history()[0].author == f"file:{folder / 'b.json'}"
     assert store.state.flags.flags["f"]["conditions"][0]["partitions"][0]["size"] == 40
+
+
+def test_a_plain_flagd_file_is_the_whole_set_and_a_bad_one_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "flags.flagd.json"
+    write(path, doc(10))
+    store = FlagStore(SqliteDatabase(tmp_path / "data"))
+    files = SnapshotFiles(store, path)
+    files.refresh()
+    write(path, flagd_file())  # the Split flag goes: the file is the whole set
+    files.refresh()
+    assert store.version == 2 and store.state.flags.flag_names() == ["color", "new-ui"]
+    assert store.state.document()["flagd"]["$evaluators"] == flagd_file()["$evaluators"]
+    write(path, flagd_file(broken=flagd_flag(default="maybe")))
+    files.refresh()
+    assert store.version == 2 and files.last_error is not None
+    assert "flag 'broken' at $.flags[\"broken\"].defaultVariant" in files.last_error
+    both = {**doc(30, version=7), "flagd": {**flagd_file(), "fractional": "v3"}}
+    write(path, both)  # a snapshot with a flagd section, its fractional generation too
+    files.refresh()
+    assert store.version == 3 and files.last_error is None
+    assert store.state.flags.flag_names() == ["color", "f", "new-ui"]
+    assert store.state.document()["flagd"]["fractional"] == "v3"

@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.controlplane.apitokens import RoleTokens
 from sidecar.controlplane.releases import bucket_for
+from tests.controlplane.flagd_docs import flagd_flag
 from tests.controlplane.guardrail_world import World, serve, world_fixture
 
 CONTRACT_KEYS = {"flag", "state", "dial", "decisions", "metrics"}
@@ -191,3 +192,12 @@ def test_the_bucket_keeps_charts_within_the_store_s_limit() -> None:
     assert bucket_for(3_600_000, 3_600_000) == 30_000
     day = bucket_for(600_000, 86_400_000)
     assert day % 1000 == 0 and (600_000 + 86_400_000) / day < 10_000
+
+
+def test_a_guardrail_on_a_flagd_flag_is_refused_saying_why(world: World, api: str) -> None:
+    world.store.put_flag("new-ui", flagd_flag(), author="test", reason="setup")
+    world.errors_metric()
+    status, body = call(f"{api}/api/v1/guardrails/new-ui/errors", "PUT", {"max_regression": 0.01})
+    assert status == 422
+    assert body["error"].startswith("'new-ui' is a flagd-dialect flag: a guardrail works on")
+    assert call(f"{api}/api/v1/guardrails/new-ui")[1]["guardrails"] == []

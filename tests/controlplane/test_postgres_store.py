@@ -12,6 +12,7 @@ import pytest
 from sidecar.controlplane.documents import parse_document
 from sidecar.controlplane.postgres import PostgresDatabase, redact
 from sidecar.controlplane.store import FlagStore, StaleVersion
+from tests.controlplane.flagd_docs import flagd_file
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.postgres import Postgres, create_database, postgres_server, skip_reason
 from tests.waiting import wait_for
@@ -88,6 +89,31 @@ def test_replicas_refuse_a_stale_base_and_race_fairly(
     # A write without a base on the replica that lost catches up first, then applies.
     wait_for(lambda: a.version == b.version == 2, what="both at 2")
     assert b.dial("f", 50, **ME).version == 3
+
+
+def test_flagd_flags_travel_between_replicas_with_their_history(
+    replicas: tuple[FlagStore, FlagStore],
+) -> None:
+    a, b = replicas
+    a.apply([parse_document(flagd_file(), "shop.flagd.json")], **ME)
+    a.kill("new-ui", author="guardrail", reason="errors")
+    wait_for(lambda: b.version == 2, what="b at 2")
+    assert b.state.document() == a.state.document()
+    assert b.state.flags.flagd_flags["new-ui"]["state"] == "DISABLED"
+    assert b.state.flags.evaluators == {"is-pro": {"==": [{"var": "plan"}, "pro"]}}
+    b.rollback("new-ui", 1, **ME)
+    wait_for(lambda: a.version == 3, what="a at 3")
+    assert a.state.flags.flagd_flags["new-ui"]["state"] == "ENABLED"
+    assert [(r.version, r.action) for r in a.history("new-ui")] == [
+        (3, "rollback"), (2, "kill"), (1, "apply"),
+    ]  # fmt: skip
+    # a third replica reads the whole set, flagd items included, from the rows alone
+    assert isinstance(a.db, PostgresDatabase)
+    fresh = FlagStore(PostgresDatabase(a.db.dsn))
+    try:
+        assert fresh.state.document() == a.state.document()
+    finally:
+        fresh.db.close()
 
 
 def test_the_password_never_shows() -> None:

@@ -16,6 +16,7 @@ from sidecar.controlplane.edits import UnknownFlag
 from sidecar.controlplane.flagset import FlagSet
 from sidecar.controlplane.store import FlagStore, StaleVersion, UnknownVersion
 from sidecar.controlplane.storedb import SqliteDatabase
+from tests.controlplane.flagd_docs import flagd_file, flagd_flag
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
 
@@ -244,3 +245,49 @@ def test_an_edit_that_keeps_references_validates_the_flag_next_to_those_it_names
         check_flag(broken, "zz")
     (error,) = refused.value.errors
     assert (error.issue.flag, error.issue.path) == ("zz", "$.flags[2].algo")
+
+
+def test_flagd_flags_are_versioned_with_history_and_rollback(tmp_path: Path) -> None:
+    store = FlagStore(SqliteDatabase(tmp_path / "data"))
+    apply(store, flagd_file(), source="shop.flagd.json")
+    apply(store, two_flags())  # Split flags next to them
+    store.kill("new-ui", author="guardrail", reason="errors")
+    store.revive("new-ui", **ME)
+    changed = flagd_flag(targeting={"if": [{"$ref": "is-pro"}, "off", "on"]})
+    edited = store.put_flag("new-ui", changed, **ME)
+    assert edited.version == 5 and store.history("new-ui")[0].action == "edit"
+    history = store.history("new-ui")
+    assert [(r.version, r.action) for r in history] == [
+        (5, "edit"), (4, "revive"), (3, "kill"), (1, "apply"),
+    ]  # fmt: skip
+    assert history[2].to_json("new-ui")["changes"] == [
+        {
+            "kind": "flagd",
+            "name": "new-ui",
+            "op": "changed",
+            "fields": [{"path": "$.state", "before": "ENABLED", "after": "DISABLED"}],
+        }
+    ]
+    assert store.history("color")[0].to_json("color")["changes"][0]["op"] == "added"
+    back = store.rollback("new-ui", 3, **ME)
+    assert back.version == 6 and back.notes == ("restored from version 3",)
+    assert store.state.flags.flagd_flags["new-ui"]["state"] == "DISABLED"
+    assert store.history("new-ui")[0].action == "rollback"
+    document = store.state.document()
+    assert document["flagd"]["metadata"] == {"flagSetId": "shop"}
+    assert sorted(document["flagd"]["flags"]) == ["color", "new-ui"]
+    assert check_document(document).errors == []
+    # the rows alone give back the same set
+    reopened = FlagStore(SqliteDatabase(tmp_path / "data"))
+    assert reopened.state.document() == document
+
+
+def test_an_invalid_flagd_flag_writes_nothing(store: FlagStore) -> None:
+    apply(store, flagd_file())
+    before = store.state.document()
+    with pytest.raises(InvalidFlags) as caught:
+        store.put_flag("new-ui", flagd_flag(default="maybe"), **ME)
+    assert caught.value.errors[0].issue.path == "$.defaultVariant"
+    with pytest.raises(InvalidFlags):
+        apply(store, snapshot_doc(flag("color")))  # a Split flag by a flagd flag's name
+    assert store.version == 1 and store.state.document() == before
