@@ -163,6 +163,14 @@ def _flagd_items(flagd: Any, path: str, source: str) -> FlagdItems:
         return {}, {}, {}
     items = _taken_apart(flagd)
     if items is not None:
+        # the store's rows say "removed" with null, so a null evaluator cannot be kept (and
+        # flagd would read it as a rule that is always false, not as a missing one)
+        nulls = sorted(name for name, rule in items[1].items() if rule is None)
+        if nulls:
+            message = "an evaluator must be a rule, not null (the control plane cannot keep it)"
+            raise InvalidFlags(
+                [Located(Issue(None, f"{path}.$evaluators.{n}", message), source) for n in nulls]
+            )
         return items
     built = build_flagd(flagd, path)
     errors = built.errors or [Issue(None, path, "not a flagd flags document")]
@@ -284,14 +292,19 @@ class _Merge:
         flags = self._combined(FLAG)
         rbs = self._combined(RBS)
         segments = self._segments()
-        flagd = {kind: self._flagd(kind) for kind in (FLAGD, EVALUATOR, FLAGD_SET)}
+        flagd = FlagSet(
+            flagd_flags=self._flagd(FLAGD),
+            evaluators=self._flagd(EVALUATOR),
+            flagd_settings=self._flagd(FLAGD_SET),
+        )
         self.result = FlagSet(
             _by_name(flags),
             {name: keys for name, keys in segments.items() if isinstance(keys, list)},
             _by_name(rbs),
-            flagd[FLAGD],
-            flagd[EVALUATOR],
-            flagd[FLAGD_SET],
+            flagd.flagd_flags,
+            flagd.evaluators,
+            # a null setting is as good as none (a null fractional is refused below)
+            {name: v for name, v in flagd.flagd_settings.items() if v is not None},
         )
         document: dict[str, Any] = {
             "version": 1,
@@ -299,8 +312,8 @@ class _Merge:
             "segments": segments,
             "ruleBasedSegments": rbs,
         }
-        if self.result.has_flagd():
-            document["flagd"] = self.result.flagd_document()
+        if flagd.has_flagd():
+            document["flagd"] = flagd.flagd_document()
         # the sidecar's own check: Split rules, flagd rules, names unique across dialects
         report = check_document(document)
         errors = self.duplicates + [self._locate(i) for i in report.errors]
@@ -348,7 +361,7 @@ class _Merge:
                     flag = name if kind == FLAGD else None
                     self.duplicates.append(Located(Issue(flag, where[1], message), where[0]))
                 submitted[name] = where
-                items[name] = strip_change_number(body) if kind == FLAGD else body
+                items[name] = body
                 self.flagd_origin[(kind, name)] = where
         return items
 

@@ -126,3 +126,20 @@ def _nested(depth: int, inner: dict[str, Any] | None = None) -> dict[str, Any]:
     for _ in range(depth):
         rule = {"!": [copy.deepcopy(rule)]}
     return rule
+
+
+def test_null_items_are_refused_or_dropped_as_the_sidecar_reads_them() -> None:
+    with pytest.raises(InvalidFlags) as caught:
+        parse_document({"flags": {}, "$evaluators": {"x": None}}, "n.json")
+    assert [str(e.issue) for e in caught.value.errors] == [
+        "$.$evaluators.x: an evaluator must be a rule, not null (the control plane cannot keep it)"
+    ]
+    bad_generation = {"flags": {"a": flagd_flag()}, "fractional": None}
+    error = refused(FlagSet(), parse_document(bad_generation, "g.json"))
+    assert texts(error.errors) == sorted(
+        f"g.json: {i}" for i in check_document(bad_generation).errors
+    )
+    no_metadata = merge(
+        FlagSet(), [parse_document({"flags": {"a": flagd_flag()}, "metadata": None})]
+    )
+    assert dict(no_metadata.flagd_settings) == {}

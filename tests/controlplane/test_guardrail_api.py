@@ -201,3 +201,8 @@ def test_a_guardrail_on_a_flagd_flag_is_refused_saying_why(world: World, api: st
     assert status == 422
     assert body["error"].startswith("'new-ui' is a flagd-dialect flag: a guardrail works on")
     assert call(f"{api}/api/v1/guardrails/new-ui")[1]["guardrails"] == []
+    # the release pages know only Split flags: a flagd flag is "not a release", never a crash
+    for path in ("/api/v1/releases/new-ui", "/releases/new-ui"):
+        status, body = call(api + path)
+        assert status == 404 and "'new-ui' is not a release" in body["error"]
+    assert call(f"{api}/api/v1/releases")[1] == {"releases": []}
