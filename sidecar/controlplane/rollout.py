@@ -342,9 +342,11 @@ class RolloutEngine:
 
     def _advance(self, plan: Plan) -> bool:
         now = self.clock()
-        definition = self.store.state.flags.flags.get(plan.flag)
+        flags = self.store.state.flags
+        definition = flags.flags.get(plan.flag)
         if definition is None:
-            self._end(plan, ABORTED, "the flag was deleted", now)
+            gone = "is a flagd flag now" if flags.dialect(plan.flag) == FLAGD else "was deleted"
+            self._end(plan, ABORTED, f"the flag {gone}", now)
             return False
         if definition.get("killed"):
             self._end(plan, PAUSED, "the flag is killed", now)

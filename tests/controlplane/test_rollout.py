@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.controlplane.dimmer import current_dial
 from sidecar.controlplane.documents import parse_document
+from sidecar.controlplane.edits import SplitOnly
 from sidecar.controlplane.rollout import (
     ABORTED,
     COMPLETED,
@@ -23,6 +24,7 @@ from sidecar.controlplane.rollout import (
 )
 from sidecar.controlplane.store import FlagStore
 from sidecar.controlplane.storedb import SqliteDatabase
+from tests.controlplane.flagd_docs import flagd_flag
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 
@@ -183,3 +185,19 @@ def test_plans_refuse_what_makes_no_sense(store: FlagStore, clock: Clock) -> Non
         with pytest.raises(ValueError):
             parse_steps(bad)
     assert parse_steps("1,5,25,50,100") == (1, 5, 25, 50, 100)
+
+
+def test_a_plan_refuses_a_flagd_flag_and_ends_when_its_flag_becomes_one(
+    store: FlagStore, clock: Clock
+) -> None:
+    engine = RolloutEngine(store, clock=clock)
+    engine.start("f", (10, 50), 5.0, **ME)
+    flagd = {"flags": {"f": flagd_flag(), "g": flagd_flag()}}
+    store.apply([parse_document(flagd)], replace=True, **ME)  # "f" is a flagd flag now
+    with pytest.raises(SplitOnly, match="'g' is a flagd-dialect flag: a rollout plan works on"):
+        engine.start("g", (10, 50), 5.0, **ME)
+    clock.now += 6
+    engine.tick()
+    plan = engine.plan("f")
+    assert plan.status == ABORTED and plan.note == "the flag is a flagd flag now"
+    assert store.state.flags.flagd_flags["f"] == flagd_flag()  # the tick changed nothing
