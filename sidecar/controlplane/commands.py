@@ -80,7 +80,8 @@ def flags_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser(
         "apply",
         parents=[common, writes],
-        help="apply Split flag JSON (a flag, a list, a snapshot, splitChanges); print the diff",
+        help="apply flag JSON (a Split flag, a list, a snapshot, splitChanges, a flagd flags"
+        " file); print the diff",
     )
     apply.add_argument("path", type=Path, metavar="FILE|DIR")
     apply.add_argument("--dry-run", action="store_true", help="only print what would change")

@@ -433,7 +433,7 @@ class FlagStore:
             sql = (
                 "SELECT version, created_at, author, reason, action, diff FROM fader_versions"
                 " WHERE version IN (SELECT version FROM fader_items"
-                " WHERE kind IN (?, ?) AND name = ?)"
+                f" WHERE kind IN ({', '.join('?' for _ in FLAG_KINDS)}) AND name = ?)"
                 " ORDER BY version DESC LIMIT ?"
             )
             params = (*FLAG_KINDS, name, limit)
