@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "evaluate":
         return evaluate_command(ns.snapshot, sys.stdin, sys.stdout, sys.stderr)
     if ns.command == "validate":
-        limits = SnapshotLimits(ns.max_snapshot_bytes, ns.max_flags, ns.max_segment_keys)
-        return validate_command(ns.files, sys.stdout, sys.stderr, limits, None, ns.format)
+        return validate_command(ns.files, sys.stdout, sys.stderr, limits_from(ns), None, ns.format)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -115,19 +114,29 @@ def _parser() -> argparse.ArgumentParser:
         "FILE, several, a directory (each .json/.msgpack/.mpk in it) or - (stdin).",
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
+    add_limit_options(validate)
+    validate.add_argument(
+        "--format", choices=(JSON, MSGPACK), default=JSON, help="of stdin (-); default json"
+    )
+    return parser
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-snapshot-bytes``, ``--max-flags``, ``--max-segment-keys``, as ``serve`` has
+    them: ``validate`` and ``sign`` refuse what a sidecar with those limits would refuse."""
     defaults = SnapshotLimits()
     for flag, default in (
         ("--max-snapshot-bytes", defaults.max_snapshot_bytes),
         ("--max-flags", defaults.max_flags),
         ("--max-segment-keys", defaults.max_segment_keys),
     ):
-        validate.add_argument(
+        parser.add_argument(
             flag, type=_positive, default=default, metavar="N", help=f"as serve (default {default})"
         )
-    validate.add_argument(
-        "--format", choices=(JSON, MSGPACK), default=JSON, help="of stdin (-); default json"
-    )
-    return parser
+
+
+def limits_from(ns: argparse.Namespace) -> SnapshotLimits:
+    return SnapshotLimits(ns.max_snapshot_bytes, ns.max_flags, ns.max_segment_keys)
 
 
 def evaluate_command(path: str, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:

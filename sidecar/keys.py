@@ -7,6 +7,7 @@ the control plane's host), give sidecars only the public key (`--trusted-keys`).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import sys
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fader.snapshot.codec import decode, format_for, normalize
 from fader.snapshot.issues import SnapshotError
 
+from sidecar.cli import EXIT_INVALID, add_limit_options, limits_from, validate_bytes
 from sidecar.delivery import signing
 from sidecar.delivery.signing import KeyFileError
 
@@ -82,7 +84,9 @@ def keygen(directory: Path, key_id: str) -> tuple[Path, Path]:
 def sign_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fader sign",
-        description="Sign a snapshot file: writes the detached signature FILE.sig (or --out).",
+        description="Sign a snapshot file: writes the detached signature FILE.sig (or --out). "
+        "The file is validated first, as `fader validate` does: an invalid snapshot is not "
+        "signed (exit 1).",
     )
     parser.add_argument("file", type=Path, metavar="FILE")
     parser.add_argument("--key", required=True, type=Path, metavar="PRIV", help="ID.key file")
@@ -94,11 +98,17 @@ def sign_main(argv: list[str]) -> int:
         "a zone (default %(default)s)",
     )
     parser.add_argument("--out", type=Path, help="where to write the signature (default FILE.sig)")
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     try:
         expires = parse_expires(args.expires, time.time())
         data = args.file.read_bytes()
-        version = normalize(decode(data, format_for(args.file))).version
+        fmt = format_for(args.file)
+        # validate's own report on stderr; its "valid: ..." line is not sign's to print
+        if validate_bytes(str(args.file), data, fmt, limits_from(args), io.StringIO(), sys.stderr):
+            print(f"fader sign: {args.file} is not a valid snapshot: not signed", file=sys.stderr)
+            return EXIT_INVALID
+        version = normalize(decode(data, fmt)).version
         key = signing.load_private_key(args.key)
         document = signing.sign(data, version, key, args.key_id, expires)
         out = args.out or signing.signature_path(args.file)
