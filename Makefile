@@ -1,4 +1,8 @@
-# Every target sets itself up: a fresh clone needs only python3 (>= 3.11) and PyPI.
+# Every target sets itself up: a fresh clone needs python3 (>= 3.11) and PyPI. `make test`
+# also runs the client examples with the toolchains it finds: node + npm (packages from the
+# npm registry), go (modules from the Go module proxy), java + mvn (Maven Central); a missing
+# toolchain skips its tests with the reason printed at the end, a registry it cannot reach
+# fails them (README "Two commands").
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,24 +13,29 @@ GEN    := clients/python/fader/pb/.stamp
 
 setup: $(STAMP)
 
+# pip's output (about 80 lines, build warnings included) goes to $(VENV)/setup.log, shown
+# only when the install fails: `make run` fits on one screen (tests/test_make_run.py).
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "setup: installing fader and its dev dependencies into $(VENV) from PyPI (log: $(VENV)/setup.log)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/python -m pip install --progress-bar off --upgrade pip \
+	    && $(BIN)/python -m pip install --progress-bar off -e '.[dev]'; } > $(VENV)/setup.log 2>&1 \
+	    || { tail -n 30 $(VENV)/setup.log; echo "setup: pip failed, full log: $(VENV)/setup.log"; exit 1; }
+	@touch $(STAMP)
+	@echo "setup: done"
 
 $(GEN): $(STAMP) tools/genproto.py $(shell find proto -name '*.proto' 2>/dev/null)
-	$(BIN)/python tools/genproto.py
-	touch $@
+	@$(BIN)/python tools/genproto.py
+	@touch $@
 
 proto: $(GEN)
 
 run: $(GEN)
-	@echo "Fader is starting on the embedded demo snapshot."
+	@echo "Fader is starting on the embedded demo snapshot ($(BIN)/fader serve --demo; Ctrl-C stops it)."
 	@echo "  gRPC:        127.0.0.1:8013   (fader.v1.EvaluationService, flagd.evaluation.v1/v2, grpc.health.v1, reflection)"
 	@echo "  management:  http://127.0.0.1:8014/status  /metrics  /healthz  /readyz"
 	@echo "  try:         $(BIN)/python -c \"from fader import Client; print(Client('127.0.0.1:8013').get_treatment('user-1', 'new-checkout'))\""
-	$(BIN)/fader serve --demo
+	@$(BIN)/fader serve --demo
 
 # A control plane with the demo flags and a sidecar connected to it (see tools/demo.sh);
 # then `.venv/bin/fader flags dial new-checkout 50` in another terminal.

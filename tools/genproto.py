@@ -76,8 +76,9 @@ def stub_options(out: Path) -> list[str]:
         return [
             f"--plugin=protoc-gen-mypy={mypy_plugin}",
             f"--plugin=protoc-gen-mypy_grpc={grpc_plugin}",
-            f"--mypy_out={out}",
-            f"--mypy_grpc_out={out}",
+            # quiet: no "Writing mypy to ..." line per file (make run fits on one screen)
+            f"--mypy_out=quiet:{out}",
+            f"--mypy_grpc_out=quiet:{out}",
         ]
     return [f"--pyi_out={out}"]
 
