@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "deploy_check.py"
 DEFAULT_MANIFESTS = REPO / "deploy" / "kubernetes"
 DEFAULT_DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
+DEFAULT_CONSTRAINTS = REPO / "deploy" / "docker" / "constraints.txt"
 
 
 def find_tool(name: str) -> str | None:
@@ -31,7 +32,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def deploy_check(manifests: Path, dockerfile: Path) -> subprocess.CompletedProcess[str]:
+def deploy_check(
+    manifests: Path, dockerfile: Path, constraints: Path = DEFAULT_CONSTRAINTS
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -40,6 +43,8 @@ def deploy_check(manifests: Path, dockerfile: Path) -> subprocess.CompletedProce
             str(manifests),
             "--dockerfile",
             str(dockerfile),
+            "--constraints",
+            str(constraints),
         ],
         capture_output=True,
         text=True,
@@ -58,7 +63,7 @@ def copy_of_deploy(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_shipped_files_pass() -> None:
     result = deploy_check(DEFAULT_MANIFESTS, DEFAULT_DOCKERFILE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 of 4 checks passed" in result.stdout
+    assert "6 of 6 checks passed" in result.stdout
 
 
 def test_an_unknown_field_in_a_manifest_fails(tmp_path: Path) -> None:
@@ -103,3 +108,43 @@ def test_a_dockerfile_lint_finding_fails(tmp_path: Path) -> None:
     result = deploy_check(manifests, dockerfile)
     assert result.returncode == 1
     assert "DL3007" in result.stdout + result.stderr
+
+
+def test_a_moving_base_image_tag_fails(tmp_path: Path) -> None:
+    """hadolint accepts python:3.11-slim-bookworm; a rebuild would get another Python."""
+    manifests, dockerfile = copy_of_deploy(tmp_path)
+    text = dockerfile.read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm\n" in text
+    dockerfile.write_text(text.replace("python:3.11.7-slim-bookworm", "python:3.11-slim-bookworm"))
+    result = deploy_check(manifests, dockerfile)
+    assert result.returncode == 1
+    assert "'python:3.11-slim-bookworm' is not an exact release" in result.stdout
+
+
+def test_a_pip_install_without_the_constraints_fails(tmp_path: Path) -> None:
+    manifests, dockerfile = copy_of_deploy(tmp_path)
+    text = dockerfile.read_text()
+    assert text.count("pip install --no-cache-dir -c constraints.txt ") == 2
+    dockerfile.write_text(text.replace("-c constraints.txt /wheels", "/wheels"))
+    result = deploy_check(manifests, dockerfile)
+    assert result.returncode == 1
+    assert "pip install without -c constraints: /opt/fader/bin/pip install" in result.stdout
+
+
+def test_constraints_missing_a_package_or_pinning_a_refused_version_fail(tmp_path: Path) -> None:
+    manifests, dockerfile = copy_of_deploy(tmp_path)
+    constraints = tmp_path / "constraints.txt"
+    lines = DEFAULT_CONSTRAINTS.read_text().splitlines(keepends=True)
+    assert any(line.startswith("msgpack==") for line in lines)
+    kept = [line for line in lines if not line.startswith("msgpack==")]
+    constraints.write_text("".join(kept) + "flask==3.0.0\n")
+    result = deploy_check(manifests, dockerfile, constraints)
+    assert result.returncode == 1
+    assert "msgpack is not pinned" in result.stdout
+    assert "flask is pinned but nothing needs it" in result.stdout
+
+    old = [line for line in lines if not line.startswith("grpcio==")] + ["grpcio==1.0.0\n"]
+    constraints.write_text("".join(old))
+    result = deploy_check(manifests, dockerfile, constraints)
+    assert result.returncode == 1
+    assert "grpcio==1.0.0 does not satisfy grpcio>=1.70" in result.stdout
