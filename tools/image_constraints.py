@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     found = problems(wanted, args.out)
     for problem in found:
         print(f"image-constraints: {args.out.name}: {problem}")
+    if found:
+        print(
+            "image-constraints: when the venv was upgraded on purpose, run the tests, then "
+            "python tools/image_constraints.py to pin what they ran against"
+        )
     if not found:
         print(f"image-constraints: {args.out.name} pins all {len(wanted)} packages")
     return 1 if found else 0

@@ -34,12 +34,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
+
+# cryptography is imported where keys are loaded or used: a sidecar without --trusted-keys
+# never needs it, and importing it costs ~6.5 MiB of RSS (tools/demo_rss.py).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 FORMAT: Final = "fader-signature/1"
 ALGORITHM: Final = "ed25519"
@@ -193,6 +198,8 @@ class Verifier:
             )
         digest = hashlib.sha256(data).hexdigest()
         message = signed_message(document.key_id, document.version, document.expires, digest)
+        from cryptography.exceptions import InvalidSignature  # loaded with the keys already
+
         try:
             key.verify(document.signature, message)
         except InvalidSignature:
@@ -233,6 +240,9 @@ def _utc(seconds: int) -> str:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -243,6 +253,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as exc:
