@@ -13,8 +13,15 @@ import grpc
 import msgpack
 import pytest
 from fader.pb.fader.v1 import controlplane_pb2, controlplane_pb2_grpc
+from fader.snapshot.loader import load_bytes
 
+from sidecar.app.sources import SnapshotSources
+from sidecar.config import Settings
+from sidecar.delivery import cache
+from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import to_message
+from sidecar.delivery.store import Store
+from sidecar.sources.controlplane import ControlPlaneSource, Identity
 from tests.integration.harness import (
     REPO,
     free_port,
@@ -128,3 +135,29 @@ def test_serve_watch_and_push_count_deep_refusals_and_keep_serving(tmp: Path) ->
         assert refusals(mgmt) == 3
         assert treatment(target) == "v3"
     assert "Traceback" not in sc.log and "RecursionError" not in sc.log, sc.log
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_a_deep_snapshot_from_the_stream_or_the_cache_is_a_counted_refusal(
+    tmp: Path, fmt: str
+) -> None:
+    """The two entry points the tests above cannot reach with a file: a control plane's
+    stream (a control plane that is not Fader's, or a compromised one: Fader's refuses to
+    offer it) and a last-known-good cache written by someone else."""
+    data = deep_json() if fmt == "json" else deep_msgpack()
+    refused: list[str] = []
+    applier = Applier(Store())
+    applier.on_refused.append(lambda outcome: refused.append(outcome.reason))
+    stream = ControlPlaneSource(f"127.0.0.1:{free_port()}", applier, Identity("pod-a"))
+    ack = stream._apply(to_message(data, fmt, 4))  # what a SyncResponse's snapshot gets
+    assert not ack.accepted
+    assert LIMIT in " ".join(ack.errors), ack
+    assert refused == ["too_deep"]
+
+    demo = (REPO / "sidecar" / "demo" / "demo.json").read_bytes()
+    cache.save(tmp / "cache", load_bytes(demo, "json", "elsewhere"), fmt, data)
+    sources = SnapshotSources(Settings(cache_dir=tmp / "cache"), Store())
+    sources.load_initial()
+    assert sources.store.current is None
+    assert sources.refusals == {"too_deep": 1}
+    assert LIMIT in " ".join(sources.status()["last_refusal"]["errors"])
