@@ -22,6 +22,7 @@ from tests.api.test_ofrep import FLAGD_FLAGS
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.fuzz.hostile import WRONG_TYPES
 from tests.integration.harness import free_port, serve_process, short_tmp
+from tests.integration.release_processes import control_plane
 
 OFREP_ONE = "/ofrep/v1/evaluate/flags/greeting"
 OFREP_ALL = "/ofrep/v1/evaluate/flags"
@@ -36,6 +37,15 @@ VALID: dict[str, dict[str, Any]] = {
     OFREP_ONE: {"context": CONTEXT},
     OFREP_ALL: {"context": CONTEXT},
     CONNECT: {"flagKey": "greeting", "context": CONTEXT},
+}
+
+
+WRITE = {"reason": "fuzz", "author": "fuzzer"}
+FLAG = flag("banner", defaultTreatment="off")
+PLANE: dict[tuple[str, str], dict[str, Any]] = {
+    ("PUT", "/api/v1/flags/banner"): {"definition": FLAG, **WRITE},
+    ("POST", "/api/v1/flags/banner/dial"): {"percent": 50, "treatment": "on", **WRITE},
+    ("POST", "/api/v1/flags/banner/kill"): WRITE,
 }
 
 
@@ -68,7 +78,9 @@ def hostile_bodies(valid: dict[str, Any], seed: int) -> Iterator[bytes]:
     for levels in (99, 101, 1100, 100_000):
         yield b'{"context": {"a": ' + b"[" * levels + b"]" * levels + b"}}"
     for number in ("1e999", "-1e999", "NaN", "Infinity", "1" + "0" * 5000, "-0"):
-        yield text.replace(b'"n": 3', f'"n": {number}'.encode())
+        yield text[:-1] + f', "n": {number}}}'.encode()  # at the top level
+        if b'"n": 3' in text:  # and where a number is read (the evaluation context)
+            yield text.replace(b'"n": 3', f'"n": {number}'.encode())
     for index, path in enumerate(_paths(valid)):  # a wrong type at every path
         for value in (WRONG_TYPES[index % len(WRONG_TYPES)], WRONG_TYPES[-index % 11]):
             yield json.dumps(_with(valid, path, value)).encode()
@@ -92,11 +104,11 @@ def write_mixed_snapshot(path: Path) -> None:
     path.write_text(json.dumps(document))
 
 
-def post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+def post(port: int, path: str, body: bytes, method: str = "POST") -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         headers = {"Content-Type": "application/json"}
-        connection.request("POST", path, body=body, headers=headers)
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -128,3 +140,24 @@ def test_every_hostile_body_gets_a_deliberate_answer_from_a_real_process() -> No
         assert "Traceback" not in log, log[-4000:]
         assert {200, 400} <= statuses, statuses  # the valid controls answered, the rest refused
         print(f"{tried} hostile HTTP requests (OFREP, flagd Connect), statuses {sorted(statuses)}")
+
+
+def test_every_hostile_body_gets_a_deliberate_answer_from_a_real_control_plane() -> None:
+    """The control plane's write API: the flag documents and release commands an editor (or
+    a script gone wrong) sends."""
+    with short_tmp() as tmp, control_plane(tmp, "--data-dir", str(tmp / "data")) as plane:
+        tried, statuses = 0, set()
+        undeliberate: list[str] = []
+        for seed, ((method, path), valid) in enumerate(PLANE.items()):
+            for body in hostile_bodies(valid, seed):
+                status, answer = post(plane.http_port, path, body, method)
+                tried += 1
+                statuses.add(status)
+                if status >= 500 or not isinstance(json.loads(answer or b"null"), dict):
+                    undeliberate.append(f"{path} {body[:120]!r} -> {status} {answer[:200]!r}")
+        assert not undeliberate, "\n".join(undeliberate[:20])
+        assert plane.process.process.poll() is None
+        log = plane.process.log
+    assert "Traceback" not in log, log[-4000:]
+    assert {200, 400} <= statuses or {200, 422} <= statuses, statuses
+    print(f"{tried} hostile HTTP requests (control plane API), statuses {sorted(statuses)}")
