@@ -1,33 +1,36 @@
-"""What the client example tests share: the Node example's dependencies, installed once."""
+"""Fixtures of the client example tests (helpers in tests/clients/examples.py): the Node
+example's dependencies installed once, and one sidecar of each kind per test module."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-NODE_EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "node"
-NPM_TIMEOUT = 120.0
+from tests.clients.examples import CLIENTS, build, mixed_sidecar, synced_sidecar
+from tests.integration.harness import RunningSidecar
 
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None,
-    reason="node and npm are needed to run the Node example",
-)
+NODE_EXAMPLE = CLIENTS / "node"
 
 
 @pytest.fixture(scope="session")
 def installed() -> Path:
     """`npm ci`: exactly the versions in package-lock.json, from the npm registry (or the
     local npm cache), into clients/node/node_modules (git-ignored)."""
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=NODE_EXAMPLE,
-        capture_output=True,
-        text=True,
-        timeout=NPM_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    build(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], NODE_EXAMPLE)
     return NODE_EXAMPLE
+
+
+@pytest.fixture(scope="module")
+def mixed() -> Iterator[RunningSidecar]:
+    """flagd-dialect and Split flags on gRPC, a Unix socket, OFREP and Connect."""
+    with mixed_sidecar() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def synced() -> Iterator[RunningSidecar]:
+    """The flagd testbed's flags on flagd sync."""
+    with synced_sidecar() as running:
+        yield running

@@ -21,44 +21,26 @@ Skipped, with the reason, only when `go` is not installed.
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import grpc
 import pytest
-from fader.pb.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 
-from tests.api.test_ofrep import mixed_snapshot
-from tests.clients.checker import Checker, check, expected
-from tests.integration.harness import (
-    LOCAL_ANY_PORT,
-    RunningSidecar,
-    loopback_settings,
-    running_sidecar,
-    short_tmp,
+from tests.clients.examples import (
+    CLIENTS,
+    answers,
+    assert_all_right,
+    assert_in_process_agrees_and_follows_a_swap,
+    assert_one_wrong,
+    build,
+    check,
+    needs,
+    ofrep_env,
+    run,
 )
-from tests.integration.test_flagd_in_process import (
-    CONTEXTS,
-    METHODS,
-    fader_answer,
-    flags_document,
-    kind_of,
-    random_context,
-    snapshot,
-)
+from tests.integration.harness import RunningSidecar
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "go"
-BUILD_TIMEOUT = 600.0
+EXAMPLE = CLIENTS / "go"
 SEED = 1203
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("go") is None, reason="the Go toolchain (go) is needed to run the Go example"
-)
+pytestmark = needs("go", to="build and run the Go example")
 
 # testbed flags whose meaning changed after flagd core 0.13 (see the module docstring)
 OLD_CORE = (
@@ -73,126 +55,49 @@ OLD_CORE = (
     "ends-with-",
 )
 
-CHECKS = [
-    check("boolean", "enabled", False, {}, {"value": True, "variant": "on", "reason": "STATIC"}),
-    check("string", "greeting", "x", {"user": {"plan": "pro"}}, {"value": "hey", "variant": "yo"}),
-    check("integer", "limit", 0, {}, {"value": 10, "reason": "STATIC"}),
-    check("float", "ratio", 0.25, {}, {"value": 1.0, "variant": "one"}),
-    check("object", "style", {}, {}, {"value": {"color": "blue"}}),
-    check("string", "banner", "x", {"targetingKey": "u1", "plan": "pro"}, {"value": "on"}),
-    check("string", "no-such-flag", "fb", {}, {"value": "fb", "errorCode": "FLAG_NOT_FOUND"}),
-    check("boolean", "greeting", False, {}, {"value": False, "errorCode": "TYPE_MISMATCH"}),
+OFREP_CHECKS = [
+    *answers(),
     check("boolean", "off-flag", True, {}, {"value": True, "reason": "DISABLED"}),
+]
+
+RPC_CHECKS = [
+    *answers(),
+    # flagd.evaluation.v1 cannot leave a value out: a disabled flag arrives as v1's zero value
+    # with reason DISABLED, as from flagd, and this provider passes the zero value on
+    check("boolean", "off-flag", True, {}, {"value": False, "reason": "DISABLED"}),
 ]
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def binary() -> str:
     """`go build`: modules from the Go module proxy as go.sum pins them (buf.build's generated
     flagd modules are not in the public checksum database, hence GONOSUMDB)."""
     out = EXAMPLE / "bin" / "check"
-    env = {**os.environ, "GONOSUMDB": "buf.build/gen/go", "GOFLAGS": "-mod=readonly"}
-    done = subprocess.run(
-        ["go", "build", "-o", str(out), "."],
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out
+    env = {"GONOSUMDB": "buf.build/gen/go", "GOFLAGS": "-mod=readonly"}
+    build(["go", "build", "-o", str(out), "."], EXAMPLE, env)
+    return str(out)
 
 
-@pytest.fixture(scope="module")
-def mixed() -> Iterator[RunningSidecar]:
-    with short_tmp() as tmp:
-        (tmp / "tokens").write_text("go-token\n")
-        settings = loopback_settings(
-            ofrep_listen=LOCAL_ANY_PORT,
-            ofrep_token_file=tmp / "tokens",
-        )
-        with running_sidecar(settings, mixed_snapshot()) as running:
-            yield running
+def test_ofrep(binary: str, mixed: RunningSidecar) -> None:
+    code, out = run([binary, "ofrep"], EXAMPLE, ofrep_env(mixed), *OFREP_CHECKS)
+    assert_all_right(code, out, len(OFREP_CHECKS))
 
 
-def run(
-    binary: Path, mode: str, env: dict[str, str], *checks: dict[str, Any]
-) -> tuple[int, list[str]]:
-    checker = Checker([str(binary), mode], EXAMPLE, env)
-    checker.send(*checks)
-    return checker.finish()
-
-
-def ofrep_env(sidecar: RunningSidecar) -> dict[str, str]:
-    return {
-        "OFREP_ENDPOINT": f"http://{sidecar.sidecar.ofrep_address}",
-        "OFREP_BEARER_TOKEN": "go-token",
-    }
-
-
-def test_ofrep(binary: Path, mixed: RunningSidecar) -> None:
-    code, out = run(binary, "ofrep", ofrep_env(mixed), *CHECKS)
-    assert code == 0, out
-    assert out[-1] == f"all {len(CHECKS)} answers right"
-
-
-def test_rpc_over_connect(binary: Path, mixed: RunningSidecar) -> None:
+def test_rpc_over_connect(binary: str, mixed: RunningSidecar) -> None:
     address = mixed.sidecar.ofrep_address
     assert address is not None
     env = {"FLAGD_HOST": address.host, "FLAGD_PORT": str(address.port)}
-    # flagd.evaluation.v1 cannot leave a value out: a disabled flag arrives as v1's zero value
-    # with reason DISABLED, as from flagd, and this provider passes the zero value on
-    disabled = check("boolean", "off-flag", True, {}, {"value": False, "reason": "DISABLED"})
-    code, out = run(binary, "rpc", env, *CHECKS[:-1], disabled)
-    assert code == 0, out
-    assert out[-1] == f"all {len(CHECKS)} answers right"
+    code, out = run([binary, "rpc"], EXAMPLE, env, *RPC_CHECKS)
+    assert_all_right(code, out, len(RPC_CHECKS))
 
 
-def test_a_wrong_answer_exits_1(binary: Path, mixed: RunningSidecar) -> None:
-    wrong = check("boolean", "enabled", False, {}, {"value": False})
-    code, out = run(binary, "ofrep", ofrep_env(mixed), wrong)
-    assert code == 1, out
-    assert out[-1] == "1 of 1 answers wrong" and out[0].startswith("FAIL")
-
-
-@pytest.fixture(scope="module")
-def synced() -> Iterator[RunningSidecar]:
-    settings = loopback_settings(sync_listen=LOCAL_ANY_PORT)
-    with running_sidecar(settings, snapshot("v2")) as running:
-        yield running
+def test_a_wrong_answer_exits_1(binary: str, mixed: RunningSidecar) -> None:
+    assert_one_wrong([binary, "ofrep"], EXAMPLE, ofrep_env(mixed))
 
 
 def test_in_process_agrees_on_random_contexts_and_follows_a_swap(
-    binary: Path, synced: RunningSidecar
+    binary: str, synced: RunningSidecar
 ) -> None:
-    address = synced.sidecar.sync_address
-    assert address is not None
-    flags = flags_document("v2")["flags"]
-    names = sorted(name for name in flags if not name.startswith(OLD_CORE))
-    rng = random.Random(SEED)
-    checks = []
-    with grpc.insecure_channel(synced.tcp_target) as channel:
-        stub = v2_grpc.ServiceStub(channel)
-        for _ in range(CONTEXTS):
-            name = rng.choice(names)
-            kind = kind_of(flags[name])
-            default = METHODS[kind][2]
-            context = random_context(rng)
-            answer = fader_answer(stub, kind, name, default, context)
-            checks.append(check(kind, name, default, context, expected(answer)))
-    env = {"FLAGD_HOST": address.host, "FLAGD_PORT": str(address.port)}
-    checker = Checker([str(binary), "in-process"], EXAMPLE, env)
-    checker.send(*checks, {"wait": "change"})
-    lines = checker.wait_for("waiting for a change")
-    failed = [line for line in lines if line.startswith(("FAIL", "     expected"))]
-    assert not failed, failed[:80]
-    assert sum(line.startswith("ok") for line in lines) == CONTEXTS
-    synced.store.swap(snapshot("v2", **{"boolean-flag": "off"}))
-    checker.wait_for("changed")
-    after = {"value": False, "variant": "off", "reason": "STATIC"}
-    checker.send(check("boolean", "boolean-flag", True, {}, after))
-    code, out = checker.finish()
-    assert code == 0, out
-    assert out[-1] == f"all {CONTEXTS + 1} answers right"
+    assert_in_process_agrees_and_follows_a_swap(
+        [binary, "in-process"], EXAMPLE, {}, synced, seed=SEED, leave_out=OLD_CORE
+    )

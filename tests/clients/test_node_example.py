@@ -1,10 +1,10 @@
 """clients/node: the Node example reads Fader flags through the stock OpenFeature flagd
 provider (npm packages, pinned by package-lock.json), over TCP and over the Unix socket, and
-checks every answer against the demo snapshot. Skipped when node or npm is not installed."""
+checks every answer against the demo snapshot. Skipped, with the reason, when node or npm is
+not installed."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,23 +12,20 @@ from pathlib import Path
 import pytest
 from fader.snapshot.loader import build_snapshot
 
-from tests.clients.conftest import needs_node
+from tests.clients.examples import TIMEOUT, needs, provider_free_env, rpc_env
 from tests.fader.rules.builders import flag, snapshot_doc
 from tests.integration.harness import RunningSidecar, loopback_settings, running_sidecar, short_tmp
 
-TIMEOUT = 120.0
-
-pytestmark = needs_node
+pytestmark = needs("node", "npm", to="run the Node example")
 
 
-def run_example(installed: Path, **flagd_env: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGD_")}
+def run_example(installed: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     # a shared 2-core CI machine can be slower than the provider's 500 ms default deadline
-    env.update(FLAGD_RESOLVER="rpc", FLAGD_DEADLINE_MS="5000", **flagd_env)
+    settings = {"FLAGD_RESOLVER": "rpc", "FLAGD_DEADLINE_MS": "5000", **env}
     return subprocess.run(
         ["node", "example.mjs"],
         cwd=installed,
-        env=env,
+        env=provider_free_env(settings),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -36,17 +33,11 @@ def run_example(installed: Path, **flagd_env: str) -> subprocess.CompletedProces
     )
 
 
-@pytest.fixture(params=["tcp", "uds"])
-def provider_env(request: pytest.FixtureRequest, demo_sidecar: RunningSidecar) -> dict[str, str]:
-    if request.param == "uds":
-        return {"FLAGD_SOCKET_PATH": str(demo_sidecar.sidecar.uds_path)}
-    address = demo_sidecar.sidecar.grpc_address
-    assert address is not None
-    return {"FLAGD_HOST": address.host, "FLAGD_PORT": str(address.port)}
-
-
-def test_example_answers_are_right(installed: Path, provider_env: dict[str, str]) -> None:
-    done = run_example(installed, **provider_env)
+@pytest.mark.parametrize("over", ["tcp", "uds"])
+def test_example_answers_are_right(
+    installed: Path, demo_sidecar: RunningSidecar, over: str
+) -> None:
+    done = run_example(installed, rpc_env(demo_sidecar, over))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 9 answers right" in done.stdout
     assert "FAIL" not in done.stdout
@@ -66,6 +57,6 @@ def other_sidecar() -> Iterator[RunningSidecar]:
 
 
 def test_example_fails_on_wrong_answers(installed: Path, other_sidecar: RunningSidecar) -> None:
-    done = run_example(installed, FLAGD_SOCKET_PATH=str(other_sidecar.sidecar.uds_path))
+    done = run_example(installed, rpc_env(other_sidecar, "uds"))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL" in done.stdout and "answers wrong" in done.stdout

@@ -3,11 +3,16 @@ package dev.fader.example;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import com.google.common.collect.ImmutableList;
+import com.google.common.collect.ImmutableMap;
 import dev.openfeature.contrib.providers.flagd.Config;
 import dev.openfeature.contrib.providers.flagd.FlagdOptions;
 import dev.openfeature.contrib.providers.flagd.FlagdProvider;
+import dev.openfeature.contrib.providers.ofrep.OfrepProvider;
+import dev.openfeature.contrib.providers.ofrep.OfrepProviderOptions;
 import dev.openfeature.sdk.Client;
 import dev.openfeature.sdk.EvaluationContext;
+import dev.openfeature.sdk.FeatureProvider;
 import dev.openfeature.sdk.FlagEvaluationDetails;
 import dev.openfeature.sdk.ImmutableContext;
 import dev.openfeature.sdk.ImmutableStructure;
@@ -27,8 +32,8 @@ import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Reads Fader flags from Java through the OpenFeature SDK and the stock flagd provider, with
- * no Fader SDK, and checks every answer it is given.
+ * Reads Fader flags from Java through the OpenFeature SDK and the stock flagd and OFREP
+ * providers, with no Fader SDK, and checks every answer it is given.
  *
  * <pre>
  *   java ... dev.fader.example.Check rpc         remote evaluation: FLAGD_HOST / FLAGD_PORT
@@ -36,7 +41,14 @@ import java.util.concurrent.TimeUnit;
  *                                                or FLAGD_SOCKET_PATH (Fader's --uds)
  *   java ... dev.fader.example.Check in-process  local evaluation of the flags Fader syncs:
  *                                                FLAGD_HOST / FLAGD_PORT (--sync-listen, 8015)
+ *   java ... dev.fader.example.Check ofrep       remote evaluation over HTTP: OFREP_ENDPOINT
+ *                                                (Fader's --ofrep-listen, default
+ *                                                http://localhost:8016), OFREP_BEARER_TOKEN if
+ *                                                Fader has --ofrep-token-file
  * </pre>
+ *
+ * <p>rpc and in-process run from the `mvn package` build, ofrep from `mvn -P ofrep package`:
+ * the two providers need different SDK versions (pom.xml).
  *
  * <p>Input on stdin, one JSON object a line (the protocol of clients/node/check.mjs): a check
  * {"type", "flag", "default", "context", "expect": {"value", "variant", "reason", "errorCode"}}
@@ -53,14 +65,28 @@ public final class Check {
     return value == null || value.isEmpty() ? fallback : value;
   }
 
-  private static FlagdProvider provider(String mode) {
+  private static FeatureProvider provider(String mode) {
+    return mode.equals("ofrep") ? ofrep() : flagd(mode);
+  }
+
+  private static OfrepProvider ofrep() {
+    OfrepProviderOptions.Builder options =
+        OfrepProviderOptions.builder().baseUrl(env("OFREP_ENDPOINT", "http://localhost:8016"));
+    String token = System.getenv("OFREP_BEARER_TOKEN");
+    if (token != null && !token.isEmpty()) {
+      options.headers(ImmutableMap.of("Authorization", ImmutableList.of("Bearer " + token)));
+    }
+    return OfrepProvider.constructProvider(options.build());
+  }
+
+  private static FlagdProvider flagd(String mode) {
     FlagdOptions.FlagdOptionsBuilder options = FlagdOptions.builder().deadline(5000);
     if (mode.equals("in-process")) {
       options.resolverType(Config.Resolver.IN_PROCESS);
     } else if (mode.equals("rpc")) {
       options.resolverType(Config.Resolver.RPC);
     } else {
-      throw new IllegalArgumentException("unknown mode " + mode + ": rpc or in-process");
+      throw new IllegalArgumentException("unknown mode " + mode + ": rpc, in-process or ofrep");
     }
     String socket = System.getenv("FLAGD_SOCKET_PATH");
     if (socket != null && !socket.isEmpty()) {
