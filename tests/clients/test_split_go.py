@@ -4,13 +4,11 @@ when the go toolchain is missing."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.clients.examples import CLIENTS, build, needs
 from tests.clients.split_drivers import (
     check_push,
     check_same_as_from_another_source,
@@ -19,27 +17,17 @@ from tests.clients.split_drivers import (
 from tests.integration.harness import short_tmp
 from tests.integration.split_sdk_world import World, world
 
-SOURCE = Path(__file__).resolve().parents[2] / "clients" / "go-split"
+SOURCE = CLIENTS / "go-split"
 SPLIT_SYNC_MIN = 5.0  # the Go SDK polls flags every 5 s at the least
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("go") is None, reason="the go toolchain is needed to build Split's Go SDK"
-)
+pytestmark = needs("go", to="build Split's Go SDK")
 
 
 @pytest.fixture(scope="module")
 def command() -> Iterator[list[str]]:
     with short_tmp() as tmp:
         binary = tmp / "go-split"
-        done = subprocess.run(
-            ["go", "build", "-o", str(binary), "."],
-            cwd=SOURCE,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        build(["go", "build", "-o", str(binary), "."], SOURCE)
         yield [str(binary)]
 
 

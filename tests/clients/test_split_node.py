@@ -4,13 +4,12 @@ only when node or npm is missing."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.clients.examples import CLIENTS, build, needs
 from tests.clients.split_drivers import (
     check_push,
     check_same_as_from_another_source,
@@ -18,26 +17,15 @@ from tests.clients.split_drivers import (
 )
 from tests.integration.split_sdk_world import World, world
 
-DRIVER = Path(__file__).resolve().parents[2] / "clients" / "split-node"
+DRIVER = CLIENTS / "split-node"
 COMMAND = ["node", "driver.mjs"]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None,
-    reason="node and npm are needed to run Split's Node SDK",
-)
+pytestmark = needs("node", "npm", to="run Split's Node SDK")
 
 
 @pytest.fixture(scope="module")
 def installed() -> Path:
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=DRIVER,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    build(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], DRIVER)
     return DRIVER
 
 
