@@ -235,6 +235,19 @@ MUTANTS: tuple[Mutant, ...] = (
             "test_permanent_refusal_drops_that_batch_only_and_counts_it",
         ),
     ),
+    # ---- signing: a signature vouches only for a snapshot a sidecar would accept ----------
+    Mutant(
+        "sign-skips-validation",
+        "fader sign signs whatever decodes, an invalid snapshot included",
+        "sidecar/keys.py",
+        "        if validate_bytes(str(args.file), data, fmt, limits_from(args), io.StringIO(), "
+        "sys.stderr):\n",
+        "        if not (args.file and validate_bytes):  # always false\n",
+        (
+            "tests/test_keys.py::test_sign_refuses_an_invalid_snapshot_with_validates_report",
+            "tests/test_keys.py::test_sign_applies_the_limits_a_sidecar_would",
+        ),
+    ),
 )
 
 
