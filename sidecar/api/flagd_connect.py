@@ -124,7 +124,11 @@ def _decode(message: Message, body: bytes, as_json: bool) -> Message:
     if as_json:
         if json_depth_exceeds(body):  # json_format parses with the recursive json module
             raise BadRequest(f"the request nests more than {MAX_DEPTH} levels deep")
-        json_format.Parse(body or b"{}", message)
+        try:
+            text = body.decode() if body else "{}"
+        except UnicodeDecodeError:
+            raise BadRequest("the request body is not UTF-8 JSON") from None
+        json_format.Parse(text, message)
     else:
         message.ParseFromString(body)
     return message
