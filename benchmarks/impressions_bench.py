@@ -12,7 +12,16 @@ uvloop, closed loop: GetTreatment at 8 calls in flight, EvaluateBatch of 100 loo
 flight, and the fast lane at 64 in flight. Every request uses a new key from a pool of 50,000
 (so ``optimized`` sends each key's first impression and counts the rest, as in production
 with returning users). Each round starts three fresh server processes and measures the modes
-in rotating order; each cell reports its median round.
+in rotating order; each cell reports its median round. The summary gives two ratios per
+mode: lookups/s, and the server's CPU time per lookup (user + system, from /proc) off ÷ on,
+the throughput ratio of a CPU-bound server, which the machine's load moves much less.
+
+``--instructions`` counts instead of timing (needs valgrind; about 5 minutes): each server
+runs under callgrind with counting off, takes warm-up calls (every key of a pool of 1,000
+seen once, so ``optimized`` then counts repeats as it does in steady state), then counts a
+fixed number of calls and the pipeline's work on them (the modes, batching, the upload's
+encoding). Instructions per lookup on ÷ off is load-free; it leaves out the kernel's share
+of a call (sockets, wake-ups), so it is the pessimistic bound of the throughput ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,7 +109,7 @@ class Cell:
 
 
 class Server:
-    def __init__(self, mode: str, workdir: Path, collector: str) -> None:
+    def __init__(self, mode: str, workdir: Path, collector: str, callgrind: bool = False) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
@@ -108,9 +118,17 @@ class Server:
             sys.executable, "-m", "benchmarks.impressions_bench", "serve", mode, str(workdir),
             collector,
         ]  # fmt: skip
+        if callgrind:
+            out = f"--callgrind-out-file={workdir / f'{mode}.callgrind'}"
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", out, *command]
         self.mode = mode
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if callgrind else None,
+            text=True,
+            cwd=REPO,
+            env=env,
         )
         assert self.process.stdout is not None
         if not self.process.stdout.readline().startswith("READY"):
@@ -122,17 +140,34 @@ class Server:
     def stop(self) -> None:
         processes.stop(self.process)
 
+    def count(self, switch: str) -> None:
+        """Turns callgrind's counting on or off in the server."""
+        command = ["callgrind_control", "-i", switch, str(self.process.pid)]
+        subprocess.run(command, check=True, capture_output=True)
+
+    def counted(self) -> int:
+        """The instructions callgrind counted, once the server has exited."""
+        processes.stop(self.process)
+        assert self.process.stderr is not None
+        errors = self.process.stderr.read()
+        match = re.search(r"Collected : (\d+)", errors)
+        if match is None:
+            raise RuntimeError(f"no callgrind total in:\n{errors}")
+        return int(match.group(1))
+
 
 def key_stream() -> Iterator[str]:
     return itertools.cycle([f"user-{i}" for i in range(KEYS)])
 
 
-def workloads(workdir: Path, mode: str) -> tuple[dict[str, Callable[[], Awaitable[Any]]], Any]:
+def workloads(
+    workdir: Path, mode: str, keys: Iterator[str] | None = None, timeout: float = 10.0
+) -> tuple[dict[str, Callable[[], Awaitable[Any]]], Any]:
     """The calls of each workload against the `mode` sidecar, and what to close after."""
     channel = grpc.aio.insecure_channel(f"unix://{workdir / f'{mode}.sock'}")
     stub = pb_grpc.EvaluationServiceStub(channel)
-    lane = AsyncLane(str(workdir / f"{mode}.lane"), timeout=10.0)
-    keys = key_stream()
+    lane = AsyncLane(str(workdir / f"{mode}.lane"), timeout=timeout)
+    keys = keys or key_stream()
     attrs = {
         "plan": pb.AttributeValue(string_value="pro"),
         "age": pb.AttributeValue(int_value=30),
@@ -141,12 +176,13 @@ def workloads(workdir: Path, mode: str) -> tuple[dict[str, Callable[[], Awaitabl
 
     def one() -> Awaitable[Any]:
         request = pb.GetTreatmentRequest(key=next(keys), flag="new-checkout", attributes=attrs)
-        return cast(Awaitable[Any], stub.GetTreatment(request, timeout=10))
+        return cast(Awaitable[Any], stub.GetTreatment(request, timeout=timeout))
 
     def batch() -> Awaitable[Any]:
         items = [pb.BatchItem(key=next(keys), flag="new-checkout") for _ in range(BATCH)]
         return cast(
-            Awaitable[Any], stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=10)
+            Awaitable[Any],
+            stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=timeout),
         )
 
     def fast() -> Awaitable[Any]:
@@ -181,7 +217,9 @@ async def measure(
     )
 
 
-async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Cell], dict[str, int]]:
+async def run_all(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[Cell], dict[str, int], dict[tuple[str, str], float]]:
     collector = CountingCollector()
     grpc_server = grpc.aio.server()
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, grpc_server)
@@ -194,13 +232,19 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Cell], 
     finally:
         await grpc_server.stop(0)
     cells = []
+    cpu_ratios = {}
     for workload in IN_FLIGHT:
         for mode in MODES:
             measured = sorted(rounds[workload, mode], key=lambda c: c.lookups_per_s)
             median = measured[len(measured) // 2]
             print(format_cell(median), flush=True)
             cells.append(median)
-    return cells, collector.impressions
+            paired = sorted(
+                off.server_cpu_us_per_lookup / max(on.server_cpu_us_per_lookup, 1e-9)
+                for off, on in zip(rounds[workload, "off"], rounds[workload, mode], strict=True)
+            )
+            cpu_ratios[workload, mode] = paired[len(paired) // 2]
+    return cells, collector.impressions, cpu_ratios
 
 
 async def run_round(
@@ -235,7 +279,9 @@ def format_cell(c: Cell) -> str:
     )
 
 
-def summary(cells: list[Cell], received: dict[str, int]) -> list[str]:
+def summary(
+    cells: list[Cell], received: dict[str, int], cpu_ratios: dict[tuple[str, str], float]
+) -> list[str]:
     index = {(c.workload, c.mode): c for c in cells}
     lines = ["", "lookups/s with impressions ÷ off (target: overhead < 10 %, ratio > 0.90):"]
     for workload in IN_FLIGHT:
@@ -246,10 +292,75 @@ def summary(cells: list[Cell], received: dict[str, int]) -> list[str]:
             cpu = cell.server_cpu_us_per_lookup - off.server_cpu_us_per_lookup
             parts.append(f"{mode} {cell.lookups_per_s / off.lookups_per_s:.2f} (+{cpu:.2f} µs CPU)")
         lines.append(f"  {workload:18} " + "   ".join(parts))
+    lines.append("server CPU per lookup, off ÷ on (median of the rounds' paired ratios):")
+    for workload in IN_FLIGHT:
+        parts = [f"{mode} {cpu_ratios[workload, mode]:.2f}" for mode in ("optimized", "debug")]
+        lines.append(f"  {workload:18} " + "   ".join(parts))
     lines.append(
         "impressions received by the collector: "
         + ", ".join(f"{mode} {count:,}" for mode, count in sorted(received.items()))
     )
+    return lines
+
+
+# Calls counted per workload under callgrind: whole upload batches (5,000 records) in debug.
+COUNTED_CALLS = {"EvaluateBatch N=8": 100, "fast lane N=64": 5_000}
+INSTRUCTION_KEYS = 1_000
+
+
+async def count_instructions(workdir: Path) -> dict[tuple[str, str], float]:
+    """Server instructions per lookup, per (workload, mode), counted by callgrind."""
+    collector = CountingCollector()
+    grpc_server = grpc.aio.server()
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(collector, grpc_server)
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    counted = {}
+    try:
+        for workload, calls in COUNTED_CALLS.items():
+            for mode in MODES:
+                server = await asyncio.to_thread(
+                    Server, mode, workdir, f"127.0.0.1:{port}", callgrind=True
+                )
+                keys = itertools.cycle([f"user-{i}" for i in range(INSTRUCTION_KEYS)])
+                calls_of, close = workloads(workdir, mode, keys, timeout=600.0)
+                call = calls_of[workload]
+                try:
+                    warmup = INSTRUCTION_KEYS // LOOKUPS_PER_CALL[workload]
+                    await fixed_calls(call, warmup, IN_FLIGHT[workload])
+                    await asyncio.to_thread(server.count, "on")
+                    await fixed_calls(call, calls, IN_FLIGHT[workload])
+                    await asyncio.sleep(3.0)  # the pipeline's next turns: modes, batches, upload
+                    await asyncio.to_thread(server.count, "off")
+                finally:
+                    await close()
+                total = await asyncio.to_thread(server.counted)
+                lookups = calls * LOOKUPS_PER_CALL[workload]
+                counted[workload, mode] = total / lookups
+                print(f"{workload:18} {mode:9} {total / lookups:>10,.0f} instructions/lookup")
+    finally:
+        await grpc_server.stop(0)
+    return counted
+
+
+async def fixed_calls(call: Callable[[], Awaitable[Any]], calls: int, in_flight: int) -> None:
+    left = calls
+
+    async def caller() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+
+
+def instruction_summary(counted: dict[tuple[str, str], float]) -> list[str]:
+    lines = ["", "server instructions per lookup, off ÷ on (target > 0.90):"]
+    for workload in COUNTED_CALLS:
+        off = counted[workload, "off"]
+        parts = [f"{mode} {off / counted[workload, mode]:.2f}" for mode in ("optimized", "debug")]
+        lines.append(f"  {workload:18} " + "   ".join(parts))
     return lines
 
 
@@ -263,15 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count server instructions (valgrind)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
     workdir = Path(tempfile.mkdtemp(prefix="fader-imp-bench-"))
     try:
-        cells, received = uvloop.run(run_all(args, workdir))
+        if args.instructions:
+            counted = uvloop.run(count_instructions(workdir))
+            print("\n".join(instruction_summary(counted)))
+            return 0
+        cells, received, cpu_ratios = uvloop.run(run_all(args, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print("\n".join(summary(cells, received)))
+    print("\n".join(summary(cells, received, cpu_ratios)))
     return 0
 
 

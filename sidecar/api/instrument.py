@@ -34,8 +34,11 @@ def register(
     """Adds every method of `service` implemented by `servicer` (unary or server-streaming).
 
     `metrics=None` registers the bare handlers; the benchmark uses it to price the metrics.
+    Methods named in the servicer's `wire_methods` get no (de)serializers: they take the
+    request's bytes and answer the response's (a lane that decodes and encodes itself).
     """
     handlers = {}
+    wire: frozenset[str] = getattr(servicer, "wire_methods", frozenset())
     for method in service.methods:
         behavior = getattr(servicer, method.name)
         if metrics is not None:
@@ -43,7 +46,7 @@ def register(
             behavior = _timed(method, behavior, metrics, key)
         else:
             behavior = _checked(method, behavior)
-        handlers[method.name] = _handler(method, behavior)
+        handlers[method.name] = _handler(method, behavior, method.name in wire)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
@@ -82,9 +85,12 @@ async def _refuse(request: Malformed, context: grpc.aio.ServicerContext) -> None
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
 
-def _handler(method: MethodDescriptor, behavior: Any) -> grpc.RpcMethodHandler:
-    deserialize = _deserializer(GetMessageClass(method.input_type))
-    serialize = GetMessageClass(method.output_type).SerializeToString
+def _handler(method: MethodDescriptor, behavior: Any, wire: bool) -> grpc.RpcMethodHandler:
+    deserialize: Callable[[bytes], Any] | None = None
+    serialize: Callable[[Any], bytes] | None = None
+    if not wire:
+        deserialize = _deserializer(GetMessageClass(method.input_type))
+        serialize = GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
         raise NotImplementedError(f"{method.full_name}: client streaming is not used yet")
     if method.server_streaming:

@@ -24,7 +24,7 @@ from fader.snapshot.snapshot import Snapshot
 from sidecar.core.refusals import NOT_READY_MESSAGE, NotReady
 from sidecar.delivery.store import Store
 from sidecar.telemetry.impressions import Answer, Recorder, now_ms
-from sidecar.telemetry.metrics import UNKNOWN_FLAG, Metrics
+from sidecar.telemetry.metrics import Metrics
 
 # One lookup as a lane decodes it: (key, bucketing key, flag, attributes).
 Lookup = tuple[str, str | None, str, dict[str, object] | None]
@@ -61,17 +61,12 @@ class Evaluator:
         reading taken when the lane began the request) under `operation`. `record` False
         is for prefetches (OFREP's bulk call): every flag is evaluated, none is exposed."""
         evaluate = snap.evaluate
+        answers = [
+            (key, bucketing_key, flag, evaluate(key, flag, bucketing_key, attributes))
+            for key, bucketing_key, flag, attributes in lookups
+        ]
         shard = self._metrics.shard()
-        counts = shard.evaluations  # Shard.count_evaluation, inlined: this runs per lookup
-        count = counts.get
-        answers: list[Answer] = []
-        append = answers.append
-        for key, bucketing_key, flag, attributes in lookups:
-            result = evaluate(key, flag, bucketing_key, attributes)
-            treatment, label, _, _ = result
-            bucket = (flag, treatment) if label != LABEL_NOT_FOUND else (UNKNOWN_FLAG, treatment)
-            counts[bucket] = count(bucket, 0) + 1
-            append((key, bucketing_key, flag, result))
+        shard.count_answers(answers)  # one C loop for the request, not a dict update per lookup
         if self._record is not None and record:
             self._record(snap, now_ms(), answers)
         shard.lookup(operation).observe(perf_counter() - started)

@@ -17,9 +17,12 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import Protocol, TypeVar
 
+from fader.rules.result import LABEL_NOT_FOUND, Decision
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,6 +40,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 RpcKey = tuple[str, str]  # (service, method)
 K = TypeVar("K")
+# (key, bucketing key, flag, decision), as `Evaluator.evaluate` answers: its (flag, decision).
+_FLAG_AND_DECISION = itemgetter(2, 3)
+# Distinct (flag, decision) pairs a shard counts before folding them into (flag, treatment).
+MAX_DECISIONS = 10_000
 
 
 class SnapshotView(Protocol):
@@ -94,20 +101,54 @@ class RpcStats:
 
 
 class Shard:
-    """The counters one thread writes. Only that thread may call these methods."""
+    """The counters one thread writes. Only that thread may call these methods.
 
-    __slots__ = ("evaluations", "lookups", "rpcs", "track")
+    Evaluations are counted two ways, held together in `tallies`: by (flag, treatment), the
+    metric's own labels, and by (flag, decision), which `count_answers` counts a whole
+    request at a time in C (`Counter.update`) instead of one Python dict update per
+    evaluation (a quarter of a microsecond each). A scrape adds both up
+    (`evaluation_counts`). One attribute for both, replaced whole when the second is folded
+    into the first, so a scrape from another thread never sees a count twice or not at all.
+    """
+
+    __slots__ = ("lookups", "rpcs", "tallies", "track")
 
     def __init__(self) -> None:
-        self.evaluations: dict[tuple[str, str], int] = {}
+        self.tallies: tuple[dict[tuple[str, str], int], Counter[tuple[str, Decision]]] = (
+            {},
+            Counter(),
+        )
         self.lookups: dict[str, Histogram] = {}
         self.rpcs: dict[RpcKey, RpcStats] = {}
         self.track: dict[str, int] = {}
 
+    @property
+    def evaluations(self) -> dict[tuple[str, str], int]:
+        """The (flag, treatment) side of the tallies (written by `count_evaluation`)."""
+        return self.tallies[0]
+
     def count_evaluation(self, flag: str, treatment: str, found: bool) -> None:
         key = (flag if found else UNKNOWN_FLAG, treatment)
-        counts = self.evaluations
+        counts = self.tallies[0]
         counts[key] = counts.get(key, 0) + 1
+
+    def count_answers(self, answers: Iterable[tuple[str, str | None, str, Decision]]) -> None:
+        """Counts every (key, bucketing key, flag, decision) of a request. Decisions are
+        built at compile time, so a snapshot has few distinct pairs; past MAX_DECISIONS
+        (those of many snapshots: new change numbers) they are folded into the other side."""
+        evaluations, decisions = self.tallies
+        decisions.update(map(_FLAG_AND_DECISION, answers))
+        if len(decisions) > MAX_DECISIONS:
+            folded = dict(evaluations)
+            _fold(folded, decisions)
+            self.tallies = (folded, Counter())
+
+    def evaluation_counts(self) -> dict[tuple[str, str], int]:
+        """Evaluations by (flag, treatment); safe from another thread (it copies first)."""
+        evaluations, decisions = self.tallies
+        counts = dict(evaluations)
+        _fold(counts, dict(decisions))
+        return counts
 
     def lookup(self, method: str) -> Histogram:
         histogram = self.lookups.get(method)
@@ -166,7 +207,7 @@ class Metrics:
             shards = list(self._shards)
         total = Shard()
         for shard in shards:
-            _add_counts(total.evaluations, shard.evaluations)
+            _add_counts(total.evaluations, shard.evaluation_counts())
             _add_counts(total.track, shard.track)
             for method, histogram in dict(shard.lookups).items():
                 total.lookup(method).add(histogram)
@@ -176,6 +217,15 @@ class Metrics:
                 _add_counts(into.handled, stats.handled)
                 into.seconds.add(stats.seconds)
         return total
+
+
+def _fold(into: dict[tuple[str, str], int], decisions: dict[tuple[str, Decision], int]) -> None:
+    """Adds (flag, decision) counts into (flag, treatment) counts; a flag that is not in the
+    snapshot is counted under UNKNOWN_FLAG."""
+    for (flag, decision), count in decisions.items():
+        treatment, label = decision[0], decision[1]
+        bucket = (flag, treatment) if label != LABEL_NOT_FOUND else (UNKNOWN_FLAG, treatment)
+        into[bucket] = into.get(bucket, 0) + count
 
 
 def _add_counts(into: dict[K, int], more: dict[K, int]) -> None:

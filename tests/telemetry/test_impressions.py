@@ -13,6 +13,7 @@ from fader.snapshot.snapshot import Snapshot
 from sidecar.telemetry.impressions import (
     DAY_MS,
     HOUR_MS,
+    Answer,
     Impression,
     ImpressionModes,
     Mode,
@@ -160,13 +161,39 @@ def test_recorder_keeps_requests_whole_and_counts_overflow() -> None:
     snap = snapshot()
     recorder = Recorder(capacity=3)
     recorder.record(snap, T0, [("u0", None, "f", ON), ("u1", None, "f", ON)])
-    recorder.record(snap, T0, [("u2", None, "f", ON), ("u3", None, "f", ON)])  # would be 4
-    recorder.record(snap, T0, [("u4", None, "f", ON)])
+    recorder.record(snap, T0 + 1, [("u2", None, "f", ON), ("u3", None, "f", ON)])  # would be 4
+    recorder.record(snap, T0 + 2, [("u4", None, "f", ON)])
     assert [[lookup[0] for lookup in item[2]] for item in recorder.pending] == [
         ["u0", "u1"],
         ["u4"],
     ]
     assert (recorder.size, recorder.overflow) == (3, 2)
+
+
+def test_recorder_shares_an_entry_per_snapshot_and_millisecond_without_changing_requests() -> None:
+    """Requests of the same millisecond and snapshot share one entry, in order, in a list of
+    the recorder's own: the requests' lists stay as they were, and an entry already taken by
+    the pipeline is never added to."""
+    snap, other = snapshot(), snapshot()
+    recorder = Recorder()
+    requests: list[list[Answer]] = [[(f"u{i}", None, "f", ON)] for i in range(6)]
+    recorder.record(snap, T0, requests[0])
+    recorder.record(snap, T0, requests[1])
+    recorder.record(snap, T0, requests[2])
+    recorder.record(other, T0, requests[3])  # another snapshot: an entry of its own
+    taken = recorder.pending.popleft()
+    recorder.record(other, T0 + 1, requests[4])
+    recorder.record(other, T0 + 1, requests[5])
+    assert [[lookup[0] for lookup in lookups] for _, _, lookups in (taken, *recorder.pending)] == [
+        ["u0", "u1", "u2"],
+        ["u3"],
+        ["u4", "u5"],
+    ]
+    assert [len(request) for request in requests] == [1] * 6
+    assert recorder.pending[0][0] is other and recorder.size == 6
+    recorder.pending.clear()
+    recorder.record(other, T0 + 1, requests[0])  # the shared entry is gone: a new one
+    assert list(recorder.pending) == [(other, T0 + 1, requests[0])]
 
 
 def reference(

@@ -72,3 +72,30 @@ def test_shards_from_many_threads_add_up_exactly() -> None:
     total = metrics.merged()
     assert total.evaluations == {("f", "on"): per_thread * threads}
     assert sum(total.lookups["GetTreatment"].counts) == per_thread * threads
+
+
+def test_answers_counted_per_request_add_up_with_single_counts_and_survive_folding() -> None:
+    """`count_answers` counts by (flag, decision) in C; a scrape shows (flag, treatment), an
+    unknown flag under UNKNOWN_FLAG, and folding past MAX_DECISIONS loses nothing."""
+    from fader.rules.result import NOT_FOUND, Decision
+
+    from sidecar.telemetry import metrics as module
+
+    metrics = Metrics(lambda: None)
+    shard = metrics.shard()
+    on, on_again = Decision("on", "default rule", None, 1), Decision("on", "in segment", None, 1)
+    answers = [("k", None, "a", on), ("k", None, "a", on_again), ("k", "b", "typo", NOT_FOUND)]
+    shard.count_answers(answers)
+    shard.count_evaluation("a", "on", True)
+    expected = {("a", "on"): 3, (module.UNKNOWN_FLAG, "control"): 1}
+    assert metrics.merged().evaluations == expected
+    bound, module.MAX_DECISIONS = module.MAX_DECISIONS, 1
+    try:
+        shard.count_answers(answers)  # three distinct pairs: folded, and a fresh counter
+        assert not shard.tallies[1]
+        shard.count_answers(answers[:1])
+        assert len(shard.tallies[1]) == 1
+    finally:
+        module.MAX_DECISIONS = bound
+    expected = {("a", "on"): 6, (module.UNKNOWN_FLAG, "control"): 2}
+    assert metrics.merged().evaluations == expected
