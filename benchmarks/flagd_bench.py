@@ -15,17 +15,22 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import grpc
+from fader.flagd import result as flagd_result
 from fader.pb.flagd.evaluation.v2 import evaluation_pb2 as v2
 from fader.pb.flagd.evaluation.v2 import evaluation_pb2_grpc as v2_grpc
 from fader.snapshot.loader import build_snapshot
@@ -37,13 +42,20 @@ from tests.integration.harness import free_port, serve_env
 from tests.vectors import flagd_vector
 
 REPO = Path(__file__).resolve().parent.parent
-CASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("static", "boolean-flag", {}),
-    ("targeting ($ref)", "some-email-targeted-flag", {"email": "ballmer@macrosoft.com"}),
-    ("fractional", "fractional-flag", {"user": {"name": "jack"}}),
+# (name, flag, flagd type, context): the flagd testbed's flags
+CASES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("static", "boolean-flag", "boolean", {}),
+    ("targeting ($ref)", "some-email-targeted-flag", "string", {"email": "ballmer@macrosoft.com"}),
+    ("fractional", "fractional-flag", "string", {"user": {"name": "jack"}}),
 )
+TYPES: dict[str, type] = {"boolean": bool, "string": str}
+ROUNDS, FADER_LOOPS, REFERENCE_LOOPS = 15, 20_000, 2_000
+INSTRUCTION_RUNS = (200, 2_200)
+CACHE = str(Path(tempfile.gettempdir()) / "fader-flagd-bench-pycache")
 IN_FLIGHT = 8
 WARMUP, WINDOW = 1.0, 5.0
+
+Resolve = Callable[[], tuple[Any, str | None, str, Any]]
 
 
 def testkit(generation: str) -> dict[str, Any]:
@@ -52,43 +64,71 @@ def testkit(generation: str) -> dict[str, Any]:
     return doc
 
 
-def per_call(call: Callable[[], Any], loops: int) -> float:
-    """Best of five rounds, microseconds per call."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(loops):
-            call()
-        best = min(best, (time.perf_counter() - start) / loops)
-    return best * 1e6
+def fader_resolve(snap: Any, flag: str, kind: str, context: dict[str, Any]) -> Resolve:
+    """Fader at flagd-core's level: the lookup, then what a typed resolve answers (the
+    value, checked against the type asked for, the variant, flagd's reason, the flag's
+    metadata), in a result built per call as flagd-core builds its own."""
+    evaluate, compiled = snap.evaluate, snap.flags[flag]
+    values, metadata, expected = compiled.values, compiled.metadata, TYPES[kind]
+    reasons, without_value = flagd_result.REASONS, flagd_result.WITHOUT_VALUE
+
+    def resolve() -> tuple[Any, str | None, str, Any]:
+        decision = evaluate("user-1", flag, None, context)
+        label = decision.label
+        if label in without_value:  # an error or a disabled flag: not on this benchmark's path
+            raise LookupError(label)
+        value = values[decision.treatment]
+        if not isinstance(value, expected):
+            raise TypeError(f"{flag} is not a {kind}")
+        return value, decision.treatment, reasons[label], metadata
+
+    return resolve
 
 
-def fader_call(snap: Any, flag: str, context: dict[str, Any]) -> Callable[[], Any]:
-    """Fader's evaluation and the typed value of the variant it chose."""
-    evaluate, values = snap.evaluate, snap.flags[flag].values
-    return lambda: values[evaluate("user-1", flag, None, context).treatment]
-
-
-def reference_call(core: FlagdCore, flag: str, context: dict[str, Any]) -> Callable[[], Any]:
+def reference_resolve(core: FlagdCore, flag: str, kind: str, context: dict[str, Any]) -> Resolve:
     """openfeature-flagd-core's typed resolve of the same flag and context."""
     ctx = EvaluationContext("user-1", context)
-    if flag == "boolean-flag":
-        return lambda: core.resolve_boolean_value(flag, False, ctx).value
-    return lambda: core.resolve_string_value(flag, "x", ctx).value
+    resolve = core.resolve_boolean_value if kind == "boolean" else core.resolve_string_value
+    default: Any = False if kind == "boolean" else "x"
+
+    def call() -> tuple[Any, str | None, str, Any]:
+        details = resolve(flag, default, ctx)
+        return details.value, details.variant, str(details.reason), details.flag_metadata
+
+    return call
 
 
-def in_process() -> list[tuple[str, float, float, float]]:
+def cpu_per_call(call: Resolve, loops: int) -> float:
+    """CPU microseconds per call over `loops` calls (process time: the other work on a
+    shared machine slows it less than the wall clock)."""
+    start = time.process_time_ns()
+    for _ in range(loops):
+        call()
+    return (time.process_time_ns() - start) / loops / 1e3
+
+
+def in_process() -> list[tuple[str, float, float, float, float]]:
+    """Per case: medians over the rounds of µs per call (Fader v2, Fader v3, flagd-core)
+    and of the per-round ratio flagd-core / Fader v3 (both timed in the same round)."""
     snaps = {g: build_snapshot(testkit(g)) for g in ("v2", "v3")}
     core = FlagdCore()
     core.set_flags(json.dumps(testkit("v3")))
     rows = []
-    for name, flag, context in CASES:
-        v2_call, v3_call = (fader_call(snaps[g], flag, context) for g in ("v2", "v3"))
-        reference = reference_call(core, flag, context)
-        assert reference() == v3_call()
-        rows.append(
-            (name, per_call(v2_call, 50_000), per_call(v3_call, 50_000), per_call(reference, 2_000))
+    for name, flag, kind, context in CASES:
+        v2_call, v3_call = (fader_resolve(snaps[g], flag, kind, context) for g in ("v2", "v3"))
+        reference = reference_resolve(core, flag, kind, context)
+        fader_answer, reference_answer = v3_call(), reference()
+        assert fader_answer[:3] == reference_answer[:3], (fader_answer, reference_answer)
+        samples: list[tuple[float, float, float, float]] = []
+        for _ in range(ROUNDS):
+            v2_us = cpu_per_call(v2_call, FADER_LOOPS)
+            v3_us = cpu_per_call(v3_call, FADER_LOOPS)
+            reference_us = cpu_per_call(reference, REFERENCE_LOOPS)
+            samples.append((v2_us, v3_us, reference_us, reference_us / v3_us))
+        v2_us, v3_us, reference_us, ratio = (
+            median(column) for column in zip(*samples, strict=True)
         )
+        rows.append((name, v2_us, v3_us, reference_us, ratio))
     return rows
 
 
@@ -183,15 +223,91 @@ def network() -> dict[str, tuple[float, float]]:
             stop(sidecar.process)
 
 
-def main() -> None:
-    print("## In process: µs per evaluation (best of 5)")
-    print("| flag | Fader, fractional v2 | Fader, fractional v3 | flagd-core 2.0.0 | ratio (v3) |")
+def resolver(side: str, case: str) -> Resolve:
+    """One side's resolve of one case (by name), set up from scratch."""
+    ((flag, kind, context),) = [(f, k, c) for name, f, k, c in CASES if name == case]
+    if side == "flagd-core":
+        core = FlagdCore()
+        core.set_flags(json.dumps(testkit("v3")))
+        return reference_resolve(core, flag, kind, context)
+    return fader_resolve(build_snapshot(testkit(side)), flag, kind, context)
+
+
+def instructions(side: str, case: str, count: int) -> int:
+    """Instructions callgrind counts in a child process resolving `count` times."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.flagd_bench",
+        "--run",
+        side,
+        case,
+        str(count),
+    ]
+    # a fixed hash seed and a private bytecode cache: both runs execute the same instructions
+    # (other work on the tree recompiling modules would otherwise land in one of them)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPYCACHEPREFIX": CACHE}
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=REPO, env=env
+    ).stderr
+    match = re.search(r"Collected : (\d+)", output)
+    if match is None:
+        raise RuntimeError(f"no callgrind total in:\n{output}")
+    return int(match.group(1))
+
+
+def per_call_instructions(side: str, case: str) -> int:
+    """The difference of two runs of different lengths: start-up and imports cancel out."""
+    low, high = INSTRUCTION_RUNS
+    instructions(side, case, 1)  # fills the bytecode cache
+    return (instructions(side, case, high) - instructions(side, case, low)) // (high - low)
+
+
+def print_instructions() -> None:
+    print("## In process: instructions per resolve (callgrind)")
+    print(
+        "| flag | Fader, fractional v2 | Fader, fractional v3 | flagd-core | flagd-core / Fader |"
+    )
     print("|---|---|---|---|---|")
-    for name, fader_v2, fader_v3, reference in in_process():
-        print(
-            f"| {name} | {fader_v2:.2f} | {fader_v3:.2f} | {reference:.1f} | "
-            f"{reference / fader_v3:.0f}x |"
+    for name, *_ in CASES:
+        v2_count, v3_count, reference = (
+            per_call_instructions(side, name) for side in ("v2", "v3", "flagd-core")
         )
+        ratio = reference / v3_count
+        print(f"| {name} | {v2_count:,} | {v3_count:,} | {reference:,} | {ratio:.1f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--in-process", action="store_true", help="skip the network part")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (valgrind) instead"
+    )
+    parser.add_argument("--run", nargs=3, metavar=("SIDE", "CASE", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        call = resolver(args.run[0], args.run[1])
+        for _ in range(int(args.run[2])):
+            call()
+        return
+    if args.instructions:
+        print_instructions()
+        return
+    in_process_only = args.in_process
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"## In process: CPU µs per resolve, median of {ROUNDS} rounds")
+    print(
+        "| flag | Fader, fractional v2 | Fader, fractional v3 | flagd-core | flagd-core / Fader |"
+    )
+    print("|---|---|---|---|---|")
+    for name, fader_v2, fader_v3, reference, ratio in in_process():
+        print(f"| {name} | {fader_v2:.3f} | {fader_v3:.3f} | {reference:.2f} | {ratio:.1f}x |")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if in_process_only:
+        return
     print()
     print(f"## Over loopback: {IN_FLIGHT} in flight, {WINDOW:.0f} s window")
     print("| lane | requests/s | server CPU µs/request |")

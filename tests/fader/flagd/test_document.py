@@ -5,15 +5,18 @@ generations (v2 as the flagd server computes it, v3 as openfeature-flagd-core 2.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
 from fader.flagd import result as labels
+from fader.flagd.document import build
 from fader.snapshot.issues import SnapshotError
 from fader.snapshot.loader import build_snapshot, check_document, load_bytes
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.delivery.store import Store
+from tests.fader.flagd import randomised
 from tests.fader.flagd.gherkin import Case, check_of, read_feature
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 from tests.vectors import FLAGD
@@ -230,3 +233,32 @@ def test_targeting_reads_the_key_and_flagd_properties() -> None:
     assert snap.evaluate("bob", "f").treatment == "other"
     # the flagd lanes pass the context whole: its targetingKey wins over the lookup key
     assert snap.evaluate("", "f", None, {"targetingKey": "alice"}).treatment == "match"
+
+
+@pytest.mark.parametrize("generation", ["v2", "v3"])
+def test_specialised_flags_answer_as_the_general_ones(generation: str) -> None:
+    """Whole flags, random rules of the specialised shapes (a choice's answers are matched
+    to the variants when compiling; its data is not copied): the same Decision as the
+    general closures for random data, with and without a lookup key."""
+    rng = random.Random(f"document-{generation}")
+    variants = {"hi": 1, "bye": 2, "none": 3, "clubs": 4, "true": 5, "2": 6, "7": 7}
+    flags = {}
+    for i in range(150):
+        rule = randomised.fractional(rng) if i % 3 == 0 else randomised.rule(rng)
+        default = rng.choice((*variants, None))
+        flags[f"f{i}"] = {
+            "state": "ENABLED",
+            "variants": variants,
+            "targeting": rule,
+            **({"defaultVariant": default} if default is not None else {}),
+        }
+    doc = {"flags": flags, "fractional": generation}
+    fast, general = build(doc).flags, build(doc, specialise=False).flags
+    assert fast.keys() == general.keys() == flags.keys()
+    for _ in range(60):
+        data = randomised.data(rng)
+        attributes = data if isinstance(data, dict) else None
+        key = rng.choice(("user-1", "", "ü"))
+        for name, compiled in fast.items():
+            expected = general[name].run(key, key, attributes)
+            assert compiled.run(key, key, attributes) == expected, (flags[name], attributes, key)

@@ -24,11 +24,8 @@ class NotEncodable(ValueError):
 
 
 def encode(value: Any) -> bytes:
-    if type(value) is str:  # the usual bucketing value: no buffer, one header
-        data = value.encode("utf-8", "surrogatepass")
-        out = bytearray()
-        _head(TEXT, len(data), out)
-        return bytes(out) + data
+    if type(value) is str:
+        return text(value)
     out = bytearray()
     _encode(value, out)
     return bytes(out)
@@ -50,6 +47,33 @@ def _head(major: int, argument: int, out: bytearray) -> None:
         out += argument.to_bytes(8, "big")
 
 
+def utf8(value: str) -> bytes:
+    """UTF-8 bytes; a lone surrogate (JSON's ``"\\ud800"`` decodes to one) is kept as its
+    three bytes rather than refused, so every string has a bucket."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _text_head(length: int) -> bytes:
+    out = bytearray()
+    _head(TEXT, length, out)
+    return bytes(out)
+
+
+# The header of every text shorter than 256 bytes, made once: a bucketing value is nearly
+# always one of those, and ``fractional`` v3 encodes one per request.
+_TEXT_HEADS: tuple[bytes, ...] = tuple(_text_head(length) for length in range(256))
+
+
+def text(value: str) -> bytes:
+    """The encoding of a string: its header, then its UTF-8 bytes."""
+    data = utf8(value)
+    length = len(data)
+    return (_TEXT_HEADS[length] if length < 256 else _text_head(length)) + data
+
+
 def _encode(value: Any, out: bytearray) -> None:
     if value is None:
         out.append(0xF6)
@@ -64,9 +88,7 @@ def _encode(value: Any, out: bytearray) -> None:
     elif isinstance(value, float):
         _float(value, out)
     elif isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-        _head(TEXT, len(data), out)
-        out += data
+        out += text(value)
     elif isinstance(value, list | tuple):
         _head(ARRAY, len(value), out)
         for item in value:

@@ -31,7 +31,7 @@ from fader.flagd.jsonlogic import (
     FLAGD,
     REF,
     Compiler,
-    Data,
+    Node,
     TargetingProblem,
     TooComplex,
 )
@@ -102,9 +102,13 @@ def build(
     path: str = "$",
     change_number: int | None = None,
     limits: FlagdLimits = FlagdLimits(),
+    *,
+    specialise: bool = True,
 ) -> Built:
-    """Validate and compile a whole flagd document; problems are collected, never raised."""
-    builder = _Builder(path, change_number, limits)
+    """Validate and compile a whole flagd document; problems are collected, never raised.
+    ``specialise=False`` compiles targeting with the general closures only (see
+    ``fader.flagd.jsonlogic``), which the tests compare the specialised ones with."""
+    builder = _Builder(path, change_number, limits, specialise)
     builder.document(doc)
     flagd_set = FlagdSet(
         builder.inlined,
@@ -138,8 +142,11 @@ def _kind(value: Any) -> str | None:
 
 
 class _Builder:
-    def __init__(self, path: str, change_number: int | None, limits: FlagdLimits) -> None:
+    def __init__(
+        self, path: str, change_number: int | None, limits: FlagdLimits, specialise: bool
+    ) -> None:
         self.path = path
+        self.specialise = specialise
         self.change_number = change_number
         self.limits = limits
         self.errors: list[Issue] = []
@@ -326,6 +333,7 @@ class _Builder:
             operators(self.fractional),
             max_depth=self.limits.max_depth,
             max_nodes=self.limits.max_nodes,
+            specialise=self.specialise,
         )
         try:
             node = compiler.compile(dict(targeting), f"{path}.targeting")
@@ -348,7 +356,7 @@ class _Builder:
         matches = {name: decision(name, flagd_result.LABEL_TARGETING_MATCH) for name in variants}
         unknown = decision(None, flagd_result.LABEL_UNKNOWN_VARIANT)
         return _targeting_run(
-            node.fn,
+            node,
             key,
             compiler.uses_whole_data,
             compiler.reads_key,
@@ -375,7 +383,7 @@ def _variant_name(value: Any) -> str | None:
 
 
 def _targeting_run(
-    rule: Callable[[Data], Any],
+    rule: Node,
     flag_key: str,
     whole_data: bool,
     reads_key: bool,
@@ -387,8 +395,25 @@ def _targeting_run(
     lookup's key as ``targetingKey`` unless the attributes carry one (the flagd lanes pass
     the context whole); ``$flagd`` is added only for rules that read the data as a whole
     (constant ``$flagd.*`` paths were resolved when compiling). The attributes are copied
-    only for a rule that reads the targeting key."""
+    only for a rule that reads the targeting key. A rule that is a choice between literals
+    (``Node.index``) has each literal's answer found here, once."""
     get_match = matches.get
+
+    def answer(value: Any) -> Decision:
+        if value is None:
+            return default_answer
+        name = value if type(value) is str else _variant_name(value)
+        found = get_match(name) if name is not None else None
+        return unknown if found is None else found
+
+    fn, index = rule.fn, rule.index
+    answers = tuple(map(answer, rule.choices)) if rule.choices is not None else ()
+    if index is not None and not reads_key and not whole_data:
+
+        def chosen(key: str, bk: str, attrs: Attributes | None) -> Decision:
+            return answers[index(attrs if attrs is not None else {})]
+
+        return chosen
 
     def run(key: str, bk: str, attrs: Attributes | None) -> Decision:
         data: Any = attrs if attrs is not None else {}
@@ -396,12 +421,14 @@ def _targeting_run(
             data = {**data, TARGETING_KEY: key}
         if whole_data:
             data = {**data, FLAGD: {"flagKey": flag_key, "timestamp": int(time.time())}}
-        value = rule(data)
+        if index is not None:
+            return answers[index(data)]
+        value = fn(data)
         if value is None:
             return default_answer
         name = value if type(value) is str else _variant_name(value)
-        answer = get_match(name) if name is not None else None
-        return unknown if answer is None else answer
+        found = get_match(name) if name is not None else None
+        return unknown if found is None else found
 
     return run
 

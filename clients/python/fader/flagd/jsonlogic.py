@@ -2,9 +2,17 @@
 
 A flagd flag's ``targeting`` is a JsonLogic expression. Interpreting the JSON tree on every
 request would walk dicts and dispatch on operator names each time; instead each node
-becomes a closure ``fn(data) -> value`` when the snapshot loads, literals are folded, a
-literal list tested with ``in`` becomes a set, and constant ``sem_ver`` versions are parsed
-once. A request then runs only the closures.
+becomes a closure ``fn(data) -> value`` when the snapshot loads, literals are folded and
+constant ``sem_ver`` versions are parsed once. A request then runs only the closures.
+
+Every operator has a general closure. The shapes rules are nearly always written in also
+have a specialised one (``SPECIALISED``), fewer calls for the same answer: ``var`` of a
+constant path read directly, ``==`` and ``in`` against literals with the ``var`` read
+inlined, ``cat`` of a literal and a ``var``, ``if`` choosing between literals (a *choice*:
+``Node.index`` tells which of ``Node.choices`` the rule answers, so the flag's answers can
+be matched to its variants once, when compiling). ``Compiler(specialise=False)`` compiles
+with the general closures only, which is how the tests check each specialisation against
+them.
 
 Semantics are JsonLogic's (jsonlogic.com, as its JavaScript implementation defines it, with
 JavaScript's coercions from ``fader.flagd.values``) plus flagd's operators
@@ -66,12 +74,28 @@ class Unevaluable(TargetingProblem):
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A compiled expression: ``fn``, or for a literal its ``value`` (``constant``)."""
+    """A compiled expression: ``fn``, or for a literal its ``value`` (``constant``).
+
+    The other fields describe the expression's shape, for the specialised closures of the
+    operators around it: ``boolean``, it always answers True or False (no truthiness test
+    needed); ``text``, it always answers a string; ``path``, it is a ``var`` of that
+    constant path with no default; ``choices`` and ``index``, it always answers one of a
+    few literals: ``fn(data) == choices[index(data)]``.
+    """
 
     fn: Fn
     constant: bool = False
     value: Any = None
-    boolean: bool = False  # always answers True or False (comparisons): no truthiness test
+    boolean: bool = False
+    text: bool = False
+    path: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
+    index: Callable[[Data], int] | None = None
+
+
+def choice(choices: tuple[Any, ...], index: Callable[[Data], int]) -> Node:
+    """A node answering ``choices[index(data)]``."""
+    return Node(lambda data: choices[index(data)], choices=choices, index=index)
 
 
 def literal(value: Any) -> Node:
@@ -93,8 +117,10 @@ class Compiler:
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_nodes: int = DEFAULT_MAX_NODES,
+        specialise: bool = True,
     ) -> None:
         self.flag_key = flag_key
+        self.specialise = specialise
         self.evaluators = evaluators
         self.operators = operators
         self.max_depth = max_depth
@@ -132,6 +158,10 @@ class Compiler:
             return custom(self, nodes, f"{path}.{name}")
         if name in ("missing", "missing_some"):
             self.reads_key = True  # it may name any key, targetingKey included
+        special = SPECIALISED.get(name) if self.specialise else None
+        shaped = special(nodes) if special is not None else None
+        if shaped is not None:
+            return shaped
         assert builder is not None
         return builder(nodes)
 
@@ -165,7 +195,7 @@ class Compiler:
                 return self._flagd_property(parts, default)
             if parts[0] == TARGETING_KEY:
                 self.reads_key = True
-            return var(parts, default)
+            return var(parts, default) if self.specialise else general_var(parts, default)
         self.uses_whole_data = self.reads_key = True
         path_fn, default_fn = nodes[0].fn, default.fn
 
@@ -212,28 +242,48 @@ def lookup(data: Data, parts: tuple[str, ...]) -> Any:
     return data
 
 
-def var(parts: tuple[str, ...], default: Node) -> Node:
-    """``var`` with a constant path, specialised for a top-level name (the usual case)."""
+def reader(parts: tuple[str, ...]) -> Fn:
+    """``lookup(data, parts)`` for a constant path, reading one or two object keys directly
+    (the usual paths: ``email``, ``user.name``) and falling back to ``lookup`` otherwise."""
     if len(parts) == 1:
         (name,) = parts
-        if default.constant and default.value is None:
-            return Node(
-                lambda data: data.get(name) if isinstance(data, dict) else lookup(data, parts)
-            )
-        default_fn = default.fn
+        return lambda data: data.get(name) if isinstance(data, dict) else lookup(data, parts)
+    if len(parts) == 2:
+        outer, inner = parts
 
-        def top(data: Data) -> Any:
-            found = data.get(name) if isinstance(data, dict) else lookup(data, parts)
-            return default_fn(data) if found is None else found
+        def two(data: Data) -> Any:
+            if isinstance(data, dict):
+                found = data.get(outer)
+                if isinstance(found, dict):
+                    return found.get(inner)
+            return lookup(data, parts)
 
-        return Node(top)
+        return two
+    return lambda data: lookup(data, parts)
+
+
+def var(parts: tuple[str, ...], default: Node) -> Node:
+    """``var`` with a constant path; without a default it is the path's reader itself."""
+    read = reader(parts)
+    if default.constant and default.value is None:
+        return Node(read, path=parts)
     default_fn = default.fn
 
-    def nested(data: Data) -> Any:
+    def with_default(data: Data) -> Any:
+        found = read(data)
+        return default_fn(data) if found is None else found
+
+    return Node(with_default)
+
+
+def general_var(parts: tuple[str, ...], default: Node) -> Node:
+    default_fn = default.fn
+
+    def general(data: Data) -> Any:
         found = lookup(data, parts)
         return default_fn(data) if found is None else found
 
-    return Node(nested)
+    return Node(general)
 
 
 # --- lazy operators: their arguments are evaluated only as needed -----------------------------
@@ -245,8 +295,6 @@ def _if(nodes: list[Node]) -> Node:
         return literal(None)
     if len(nodes) == 1:
         return nodes[0]
-    if len(nodes) <= 3:
-        return _if_else(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else literal(None))
     pairs = [(nodes[i].fn, nodes[i + 1].fn) for i in range(0, len(nodes) - 1, 2)]
     otherwise = nodes[-1].fn if len(nodes) % 2 else None
 
@@ -259,15 +307,41 @@ def _if(nodes: list[Node]) -> Node:
     return Node(chain)
 
 
-def _if_else(cond: Node, then: Node, other: Node) -> Node:
-    """The commonest rule, `if cond then A else B`, with literal branches returned as they
-    are and a boolean condition used without a truthiness test."""
-    test = cond.fn if cond.boolean else (lambda data, fn=cond.fn: truthy(fn(data)))
-    if then.constant and other.constant:
-        a, b = then.value, other.value
-        return Node(lambda data: a if test(data) else b)
-    then_fn, other_fn = then.fn, other.fn
-    return Node(lambda data: then_fn(data) if test(data) else other_fn(data))
+def _test(cond: Node) -> Callable[[Data], bool]:
+    """A condition as a test answering True or False."""
+    if cond.boolean:
+        return cond.fn
+    fn = cond.fn
+    return lambda data: truthy(fn(data))
+
+
+def _special_if(nodes: list[Node]) -> Node | None:
+    """``if`` with literal branches is a choice (the usual rule: a condition, then variant
+    names); ``if cond then A else B`` otherwise skips the truthiness test of a boolean
+    condition."""
+    if len(nodes) < 2:
+        return None
+    branches = [nodes[i] for i in range(1, len(nodes), 2)]
+    otherwise = nodes[-1] if len(nodes) % 2 else literal(None)
+    tests = [_test(nodes[i]) for i in range(0, len(nodes) - 1, 2)]
+    if all(n.constant for n in branches) and otherwise.constant:
+        if len(tests) == 1:  # a test answers True or False: index 1 or 0
+            return choice((otherwise.value, branches[0].value), tests[0])
+        numbered = list(enumerate(tests))
+        last = len(tests)
+
+        def first_true(data: Data) -> int:
+            for i, test in numbered:
+                if test(data):
+                    return i
+            return last
+
+        return choice((*(n.value for n in branches), otherwise.value), first_true)
+    if len(tests) == 1:
+        (test,) = tests
+        then_fn, other_fn = branches[0].fn, otherwise.fn
+        return Node(lambda data: then_fn(data) if test(data) else other_fn(data))
+    return None
 
 
 def _and(nodes: list[Node]) -> Node:
@@ -392,20 +466,35 @@ def _in(args: list[Any]) -> bool:
     return False
 
 
-def _build_in(nodes: list[Node]) -> Node:
-    """``in`` against a literal list of strings is a set lookup, however long the list."""
-    if len(nodes) == 2 and nodes[1].constant and not nodes[0].constant:
-        haystack = nodes[1].value
-        if isinstance(haystack, list) and all(isinstance(item, str) for item in haystack):
-            members = frozenset(haystack)
-            needle = nodes[0].fn
+def _top_name(node: Node) -> str | None:
+    """The name a node reads when it is a ``var`` of one top-level name, without default."""
+    return node.path[0] if node.path is not None and len(node.path) == 1 else None
 
-            def member(data: Data) -> bool:
-                value = needle(data)
-                return isinstance(value, str) and value in members
 
-            return Node(member, boolean=True)
-    return _eager(_in)(nodes)
+def _special_in(nodes: list[Node]) -> Node | None:
+    """``in`` against a literal list of strings is a set lookup, however long the list; a
+    top-level ``var`` as the needle is read inline."""
+    if len(nodes) != 2 or not nodes[1].constant or nodes[0].constant:
+        return None
+    haystack = nodes[1].value
+    if not isinstance(haystack, list) or not all(isinstance(item, str) for item in haystack):
+        return None
+    members = frozenset(haystack)
+    name, needle = _top_name(nodes[0]), nodes[0].fn
+    if name is not None:
+        parts = (name,)
+
+        def member_of_name(data: Data) -> bool:
+            value = data.get(name) if isinstance(data, dict) else lookup(data, parts)
+            return type(value) is str and value in members
+
+        return Node(member_of_name, boolean=True)
+
+    def member(data: Data) -> bool:
+        value = needle(data)
+        return type(value) is str and value in members
+
+    return Node(member, boolean=True)
 
 
 def _sum(args: list[Any]) -> float | int:
@@ -475,18 +564,28 @@ def _missing_keys(data: Data, keys: list[Any]) -> list[Any]:
     return [key for key in keys if lookup(data, _path(key)) in (None, "")]
 
 
-def _equality(negate: bool) -> Callable[[list[Node]], Node]:
-    """``==`` / ``!=``; against a constant string (the usual rule: an attribute equals a
-    literal) a string compares directly, anything else by JavaScript's rules."""
-    general = _eager(lambda a: loose_equal(_arg(a, 0), _arg(a, 1)) != negate, boolean=True)
+def _special_equality(negate: bool) -> Callable[[list[Node]], Node | None]:
+    """``==`` / ``!=`` against a literal string (the usual rule: an attribute equals a
+    literal): a string compares directly, anything else by JavaScript's rules; a top-level
+    ``var`` is read inline."""
 
-    def build(nodes: list[Node]) -> Node:
+    def build(nodes: list[Node]) -> Node | None:
         if len(nodes) != 2 or nodes[0].constant == nodes[1].constant:
-            return general(nodes)
+            return None
         constant, other = (nodes[0], nodes[1]) if nodes[0].constant else (nodes[1], nodes[0])
-        text, read = constant.value, other.fn
+        text, read, name = constant.value, other.fn, _top_name(other)
         if not isinstance(text, str):
-            return general(nodes)
+            return None
+        if name is not None:
+            parts = (name,)
+
+            def name_equal(data: Data) -> bool:
+                value = data.get(name) if isinstance(data, dict) else lookup(data, parts)
+                if type(value) is str:
+                    return (value == text) != negate
+                return loose_equal(value, text) != negate
+
+            return Node(name_equal, boolean=True)
 
         def equal(data: Data) -> bool:
             value = read(data)
@@ -499,9 +598,31 @@ def _equality(negate: bool) -> Callable[[list[Node]], Node]:
     return build
 
 
+def _cat(args: list[Any]) -> str:
+    return "".join([v if type(v) is str else to_string(v) for v in args])
+
+
+def _build_cat(nodes: list[Node]) -> Node:
+    node = _eager(_cat)(nodes)
+    return node if node.constant else Node(node.fn, text=True)
+
+
+def _special_cat(nodes: list[Node]) -> Node | None:
+    """``cat`` of a literal and a ``var`` (a bucketing value such as ``flagKey + user.id``)."""
+    if len(nodes) != 2 or not nodes[0].constant or nodes[1].path is None:
+        return None
+    prefix, read = to_string(nodes[0].value), nodes[1].fn
+
+    def prefixed(data: Data) -> str:
+        value = read(data)
+        return prefix + (value if type(value) is str else to_string(value))
+
+    return Node(prefixed, text=True)
+
+
 _EAGER: dict[str, Callable[[list[Node]], Node]] = {
-    "==": _equality(negate=False),
-    "!=": _equality(negate=True),
+    "==": _eager(lambda a: loose_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
+    "!=": _eager(lambda a: not loose_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
     "===": _eager(lambda a: strict_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
     "!==": _eager(lambda a: not strict_equal(_arg(a, 0), _arg(a, 1)), boolean=True),
     "!": _eager(lambda a: not truthy(_arg(a, 0)), boolean=True),
@@ -510,8 +631,8 @@ _EAGER: dict[str, Callable[[list[Node]], Node]] = {
     ">=": _eager(lambda a: less_or_equal(_arg(a, 1), _arg(a, 0)), boolean=True),
     "<": _eager(_compare(less_than), boolean=True),
     "<=": _eager(_compare(less_or_equal), boolean=True),
-    "in": _build_in,
-    "cat": _eager(lambda a: "".join([v if type(v) is str else to_string(v) for v in a])),
+    "in": _eager(_in),
+    "cat": _build_cat,
     "substr": _eager(_substr),
     "+": _eager(_sum),
     "*": _eager(_product),
@@ -553,4 +674,15 @@ BUILDERS: dict[str, Callable[[list[Node]], Node]] = {
     **_EAGER,
     "missing": _missing,
     "missing_some": _missing_some,
+}
+
+# Specialised closures for common shapes: the same answers as ``BUILDERS``' in fewer calls;
+# None when the arguments are not of the shape (the general closure is then used).
+SPECIALISED: dict[str, Callable[[list[Node]], Node | None]] = {
+    "if": _special_if,
+    "?:": _special_if,
+    "==": _special_equality(negate=False),
+    "!=": _special_equality(negate=True),
+    "in": _special_in,
+    "cat": _special_cat,
 }

@@ -27,7 +27,7 @@ from typing import Any, Final, NamedTuple
 
 import mmh3
 from fader.flagd import cbor, semver
-from fader.flagd.jsonlogic import Compiler, Data, Node, Operator, literal
+from fader.flagd.jsonlogic import Compiler, Data, Node, Operator, choice, literal
 
 MAX_TOTAL_WEIGHT: Final = 2**31 - 1
 TARGETING_KEY: Final = "targetingKey"
@@ -116,111 +116,167 @@ def v3_value(flag_key: str, args: list[Any], data: Data) -> tuple[bytes | None, 
 
 
 class _Table(NamedTuple):
-    """Buckets parsed once: cumulative weights and their variants (None: no valid weights)."""
+    """Buckets parsed once: for each variant the first unsigned 32-bit hash past its share,
+    ``ceil(cumulative_weight * 2**32 / total)``, so that a hash's variant is one bisection
+    (``(h * total) >> 32 < c`` exactly when ``h < ceil(c * 2**32 / total)``)."""
 
-    total: int
-    cumulative: tuple[int, ...]
+    bounds: tuple[int, ...]
     variants: tuple[Any, ...]
 
 
 def _table(buckets: Buckets | None) -> _Table | None:
+    """None when no variant can be picked (malformed entries, no weight, too much)."""
     if buckets is None:
         return None
     total = sum(weight for _, weight in buckets)
     if total <= 0 or total > MAX_TOTAL_WEIGHT:
         return None
     return _Table(
-        total,
-        tuple(accumulate(weight for _, weight in buckets)),
+        tuple(-((-cumulative << 32) // total) for cumulative in accumulate(w for _, w in buckets)),
         tuple(variant for variant, _ in buckets),
     )
 
 
-def _pick_in(table: _Table | None, hash_value: int) -> Any:
-    if table is None:
-        return None
-    return table.variants[bisect_right(table.cumulative, (hash_value * table.total) >> 32)]
+_murmur = mmh3.mmh3_32_uintdigest  # murmur3 x86_32 of a buffer, unsigned (seed 0 by default)
+
+
+def _hash(value: str | bytes) -> int:
+    """Unsigned murmur3 x86_32, seed 0: of the UTF-8 text (v2) or the CBOR bytes (v3).
+    (mmh3 is given bytes, never a str: it crashes the process on a lone surrogate.)"""
+    return int(_murmur(value if isinstance(value, bytes) else cbor.utf8(value), 0))
 
 
 def fractional(generation: Fractional) -> Operator:
     """The ``fractional`` operator of one generation.
 
     Rules nearly always list their buckets as literals; those are parsed once, here, and a
-    request then costs the bucketing value, one murmur3 and one bisection. Anything computed
+    request then costs the bucketing value, one murmur3 and one bisection. When the
+    bucketing value cannot be an array (a ``cat``, a literal), the rule is a choice between
+    the variants (``Node.index``) and does not need the targeting key. Anything computed
     (a weight or a variant from an expression) takes the general path.
     """
 
     def build(compiler: Compiler, nodes: list[Node], path: str) -> Node:
-        compiler.reads_key = True
         if not nodes:
             return literal(None)
         flag_key = compiler.flag_key
-        fns = [node.fn for node in nodes]
-        value_of = v2_value if generation is Fractional.V2 else v3_value
-
-        def general(data: Data) -> Any:
-            value, rest = value_of(flag_key, [fn(data) for fn in fns], data)
-            buckets = parse_buckets(rest)
-            if value is None or buckets is None:
-                return None
-            return pick(_hash(value), buckets)
-
-        if all(node.constant for node in nodes) and isinstance(nodes[0].value, list):
-            return _shorthand(generation, flag_key, _table(parse_buckets([n.value for n in nodes])))
-        if not all(node.constant for node in nodes[1:]):
+        general = _general(generation, flag_key, [node.fn for node in nodes])
+        first = nodes[0]
+        if not compiler.specialise or not all(node.constant for node in nodes[1:]):
+            compiler.reads_key = True
             return Node(general)
+        if first.constant and isinstance(first.value, list):
+            compiler.reads_key = True
+            table = _table(parse_buckets([node.value for node in nodes]))
+            return _shorthand(generation, flag_key, table)
         table = _table(parse_buckets([node.value for node in nodes[1:]]))
-        first = fns[0]
-        if generation is Fractional.V2:
-
-            def v2(data: Data) -> Any:
-                value = first(data)
-                if type(value) is str:
-                    return _pick_in(table, mmh3.hash(value, 0, signed=False))
-                return general(data)
-
-            return Node(v2)
-
-        def v3(data: Data) -> Any:
-            value = first(data)
-            if value is None or isinstance(value, list):
-                return general(data)
-            try:
-                encoded = cbor.encode(value)
-            except cbor.NotEncodable:
-                return None
-            return _pick_in(table, mmh3.hash(encoded, 0, signed=False))
-
-        return Node(v3)
+        if first.text or first.boolean or first.constant:  # never an array
+            if table is None:
+                return literal(None)
+            index = _v2_index if generation is Fractional.V2 else _v3_index
+            return choice((*table.variants, None), index(first.fn, table.bounds))
+        compiler.reads_key = True  # an array value means: bucket by the targeting key
+        return Node(_by_value(generation, first.fn, table, general))
 
     return build
 
 
-def _hash(value: str | bytes) -> int:
-    """Unsigned murmur3 x86_32, seed 0: of the UTF-8 text (v2) or the CBOR bytes (v3)."""
-    return int(mmh3.hash(value, 0, signed=False))
+def _general(generation: Fractional, flag_key: str, fns: list[Callable[[Data], Any]]) -> Any:
+    """Any ``fractional``: the arguments evaluated, the buckets parsed, on every call."""
+    value_of = v2_value if generation is Fractional.V2 else v3_value
+
+    def general(data: Data) -> Any:
+        value, rest = value_of(flag_key, [fn(data) for fn in fns], data)
+        buckets = parse_buckets(rest)
+        if value is None or buckets is None:
+            return None
+        return pick(_hash(value), buckets)
+
+    return general
+
+
+def _v2_index(first: Callable[[Data], Any], bounds: tuple[int, ...]) -> Callable[[Data], int]:
+    """v2 with a bucketing value that is never an array: a string is hashed, anything else
+    makes the buckets malformed (the value is then read as one of them): -1, null."""
+
+    def v2(data: Data) -> int:
+        value = first(data)
+        if not isinstance(value, str):
+            return -1
+        try:
+            raw = value.encode()
+        except UnicodeEncodeError:
+            raw = cbor.utf8(value)
+        return bisect_right(bounds, _murmur(raw, 0))
+
+    return v2
+
+
+def _v3_index(first: Callable[[Data], Any], bounds: tuple[int, ...]) -> Callable[[Data], int]:
+    """v3 with a bucketing value that is never an array: its CBOR is hashed (a string's
+    without the general encoder); null, or a value CBOR cannot carry, is -1: null."""
+
+    def v3(data: Data) -> int:
+        value = first(data)
+        if type(value) is str:
+            return bisect_right(bounds, _murmur(cbor.text(value), 0))
+        if value is None:
+            return -1
+        try:
+            return bisect_right(bounds, _murmur(cbor.encode(value), 0))
+        except cbor.NotEncodable:
+            return -1
+
+    return v3
+
+
+def _by_value(
+    generation: Fractional,
+    first: Callable[[Data], Any],
+    table: _Table | None,
+    general: Callable[[Data], Any],
+) -> Callable[[Data], Any]:
+    """Literal buckets and a computed bucketing value that may be an array: a string is
+    hashed here, anything else takes the general path."""
+    if table is None:
+        return general
+    bounds, variants = table
+    v3 = generation is Fractional.V3
+
+    def by_value(data: Data) -> Any:
+        value = first(data)
+        if type(value) is not str:
+            return general(data)
+        encoded = cbor.text(value) if v3 else cbor.utf8(value)
+        return variants[bisect_right(bounds, _murmur(encoded, 0))]
+
+    return by_value
 
 
 def _shorthand(generation: Fractional, flag_key: str, table: _Table | None) -> Node:
     """Every argument a literal bucket: the value is the flag key and the targeting key."""
+    if table is None:
+        return literal(None)
+    bounds, choices = table.bounds, (*table.variants, None)
     if generation is Fractional.V2:
+        prefix = cbor.utf8(flag_key)
 
-        def v2(data: Data) -> Any:
+        def v2(data: Data) -> int:
             key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
-            if not isinstance(key, str):
-                return None
-            return _pick_in(table, mmh3.hash(flag_key + key, 0, signed=False))
+            if type(key) is not str:
+                return -1
+            return bisect_right(bounds, _murmur(prefix + cbor.utf8(key), 0))
 
-        return Node(v2)
-    prefix = b"\x82" + cbor.encode(flag_key)  # a two-item array, then the flag key
+        return choice(choices, v2)
+    array_prefix = b"\x82" + cbor.text(flag_key)  # a two-item array, then the flag key
 
-    def v3(data: Data) -> Any:
+    def v3(data: Data) -> int:
         key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
         if not isinstance(key, str) or not key:
-            return None
-        return _pick_in(table, mmh3.hash(prefix + cbor.encode(key), 0, signed=False))
+            return -1
+        return bisect_right(bounds, _murmur(array_prefix + cbor.text(key), 0))
 
-    return Node(v3)
+    return choice(choices, v3)
 
 
 def sem_ver(compiler: Compiler, nodes: list[Node], path: str) -> Node:
