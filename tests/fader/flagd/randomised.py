@@ -31,11 +31,17 @@ PATHS = ("email", "user.name", "user.id", "tier", "a.b.c", "list.1", "targetingK
 NAMES = ("email", "user", "tier", "a", "list", "targetingKey", "0")
 
 
+class Word(str):
+    """A str subclass (an application's StrEnum value, say): a string to every rule."""
+
+
 def value(rng: random.Random, depth: int = 0) -> Any:
     """Any JSON value, biased towards the literals the rules compare with."""
     roll = rng.random()
     if roll < 0.03:
         return "a\ud800b"  # a lone surrogate: JSON text may hold one
+    if roll < 0.06:
+        return Word(rng.choice(("jack", "ballmer@macrosoft.com", "x")))
     if roll < 0.55:
         return rng.choice(LITERALS)
     if roll < 0.7:

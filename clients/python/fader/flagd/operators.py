@@ -263,7 +263,7 @@ def _shorthand(generation: Fractional, flag_key: str, table: _Table | None) -> N
 
         def v2(data: Data) -> int:
             key = data.get(TARGETING_KEY) if isinstance(data, dict) else None
-            if type(key) is not str:
+            if not isinstance(key, str):
                 return -1
             return bisect_right(bounds, _murmur(prefix + cbor.utf8(key), 0))
 
