@@ -13,15 +13,16 @@ UNKNOWN, and an ERROR traceback in the log for every such request.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from sidecar.plumbing.undecodable import Malformed, deserializer
 from sidecar.telemetry.metrics import Metrics, RpcKey
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -31,7 +32,8 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 def register(
     server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, metrics: Metrics | None
 ) -> None:
-    """Adds every method of `service` implemented by `servicer` (unary or server-streaming).
+    """Adds every method of `service` implemented by `servicer` (unary, server-streaming, or
+    bidirectional when `metrics` is None).
 
     `metrics=None` registers the bare handlers; the benchmark uses it to price the metrics.
     Methods named in the servicer's `wire_methods` get no (de)serializers: they take the
@@ -59,28 +61,6 @@ def _rpc_type(method: MethodDescriptor) -> str:
     return "server_stream" if method.server_streaming else "unary"
 
 
-class Malformed:
-    """What the deserializer hands the handler for bytes that do not decode, instead of
-    raising inside gRPC."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
-    parse = message_class.FromString
-
-    def deserialize(data: bytes) -> Message | Malformed:
-        try:
-            return parse(data)
-        except DecodeError as err:
-            return Malformed(f"the request does not decode: {err}")
-
-    return deserialize
-
-
 async def _refuse(request: Malformed, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
@@ -89,10 +69,14 @@ def _handler(method: MethodDescriptor, behavior: Any, wire: bool) -> grpc.RpcMet
     deserialize: Callable[[bytes], Any] | None = None
     serialize: Callable[[Any], bytes] | None = None
     if not wire:
-        deserialize = _deserializer(GetMessageClass(method.input_type))
+        deserialize = deserializer(GetMessageClass(method.input_type))
         serialize = GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
-        raise NotImplementedError(f"{method.full_name}: client streaming is not used yet")
+        if not method.server_streaming:
+            raise NotImplementedError(f"{method.full_name}: client streaming is not used yet")
+        return grpc.stream_stream_rpc_method_handler(
+            behavior, request_deserializer=deserialize, response_serializer=serialize
+        )
     if method.server_streaming:
         return grpc.unary_stream_rpc_method_handler(
             behavior, request_deserializer=deserialize, response_serializer=serialize
@@ -103,8 +87,15 @@ def _handler(method: MethodDescriptor, behavior: Any, wire: bool) -> grpc.RpcMet
 
 
 def _checked(method: MethodDescriptor, behavior: Any) -> Any:
-    """`behavior` refusing undecodable requests, for servicers registered without metrics."""
-    if method.server_streaming:
+    """`behavior` refusing undecodable requests, for servicers registered without metrics.
+
+    Besides Fader's own shapes (a coroutine, an async generator), it takes the two that
+    grpcio's health and reflection servicers have: a server stream written with
+    `context.write` by a coroutine (health Watch), and a bidirectional stream (reflection).
+    """
+    if method.client_streaming:
+        return _checked_requests(behavior)
+    if method.server_streaming and inspect.isasyncgenfunction(behavior):
         stream: StreamBehavior = behavior
 
         async def handle_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -124,7 +115,26 @@ def _checked(method: MethodDescriptor, behavior: Any) -> Any:
     return handle
 
 
+def _checked_requests(behavior: Any) -> Any:
+    """A request-stream `behavior` (an async generator) whose stream stops the call at a
+    message that does not decode; the behaviour never sees it."""
+
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def decoded() -> AsyncIterator[Any]:
+            async for request in requests:
+                if type(request) is Malformed:
+                    await _refuse(request, context)
+                yield request
+
+        async for response in behavior(decoded(), context):
+            yield response
+
+    return handle
+
+
 def _timed(method: MethodDescriptor, behavior: Any, metrics: Metrics, key: RpcKey) -> Any:
+    if method.client_streaming:
+        raise NotImplementedError(f"{method.full_name}: timed request streams are not used yet")
     if method.server_streaming:
         return _timed_stream(behavior, metrics, key)
     return _timed_unary(behavior, metrics, key)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from sidecar.api import flagd_service, flagd_sync, instrument, ofrep, uds
 from sidecar.api.fader_v1 import SERVICE, EvaluationService
@@ -45,6 +45,9 @@ from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 # gRPC core sheds calls it has not handed to the application yet beyond these limits
 # (CANCELLED before the handler runs: 5-10 % of a 2,000-call burst with the defaults).
@@ -171,19 +174,16 @@ class Sidecar:
         sync = flagd_sync.FlagSyncService(self.core, self._feed)
         instrument.register(server, sync, flagd_sync.SERVICE, metrics)
         self._health = Health(self.readiness.ready)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        instrument.register(server, self._health.servicer, HEALTH, None)
         flagd_names = tuple(descriptor.full_name for _, descriptor in flagd)
-        reflection.enable_server_reflection(
-            (
-                SERVICE.full_name,
-                *flagd_names,
-                flagd_sync.SERVICE.full_name,
-                health_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        names = (
+            SERVICE.full_name,
+            *flagd_names,
+            flagd_sync.SERVICE.full_name,
+            HEALTH.full_name,
+            REFLECTION.full_name,
         )
+        instrument.register(server, reflection.aio.ReflectionServicer(names), REFLECTION, None)
 
     def _bind_tcp(self, server: grpc.aio.Server, address: Address) -> Address:
         settings = self.settings

@@ -36,7 +36,7 @@ from sidecar.controlplane.registry import Registry, fleet_json
 from sidecar.controlplane.release import ReleaseControl
 from sidecar.controlplane.service import ControlPlaneServicer, Offers
 from sidecar.controlplane.web import PUBLIC, Request, Response, Router, WebServer
-from sidecar.plumbing import grpc_sync
+from sidecar.plumbing import undecodable
 from sidecar.plumbing.channels import ChannelSecurity
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,15 @@ class ControlPlane:
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=max_sidecars + 16,
         )
-        grpc_sync.register(self.server, self.servicer, CONTROL_PLANE)
+        undecodable.register(self.server, self.servicer, CONTROL_PLANE)
         self.collector: Collector | None = None
         self.no_collector: NoCollector | None = None
         if (outputs is not None and outputs.paths()) or exposures is not None:
             self.collector = Collector(outputs or Outputs(), tokens, exposures)
-            grpc_sync.register(self.server, self.collector, TELEMETRY)
+            undecodable.register(self.server, self.collector, TELEMETRY)
         else:  # sidecars upload here by default: answer them clearly, and say so
             self.no_collector = NoCollector()
-            grpc_sync.register(self.server, self.no_collector, TELEMETRY)
+            undecodable.register(self.server, self.no_collector, TELEMETRY)
         if credentials is None:
             self.port = self.server.add_insecure_port(str(listen))
         else:

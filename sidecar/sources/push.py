@@ -18,7 +18,7 @@ from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.messages import WireError, ack_for, format_of
-from sidecar.plumbing import grpc_sync
+from sidecar.plumbing import undecodable
 
 SNAPSHOT_ADMIN = controlplane_pb2.DESCRIPTOR.services_by_name["SnapshotAdminService"]
 
@@ -70,7 +70,7 @@ class AdminServer:
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fader-admin"),
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)],
         )
-        grpc_sync.register(self._server, SnapshotAdminServicer(applier, tokens), SNAPSHOT_ADMIN)
+        undecodable.register(self._server, SnapshotAdminServicer(applier, tokens), SNAPSHOT_ADMIN)
         try:
             if credentials is None:
                 port = self._server.add_insecure_port(str(address))

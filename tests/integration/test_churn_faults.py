@@ -93,7 +93,10 @@ def test_malformed_protobuf_is_invalid_argument_without_a_traceback(tmp: Path, b
         "/fader.v1.EvaluationService/Track": False,
         "/fader.v1.EvaluationService/WatchChanges": True,
         "/flagd.evaluation.v1.Service/ResolveBoolean": False,
+        "/grpc.health.v1.Health/Check": False,
+        "/grpc.health.v1.Health/Watch": True,
     }
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     with start_sidecar(["--demo"], tmp, "sc.log") as sc:
         target = sc.wait_listening()["grpc"]
         with grpc.insecure_channel(target) as channel:
@@ -105,6 +108,10 @@ def test_malformed_protobuf_is_invalid_argument_without_a_traceback(tmp: Path, b
                         list(answer)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
                 assert "does not decode" in str(caught.value.details()), method
+            with pytest.raises(grpc.RpcError) as caught:  # a stream of requests
+                list(channel.stream_stream(reflection)(iter([body]), timeout=5))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reflection
+            assert "does not decode" in str(caught.value.details()), reflection
         assert treatment(target) is not None  # still answering
         metrics = http_get(sc_mgmt(sc) + "/metrics")[1]
         sc.signal(signal.SIGTERM)

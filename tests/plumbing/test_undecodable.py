@@ -13,7 +13,7 @@ from fader.pb.fader.v1 import controlplane_pb2, snapshot_pb2
 from sidecar.config import Address
 from sidecar.delivery.apply import Applier
 from sidecar.delivery.store import Store
-from sidecar.plumbing import grpc_sync
+from sidecar.plumbing import undecodable
 from sidecar.sources.push import AdminServer
 
 # A length-delimited field 1 whose length runs past the end of the message.
@@ -47,7 +47,7 @@ class Recorder:
 def served() -> Iterator[tuple[grpc.Channel, Recorder]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     recorder = Recorder()
-    grpc_sync.register(server, recorder, CONTROL_PLANE)
+    undecodable.register(server, recorder, CONTROL_PLANE)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -1,15 +1,16 @@
-"""Registers servicers on thread-pool gRPC servers so that undecodable requests are refused.
+"""Requests that do not decode are refused with INVALID_ARGUMENT, on every gRPC server.
 
 Left to gRPC, bytes that do not decode into the request message fail inside its
-deserializer: the caller gets INTERNAL "Exception deserializing request!" and the log an
-ERROR traceback, for every such request. The admin port and the control plane take their
-requests from other programs and from operators' tools, so they answer INVALID_ARGUMENT
-saying why, like the lookup lanes do (`sidecar.api.instrument` for the grpc.aio server).
+deserializer: the caller gets INTERNAL "Exception deserializing request!" (thread-pool
+server) or UNKNOWN (grpc.aio), and the log an ERROR traceback, for every such request.
+Fader's servers take requests from other programs and from operators' tools, so they answer
+INVALID_ARGUMENT saying why.
 
-The handlers are built from the service descriptor, as the generated
-`add_*Servicer_to_server` functions build them, but with a deserializer that returns a
-`Malformed` value instead of raising, and behaviours that refuse it. A stream of requests
-is refused at the first message that does not decode.
+The deserializer here returns a `Malformed` value instead of raising, and the behaviours
+refuse it. `register` builds a thread-pool server's handlers from the service descriptor,
+as the generated `add_*Servicer_to_server` functions do (the admin port, the control
+plane); `sidecar.api.instrument` does the same for the grpc.aio server. A stream of
+requests is refused at the first message that does not decode.
 """
 
 from __future__ import annotations
