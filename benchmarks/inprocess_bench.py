@@ -310,10 +310,21 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def memory(workdir: Path) -> None:
+def memory_document() -> dict[str, Any]:
+    """The snapshot benchmark's document with 100 keys a segment, and each flag's key
+    whitelist its own (there every flag lists the same five keys, which a client sharing
+    equal whitelists across flags would hold once: real flags list different testers)."""
     snapshot_bench.KEYS_PER_SEGMENT = MEMORY_SEGMENT_KEYS
+    document = snapshot_bench.document(1)
+    for index, flag in enumerate(document["flags"]):
+        data = flag["conditions"][0]["matcherGroup"]["matchers"][0]["whitelistMatcherData"]
+        data["whitelist"] = [f"tester-{index}-{j}" for j in range(len(data["whitelist"]))]
+    return document
+
+
+def memory(workdir: Path) -> None:
     path = workdir / "flags.msgpack"
-    path.write_bytes(msgpack.packb(snapshot_bench.document(1)))
+    path.write_bytes(msgpack.packb(memory_document()))
     with sidecar("off", workdir, path, 0) as target:
         command = [sys.executable, "-m", "benchmarks.inprocess_bench", "memory-child", target]
         out = subprocess.run(

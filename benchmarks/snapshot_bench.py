@@ -3,7 +3,8 @@
 Run: ``python -m benchmarks.snapshot_bench``. Measures, in fresh child processes:
 
 * time to decode + validate + compile + swap the snapshot (msgpack and JSON files), with
-  nothing else running;
+  nothing else running: wall clock, and the process's CPU time (steadier on a shared
+  machine);
 * the worst lateness of lookups made once per millisecond (as requests would arrive) while
   a second copy is loaded and swapped in and the first one is freed, against the worst
   lateness of the same lookups while nothing is loading (the baseline, same run);
@@ -170,9 +171,10 @@ def child(small: str, big: str) -> None:
     store = Store()
     store.swap(load_file(small))
     rss_before = rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     store.swap(load_file(big))
     load_seconds = time.perf_counter() - start
+    load_cpu_seconds = time.process_time() - cpu_start
     rss_loaded = rss_mb()
     lookups = PacedLookups(store)
     lookups.start()
@@ -187,6 +189,7 @@ def child(small: str, big: str) -> None:
         json.dumps(
             {
                 "load_seconds": load_seconds,
+                "load_cpu_seconds": load_cpu_seconds,
                 "max_gap_ms_loading": loading,
                 "max_gap_ms_idle": idle,
                 "rss_mb_loaded": rss_loaded,
@@ -219,10 +222,14 @@ def main() -> None:
             f"msgpack {sizes['big.msgpack']:.1f} MB, JSON {sizes['big.json']:.1f} MB; "
             f"{args.rounds} rounds, medians; {os.cpu_count()} cores"
         )
-        header = ("encoding", "load s", "stall ms", "idle stall ms", "RSS MB", "before", "replaced")
-        print("{:9} {:>7} {:>9} {:>14} {:>7} {:>7} {:>9}".format(*header))
+        header = (
+            "encoding", "load s", "CPU s", "stall ms", "idle stall ms", "RSS MB", "before",
+            "replaced",
+        )  # fmt: skip
+        print("{:9} {:>7} {:>6} {:>9} {:>14} {:>7} {:>7} {:>9}".format(*header))
         keys = (
             "load_seconds",
+            "load_cpu_seconds",
             "max_gap_ms_loading",
             "max_gap_ms_idle",
             "rss_mb_loaded",
@@ -231,13 +238,13 @@ def main() -> None:
         )
         for name in ("big.msgpack", "big.json"):
             runs = [_run_child(folder / "small.json", folder / name) for _ in range(args.rounds)]
-            load, stall, idle, rss, before, after = (
+            load, cpu, stall, idle, rss, before, after = (
                 statistics.median(r[k] for r in runs) for k in keys
             )
             encoding = name.split(".")[1]
             print(
-                f"{encoding:9} {load:7.2f} {stall:9.1f} {idle:14.1f} {rss:7.0f} {before:7.0f}"
-                f" {after:9.0f}"
+                f"{encoding:9} {load:7.2f} {cpu:6.2f} {stall:9.1f} {idle:14.1f} {rss:7.0f}"
+                f" {before:7.0f} {after:9.0f}"
             )
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
@@ -28,6 +28,7 @@ from fader.rules.model import (
     EvalFn,
     MatchFn,
     Members,
+    text,
 )
 from fader.rules.result import (
     CONTROL,
@@ -69,6 +70,50 @@ class RuleBasedTable(dict[str, CompiledRuleBasedSegment]):
     __slots__ = ("__weakref__",)
 
 
+class _Shared:
+    """Equal parts of different flags, built once per snapshot and shared.
+
+    Flags repeat themselves: the same attribute matchers (``plan`` in ``["pro"]``), the
+    same segment, the same flag sets, treatments and labels. Each distinct matcher is
+    compiled once (keyed by its encoded JSON; matchers only refer to this snapshot's
+    segments, flags and rule-based segments, so equal JSON means equal behaviour), and
+    equal conjunctions and tuples are one object: a 10,000-flag snapshot then holds far
+    fewer closures and frozensets (issue 18: the in-process client's memory).
+    """
+
+    __slots__ = ("conjunctions", "ctx", "matchers", "pack", "values")
+
+    def __init__(self, ctx: MatcherContext) -> None:
+        self.ctx = ctx
+        # ``msgpack.packb`` makes a Packer per call; one per load is enough (and a load
+        # runs on one thread)
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.matchers: dict[bytes, MatchFn] = {}
+        self.conjunctions: dict[tuple[MatchFn, ...], MatchFn | None] = {}
+        self.values: dict[tuple[type, Any], Any] = {}
+
+    def matcher(self, raw: Mapping[str, Any]) -> MatchFn:
+        key = self.pack(raw)
+        compiled = self.matchers.get(key)
+        if compiled is None:
+            compiled = self.matchers[key] = compile_matcher(raw, self.ctx)
+        return compiled
+
+    def all_of(self, matchers: tuple[MatchFn, ...]) -> MatchFn | None:
+        """``_all_of``, one closure for every condition with the same matchers."""
+        if matchers not in self.conjunctions:
+            self.conjunctions[matchers] = _all_of(matchers)
+        return self.conjunctions[matchers]
+
+    def value(self, value: _Hashable) -> _Hashable:
+        """One object for equal frozensets or tuples of strings (keyed with their type,
+        so that a tuple never stands in for an equal-looking frozenset)."""
+        return self.values.setdefault((type(value), value), value)  # type: ignore[no-any-return]
+
+
+_Hashable = TypeVar("_Hashable", frozenset[str], tuple[str, ...], tuple[MatchFn, ...])
+
+
 def is_active(raw: Mapping[str, Any]) -> bool:
     """Split drops non-ACTIVE flags and RBS at ingestion (an unknown status counts as archived)."""
     return bool(raw.get("status", ACTIVE) == ACTIVE)
@@ -88,28 +133,50 @@ def compile_rules(
     so that a large snapshot never holds its whole JSON and its whole compiled form at once
     (the peak memory of a 10,000-flag load).
     """
-    compiled_flags = FlagTable()
-    compiled_rbs = RuleBasedTable()
-    compiled_flags.rule_based = compiled_rbs
-    segment_sets: dict[str, Members] = {
-        name: dict.fromkeys(keys) for name, keys in segments.items()
-    }
-    ctx = MatcherContext(
-        segment_sets,
-        _treatment_of(compiled_flags),
-        _rule_based_member(compiled_rbs, segment_sets),
-    )
-    for raw in rule_based_segments:
-        if is_active(raw):
-            compiled_rbs[raw["name"]] = _compile_rule_based_segment(raw, ctx)
+    compiler = Compiler(segments, rule_based_segments, default_change_number)
     for index, raw in enumerate(flags):
-        if is_active(raw):
-            compiled_flags[raw["name"]] = _compile_flag(
-                raw, ctx, compiled_flags, default_change_number
-            )
+        compiler.flag(raw)
         if consume:
             flags[index] = None
-    return CompiledRules(compiled_flags, compiled_rbs, segment_sets)
+    return compiler.rules
+
+
+class Compiler:
+    """Compiles one snapshot: segments and rule-based segments at once, then flags one at
+    a time, so that a loader can decode and compile each flag before it decodes the next.
+    Flags refer to each other only at lookup time, so their order does not matter."""
+
+    def __init__(
+        self,
+        segments: Mapping[str, Sequence[str]],
+        rule_based_segments: Sequence[Mapping[str, Any]],
+        default_change_number: int = 0,
+    ) -> None:
+        compiled_flags = FlagTable()
+        compiled_rbs = RuleBasedTable()
+        compiled_flags.rule_based = compiled_rbs
+        segment_sets: dict[str, Members] = {
+            name: dict.fromkeys(keys) for name, keys in segments.items()
+        }
+        ctx = MatcherContext(
+            segment_sets,
+            _treatment_of(compiled_flags),
+            _rule_based_member(compiled_rbs, segment_sets),
+        )
+        self._shared = _Shared(ctx)
+        self._default_change_number = default_change_number
+        for raw in rule_based_segments:
+            if is_active(raw):
+                compiled_rbs[raw["name"]] = _compile_rule_based_segment(raw, self._shared)
+        self.rules = CompiledRules(compiled_flags, compiled_rbs, segment_sets)
+        self._flags = compiled_flags
+
+    def flag(self, raw: Mapping[str, Any]) -> None:
+        """Compiles one validated flag into ``rules`` (an inactive one is left out)."""
+        if is_active(raw):
+            self._flags[raw["name"]] = _compile_flag(
+                raw, self._shared, self._flags, self._default_change_number
+            )
 
 
 def _treatment_of(flags: FlagTable) -> TreatmentOf:
@@ -178,7 +245,7 @@ def _rule_based_member(rbs: RuleBasedTable, segments: Mapping[str, Members]) -> 
 
 
 def _compile_rule_based_segment(
-    raw: Mapping[str, Any], ctx: MatcherContext
+    raw: Mapping[str, Any], shared: _Shared
 ) -> CompiledRuleBasedSegment:
     excluded = raw.get("excluded") or {}
     excluded_segments = tuple(
@@ -188,22 +255,22 @@ def _compile_rule_based_segment(
         name=raw["name"],
         excluded_keys=frozenset(excluded.get("keys") or ()),
         excluded_segments=excluded_segments,
-        conditions=tuple(_compile_match(c, ctx) for c in raw.get("conditions") or ()),
+        conditions=tuple(_compile_match(c, shared) for c in raw.get("conditions") or ()),
     )
 
 
-def _matchers(raw_condition: Mapping[str, Any], ctx: MatcherContext) -> tuple[MatchFn, ...]:
+def _matchers(raw_condition: Mapping[str, Any], shared: _Shared) -> tuple[MatchFn, ...]:
     """A condition's matchers; plain ALL_KEYS ones are left out (they always match)."""
-    return tuple(
-        compile_matcher(m, ctx)
-        for m in raw_condition["matcherGroup"]["matchers"]
-        if not (m["matcherType"] == "ALL_KEYS" and not m.get("negate"))
-    )
+    matchers = []
+    for raw in raw_condition["matcherGroup"]["matchers"]:
+        if not (raw["matcherType"] == "ALL_KEYS" and not raw.get("negate")):
+            matchers.append(shared.matcher(raw))
+    return shared.value(tuple(matchers))
 
 
-def _compile_match(raw_condition: Mapping[str, Any], ctx: MatcherContext) -> MatchFn:
+def _compile_match(raw_condition: Mapping[str, Any], shared: _Shared) -> MatchFn:
     """AND of a condition's matchers as one callable (rule-based segment conditions)."""
-    return _all_of(_matchers(raw_condition, ctx)) or _always
+    return shared.all_of(_matchers(raw_condition, shared)) or _always
 
 
 def _always(key: str, bk: str, attrs: Attributes | None) -> bool:
@@ -241,10 +308,12 @@ def _all_of(matchers: tuple[MatchFn, ...]) -> MatchFn | None:
 
 
 class _Results:
-    """Prebuilt results of one flag; ``control`` never carries a config (SDK fallback path)."""
+    """Prebuilt results of one flag; ``control`` never carries a config (SDK fallback path).
+    Callers pass interned treatments and labels (``text``); configurations are interned
+    here."""
 
     def __init__(self, configs: Mapping[str, str] | None, change_number: int) -> None:
-        self._configs = configs or {}
+        self._configs = {name: text(config) for name, config in (configs or {}).items()}
         self._change_number = change_number
 
     def make(self, treatment: str, label: str | None) -> Decision:
@@ -262,21 +331,19 @@ class _Condition(NamedTuple):
     fixed: Decision
 
 
-def _compile_condition(
-    raw: Mapping[str, Any], ctx: MatcherContext, results: _Results
-) -> _Condition:
-    label = raw.get("label")
+def _compile_condition(raw: Mapping[str, Any], shared: _Shared, results: _Results) -> _Condition:
+    label = text(raw.get("label"))
     partitions = raw.get("partitions") or []
     rollout = raw.get("conditionType", "WHITELIST") == "ROLLOUT"
-    match = _matchers(raw, ctx)
+    match = _matchers(raw, shared)
     if not partitions:
         return _Condition(rollout, match, None, (), results.make(CONTROL, label))
     if len(partitions) == 1 and partitions[0]["size"] == 100:
-        fixed = results.make(partitions[0]["treatment"], label)
+        fixed = results.make(text(partitions[0]["treatment"]), label)
         return _Condition(rollout, match, None, (), fixed)
     index_of: dict[str, int] = {}
     layout = tuple(
-        (index_of.setdefault(p["treatment"], len(index_of)), p["size"]) for p in partitions
+        (index_of.setdefault(text(p["treatment"]), len(index_of)), p["size"]) for p in partitions
     )
     if sum(size for _, size in layout) < 100:  # Split answers control for the rest
         layout += ((index_of.setdefault(CONTROL, len(index_of)), 100),)
@@ -302,32 +369,33 @@ def _table(layout: tuple[tuple[int, int], ...]) -> bytes:
 
 def _compile_flag(
     raw: Mapping[str, Any],
-    ctx: MatcherContext,
+    shared: _Shared,
     flags: FlagTable,
     default_change_number: int,
 ) -> CompiledFlag:
     change_number = raw.get("changeNumber", default_change_number)
     results = _Results(raw.get("configurations"), change_number)
-    default = raw["defaultTreatment"]
-    conditions = tuple(_compile_condition(c, ctx, results) for c in raw.get("conditions") or ())
+    default = text(raw["defaultTreatment"])
+    conditions = tuple(_compile_condition(c, shared, results) for c in raw.get("conditions") or ())
     killed = bool(raw.get("killed", False))
     prerequisites = tuple(
         (item["n"], frozenset(item["ts"])) for item in raw.get("prerequisites") or ()
     )
     traffic_allocation = raw.get("trafficAllocation")
+    allocation = 100 if traffic_allocation is None else traffic_allocation
     run = _build_run(
         killed_result=results.make(default, LABEL_KILLED) if killed else None,
         prerequisites=prerequisites,
-        prerequisites_result=results.make(default, LABEL_PREREQUISITES_NOT_MET),
+        results=results,
         check_prerequisites=bool(prerequisites) and default != CONTROL,
         flags=flags,
         conditions=conditions,
-        traffic_allocation=100 if traffic_allocation is None else traffic_allocation,
+        shared=shared,
+        traffic_allocation=allocation,
         traffic_seed=raw.get("trafficAllocationSeed") or 0,
         seed=raw["seed"],
         murmur=is_murmur(raw.get("algo")),
-        not_in_split=results.make(default, LABEL_NOT_IN_SPLIT),
-        default_result=results.make(default, LABEL_DEFAULT_RULE),
+        default=default,
     )
     treatments = {default}
     for condition in raw.get("conditions") or ():
@@ -336,22 +404,25 @@ def _compile_flag(
         name=raw["name"],
         change_number=change_number,
         default_treatment=default,
-        treatments=tuple(sorted(treatments)),
-        sets=frozenset(raw.get("sets") or ()),
+        treatments=shared.value(tuple(sorted(map(text, treatments)))),
+        sets=shared.value(frozenset(map(text, raw.get("sets") or ()))),
         impressions_disabled=bool(raw.get("impressionsDisabled", False)),
-        traffic_type=raw.get("trafficTypeName"),
+        traffic_type=text(raw.get("trafficTypeName")),
         killed=killed,
         has_targeting=_has_targeting(raw, conditions),
         run=run,
         exception_result=Decision(CONTROL, LABEL_EXCEPTION, None, change_number),
-        digest=definition_digest(raw),
-        segment_names=frozenset(_segments_named(raw)),
+        digest=definition_digest(raw, shared.pack),
+        segment_names=shared.value(frozenset(map(text, _segments_named(raw)))),
     )
 
 
-def definition_digest(raw: Mapping[str, Any]) -> bytes:
-    """A short hash of a flag's JSON definition."""
-    return hashlib.blake2b(msgpack.packb(raw, use_bin_type=True), digest_size=16).digest()
+_PACKB: Callable[[Any], bytes] = functools.partial(msgpack.packb, use_bin_type=True)
+
+
+def definition_digest(raw: Mapping[str, Any], pack: Callable[[Any], bytes] = _PACKB) -> bytes:
+    """A short hash of a flag's JSON definition (``pack``: a load's own Packer)."""
+    return hashlib.blake2b(pack(raw), digest_size=16).digest()
 
 
 def _segments_named(raw: Mapping[str, Any]) -> Iterator[str]:
@@ -387,35 +458,46 @@ def _build_run(
     *,
     killed_result: Decision | None,
     prerequisites: tuple[tuple[str, frozenset[str]], ...],
-    prerequisites_result: Decision,
+    results: _Results,
     check_prerequisites: bool,
     flags: FlagTable,
     conditions: tuple[_Condition, ...],
+    shared: _Shared,
     traffic_allocation: int,
     traffic_seed: int,
     seed: int,
     murmur: bool,
-    not_in_split: Decision,
-    default_result: Decision,
+    default: str,
 ) -> EvalFn:
     """Split's evaluation algorithm for one flag (splitio/engine/evaluator.py).
 
     Killed wins first; then prerequisites (which the SDK skips when the default treatment
     is ``control``); then the conditions in order, with traffic allocation checked once,
-    just before the first ROLLOUT condition; then the default treatment.
+    just before the first ROLLOUT condition; then the default treatment. Only the results
+    a flag can answer are built (10,000 flags: 20,000 fewer ``Decision``s).
     """
     if killed_result is not None:
         return lambda key, bk, attrs: killed_result
+    default_result = results.make(default, LABEL_DEFAULT_RULE)
     hashing = _Hashing(murmur, seed, traffic_seed)
     single = len(conditions) == 1 and not (traffic_allocation < 100 and conditions[0].rollout)
     if single and conditions[0].table is None:
-        run = _fixed_answer(conditions[0], default_result)
+        run = _fixed_answer(conditions[0], default_result, shared)
     elif single:
-        run = _rollout(conditions[0], hashing, default_result)
+        run = _rollout(conditions[0], hashing, default_result, shared)
     else:
-        run = _conditions(conditions, hashing, traffic_allocation, not_in_split, default_result)
+        # traffic allocation is only checked below 100: no "not in split" answer otherwise
+        not_in_split = (
+            results.make(default, LABEL_NOT_IN_SPLIT)
+            if traffic_allocation < 100
+            else default_result
+        )
+        run = _conditions(
+            conditions, hashing, traffic_allocation, not_in_split, default_result, shared
+        )
     if not check_prerequisites:
         return run
+    prerequisites_result = results.make(default, LABEL_PREREQUISITES_NOT_MET)
 
     table_ref = weakref.ref(flags)
 
@@ -452,7 +534,7 @@ class _Hashing:
         return self.traffic_seed & 0xFFFFFFFF
 
 
-def _fixed_answer(condition: _Condition, default_result: Decision) -> EvalFn:
+def _fixed_answer(condition: _Condition, default_result: Decision, shared: _Shared) -> EvalFn:
     """One condition answering one treatment: the matchers decide, nothing is hashed.
 
     Unrolled for up to three matchers, the most common shape of a targeted flag.
@@ -483,7 +565,7 @@ def _fixed_answer(condition: _Condition, default_result: Decision) -> EvalFn:
             return default_result
 
         return three_matchers
-    match = _all_of(matchers)
+    match = shared.all_of(matchers)
     assert match is not None
 
     def many_matchers(key: str, bk: str, attrs: Attributes | None) -> Decision:
@@ -492,9 +574,11 @@ def _fixed_answer(condition: _Condition, default_result: Decision) -> EvalFn:
     return many_matchers
 
 
-def _rollout(condition: _Condition, hashing: _Hashing, default_result: Decision) -> EvalFn:
+def _rollout(
+    condition: _Condition, hashing: _Hashing, default_result: Decision, shared: _Shared
+) -> EvalFn:
     """One condition split between treatments by bucket, no traffic-allocation cut."""
-    match = _all_of(condition.matchers)
+    match = shared.all_of(condition.matchers)
     table, answers = condition.table, condition.results
     assert table is not None
     murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
@@ -514,9 +598,12 @@ def _conditions(
     traffic_allocation: int,
     not_in_split: Decision,
     default_result: Decision,
+    shared: _Shared,
 ) -> EvalFn:
     """The general shape: conditions in order, traffic allocation before the first ROLLOUT."""
-    steps = tuple((c.rollout, _all_of(c.matchers), c.table, c.results, c.fixed) for c in conditions)
+    steps = tuple(
+        (c.rollout, shared.all_of(c.matchers), c.table, c.results, c.fixed) for c in conditions
+    )
     check_traffic = traffic_allocation < 100
     murmur, seed, seed_u32 = hashing.murmur, hashing.seed, hashing.seed_u32
     traffic_seed, traffic_seed_u32 = hashing.traffic_seed, hashing.traffic_seed_u32

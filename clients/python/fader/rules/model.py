@@ -7,9 +7,10 @@ so that a lookup never re-reads JSON: a condition is one ``match`` callable plus
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from fader.rules.result import Decision
 
@@ -21,6 +22,17 @@ Members = Mapping[str, None]
 MatchFn = Callable[[str, str, "Attributes | None"], bool]
 # (matching key, bucketing key, attributes) -> result
 EvalFn = Callable[[str, str, "Attributes | None"], Decision]
+
+
+@overload
+def text(value: str) -> str: ...
+@overload
+def text(value: None) -> None: ...
+def text(value: str | None) -> str | None:
+    """A string from a snapshot, interned: treatment names, labels, configurations and
+    attribute names recur across thousands of flags and are then held once (decoders
+    make a new string object for every occurrence). None (or a str subclass) as is."""
+    return sys.intern(value) if type(value) is str else value
 
 
 @dataclass(slots=True, weakref_slot=True)

@@ -10,11 +10,12 @@ structure.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -81,13 +82,14 @@ def _yield_point(value: Any) -> Any:
     return value
 
 
-def decode(data: bytes, fmt: str) -> Any:
+def decode(data: bytes | memoryview, fmt: str, *, depth: int | None = MAX_DEPTH) -> Any:
     """Bytes -> Python objects; a syntax error is a SnapshotError with its position.
 
     A document nesting deeper than ``depth.MAX_DEPTH`` is refused (LimitError ``too_deep``)
-    before the recursive JSON parser, or anything after msgpack's decoder, walks it.
+    before the recursive JSON parser, or anything after msgpack's decoder, walks it
+    (``depth`` None: msgpack the caller measures, ``decode_flags``).
     """
-    if fmt != MSGPACK and json_depth_exceeds(data):
+    if fmt != MSGPACK and json_depth_exceeds(bytes(data)):
         raise _too_deep()
     try:
         if fmt == MSGPACK:
@@ -98,10 +100,10 @@ def decode(data: bytes, fmt: str) -> Any:
                 object_hook=_yield_point,
                 list_hook=_yield_point,
             )
-            if value_depth_exceeds(document):
+            if depth is not None and value_depth_exceeds(document, depth):
                 raise _too_deep()
             return document
-        return json.loads(data, object_hook=_yield_point)
+        return json.loads(bytes(data), object_hook=_yield_point)
     except json.JSONDecodeError as exc:
         raise SnapshotError(
             [Issue(None, "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
@@ -116,6 +118,63 @@ def decode(data: bytes, fmt: str) -> Any:
             raise
         detail = str(exc) or type(exc).__name__
         raise _fail("$", f"invalid {_NAMES.get(fmt, fmt)}: {detail}") from None
+
+
+# msgpack's first byte of an array: fixarray, array 16, array 32
+_ARRAY_HEADS: Final = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})
+# A flag in a native document is at depth 2: the document's map, then its "flags" array.
+FLAG_DEPTH: Final = MAX_DEPTH - 2
+
+
+def split_flags(data: bytes) -> tuple[Any, list[memoryview] | None] | None:
+    """A msgpack document decoded but for its ``flags`` array, whose items are left
+    encoded, each one a view into ``data`` (for ``decode_flags``).
+
+    A loader can then decode, check and compile one flag at a time: a large snapshot's
+    whole decoded JSON is several times its encoded size, and never needs to be held at
+    once. The list is None when the document has no ``flags`` array (it is then decoded
+    whole). None for anything else than a map of string keys, each once, and nothing
+    after it: ``decode`` decodes it whole and says what is wrong.
+    """
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(data),
+        raw=False,
+        strict_map_key=True,
+        object_hook=_yield_point,
+        list_hook=_yield_point,
+        max_buffer_size=max(len(data), 1),
+    )
+    view = memoryview(data)
+    document: dict[str, Any] = {}
+    flags: list[memoryview] | None = None
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if not isinstance(key, str) or key in document:
+                return None
+            if key == "flags" and data[unpacker.tell()] in _ARRAY_HEADS:
+                flags = []
+                for _ in range(unpacker.read_array_header()):
+                    start = unpacker.tell()
+                    unpacker.skip()
+                    flags.append(view[start : unpacker.tell()])
+                document[key] = []
+            else:
+                document[key] = unpacker.unpack()
+    except (ValueError, IndexError, msgpack.UnpackException):
+        return None
+    if unpacker.tell() != len(data) or value_depth_exceeds(document):
+        return None
+    return document, flags
+
+
+def decode_flags(items: list[memoryview]) -> list[Any]:
+    """Flags ``split_flags`` left encoded, decoded and measured together: the depth check
+    costs per call more than per flag, so a loader decodes them a batch at a time."""
+    flags = [decode(item, MSGPACK, depth=None) for item in items]
+    if value_depth_exceeds(flags, FLAG_DEPTH + 1):  # + 1: the list holding them
+        raise _too_deep()
+    return flags
 
 
 def _too_deep() -> LimitError:

@@ -19,12 +19,21 @@ import msgpack
 
 from fader.flagd.document import Built, flag_path
 from fader.flagd.document import build as build_flagd
-from fader.rules.compile import compile_rules
-from fader.snapshot.codec import MSGPACK, Document, RawDocument, decode, format_for, normalize
+from fader.rules.compile import CompiledRules, Compiler, compile_rules
+from fader.snapshot.codec import (
+    MSGPACK,
+    Document,
+    RawDocument,
+    decode,
+    decode_flags,
+    format_for,
+    normalize,
+    split_flags,
+)
 from fader.snapshot.issues import Issue, SnapshotError
 from fader.snapshot.limits import SnapshotLimits
 from fader.snapshot.snapshot import Snapshot
-from fader.snapshot.validate import Report, validate
+from fader.snapshot.validate import Report, Validation, validate
 
 __all__ = ["SnapshotError", "build_snapshot", "check_document", "load_bytes", "load_file"]
 
@@ -33,6 +42,8 @@ _gc_lock = threading.Lock()
 _gc_holders = 0
 _gc_was_enabled = True
 _switch_interval = 0.005
+# Flags decoded at once by a flag-by-flag load: a few hundred KB of JSON at a time.
+FLAG_BATCH = 100
 # While a snapshot builds, threads serving lookups get the GIL back after at most this
 # long (the default 5 ms would be the floor of every lookup stall during a load).
 BUILD_SWITCH_INTERVAL = 0.0005
@@ -78,7 +89,7 @@ def check_document(document: Any) -> Report:
     except SnapshotError as exc:
         return Report(errors=exc.issues)
     report = _validate(doc)
-    flagd = _flagd_part(doc)
+    flagd = _flagd_part(doc, _split_names(doc.flags))
     if flagd is not None:
         report.errors.extend(flagd.errors)
         report.warnings.extend(flagd.warnings)
@@ -96,13 +107,16 @@ def _validate(doc: Document) -> Report:
     )
 
 
-def _flagd_part(doc: Document) -> Built | None:
+def _split_names(flags: list[Any]) -> set[str]:
+    return {str(raw.get("name")) for raw in flags if isinstance(raw, dict)}
+
+
+def _flagd_part(doc: Document, split_names: set[str]) -> Built | None:
     """The snapshot's flagd-dialect flags, validated and compiled, with one more rule: a
     name is unique across both dialects (a lookup names a flag, never a dialect)."""
     if doc.flagd is None:
         return None
     built = build_flagd(doc.flagd, doc.flagd_path, doc.version if doc.versioned else None)
-    split_names = {str(raw.get("name")) for raw in doc.flags if isinstance(raw, dict)}
     for key in sorted(split_names.intersection(built.flags)):
         built.errors.append(
             Issue(
@@ -130,7 +144,7 @@ def _build(
     if limits is not None:
         limits.check_document([*doc.flags, *_flagd_keys(doc)], doc.segments)
     report = _validate(doc)
-    flagd = _flagd_part(doc)
+    flagd = _flagd_part(doc, _split_names(doc.flags))
     errors = [*report.errors, *(flagd.errors if flagd else ())]
     if errors:
         raise SnapshotError(errors)
@@ -139,7 +153,73 @@ def _build(
             doc.flags, doc.segments, doc.rule_based_segments, doc.version, consume=consume
         )
     except Exception as exc:  # a validation gap must refuse the snapshot, never crash
-        raise SnapshotError([Issue(None, "$", f"could not compile: {exc!r}")]) from exc
+        raise _compile_failed(exc) from exc
+    return _snapshot(doc, rules, report, flagd, source)
+
+
+def _compile_failed(exc: Exception) -> SnapshotError:
+    return SnapshotError([Issue(None, "$", f"could not compile: {exc!r}")])
+
+
+def _build_flag_by_flag(
+    document: Any, flags: list[memoryview], source: str, limits: SnapshotLimits | None
+) -> Snapshot:
+    """``_build`` for a document whose flags are still encoded (``codec.split_flags``):
+    flags are decoded ``FLAG_BATCH`` at a time, each validated and compiled before the next
+    batch is decoded, so a large snapshot's whole JSON is never held at once (issue 18: a
+    10,000-flag snapshot's decoded JSON was most of an in-process client's peak memory,
+    which CPython's allocator keeps as RSS once freed).
+
+    The same checks in the same order as ``_build``, and the same report: nothing is
+    swapped unless every flag passes; a flag is compiled only while no error was found.
+    """
+    doc = normalize(document)
+    if limits is not None:
+        limits.check_document([*flags, *_flagd_keys(doc)], doc.segments)
+    validation = Validation(
+        doc.segments,
+        doc.rule_based_segments,
+        rbs_path=doc.rbs_path,
+        segments_path=doc.segments_path,
+    )
+    compiler: Compiler | None = None
+    failure: Exception | None = None
+    split_names: set[str] = set()
+    for index, raw in _decoded(flags):
+        if isinstance(raw, dict):
+            split_names.add(str(raw.get("name")))
+        validation.flag(raw, f"{doc.flags_path}[{index}]")
+        if validation.failed or failure is not None:
+            continue
+        try:
+            if compiler is None:
+                compiler = Compiler(doc.segments, doc.rule_based_segments, doc.version)
+            compiler.flag(raw)
+        except Exception as exc:  # a validation gap must refuse the snapshot, never crash
+            failure = exc
+    report = validation.finish()
+    flagd = _flagd_part(doc, split_names)
+    errors = [*report.errors, *(flagd.errors if flagd else ())]
+    if errors:
+        raise SnapshotError(errors)
+    if failure is not None:
+        raise _compile_failed(failure) from failure
+    try:
+        rules = (compiler or Compiler(doc.segments, doc.rule_based_segments, doc.version)).rules
+    except Exception as exc:  # no flag compiled: the rule-based segments still may not
+        raise _compile_failed(exc) from exc
+    return _snapshot(doc, rules, report, flagd, source)
+
+
+def _decoded(flags: list[memoryview]) -> Iterator[tuple[int, Any]]:
+    """(index, decoded flag), ``FLAG_BATCH`` flags decoded at a time."""
+    for start in range(0, len(flags), FLAG_BATCH):
+        yield from enumerate(decode_flags(flags[start : start + FLAG_BATCH]), start)
+
+
+def _snapshot(
+    doc: Document, rules: CompiledRules, report: Report, flagd: Built | None, source: str
+) -> Snapshot:
     if flagd is not None:
         table = rules.flags
         assert isinstance(table, dict)
@@ -171,8 +251,14 @@ def load_bytes(
     if limits is not None:
         limits.check_bytes(len(data))
     with collector_paused():
-        # The decoded document is ours alone: compile may drop each flag's JSON once done.
-        snapshot = _build(decode(data, fmt), source, consume=True, limits=limits)
+        split = split_flags(data) if fmt == MSGPACK else None
+        if split is None:
+            # The decoded document is ours alone: compile may drop each flag's JSON once done.
+            snapshot = _build(decode(data, fmt), source, consume=True, limits=limits)
+        elif split[1] is None:  # no flags array: decoded whole already
+            snapshot = _build(split[0], source, consume=True, limits=limits)
+        else:
+            snapshot = _build_flag_by_flag(split[0], split[1], source, limits)
     snapshot.document = RawDocument(data, fmt)
     return snapshot
 

@@ -574,40 +574,81 @@ def validate(
     segments_path: str = "$.segments",
 ) -> Report:
     """Validate flags, segments and rule-based segments together (references need all three)."""
-    report = Report()
-    refs = _Refs()
-    walker = _Walker(report, refs)
-    if walker.expect(isinstance(segments, dict), segments_path, "segments must be an object"):
-        for name, keys in segments.items():
-            walker.expect(
-                _is_str_list(keys), f"{segments_path}.{name}", "a segment must be a list of keys"
-            )
-            refs.segments.add(name)
-    _collect_names(walker, flags, rule_based_segments, flags_path, rbs_path)
-    for i, raw in enumerate(rule_based_segments):
-        _rule_based_segment(walker, raw, f"{rbs_path}[{i}]")
+    validation = Validation(
+        segments, rule_based_segments, rbs_path=rbs_path, segments_path=segments_path
+    )
     for i, raw in enumerate(flags):
-        walker.flag(raw, f"{flags_path}[{i}]")
-    _check_references(report, refs)
-    return report
+        validation.flag(raw, f"{flags_path}[{i}]")
+    return validation.finish()
 
 
-def _collect_names(
-    w: _Walker, flags: Sequence[Any], rbs: Sequence[Any], flags_path: str, rbs_path: str
-) -> None:
-    for items, path, names in (
-        (flags, flags_path, w.refs.flag_names),
-        (rbs, rbs_path, w.refs.all_rbs),
-    ):
-        for i, raw in enumerate(items):
-            name = raw.get("name") if isinstance(raw, dict) else None
-            if not isinstance(name, str):
-                continue
+class Validation:
+    """``validate`` one flag at a time: segments and rule-based segments first, then each
+    flag as it comes (a loader may decode, check and compile flags one by one, never
+    holding the whole document's JSON), then ``finish`` checks what refers to what.
+
+    The report lists the same issues in the same order as checking the whole at once.
+    """
+
+    def __init__(
+        self,
+        segments: Any,
+        rule_based_segments: Sequence[Any],
+        *,
+        rbs_path: str = "$.ruleBasedSegments",
+        segments_path: str = "$.segments",
+    ) -> None:
+        self.report = Report()
+        self._refs = _Refs()
+        self._walker = walker = _Walker(self.report, self._refs)
+        if walker.expect(isinstance(segments, dict), segments_path, "segments must be an object"):
+            for name, keys in segments.items():
+                walker.expect(
+                    _is_str_list(keys),
+                    f"{segments_path}.{name}",
+                    "a segment must be a list of keys",
+                )
+                self._refs.segments.add(name)
+        # duplicate flag names are reported here, before the rule-based segments' issues
+        self._duplicates_at = len(self.report.errors)
+        self._duplicates: list[Issue] = []
+        _collect_rule_based_names(walker, rule_based_segments, rbs_path)
+        for i, raw in enumerate(rule_based_segments):
+            _rule_based_segment(walker, raw, f"{rbs_path}[{i}]")
+
+    def flag(self, raw: Any, path: str) -> None:
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str):
+            names = self._refs.flag_names
             if name in names:
-                w.report.errors.append(Issue(name, f"{path}[{i}].name", f"duplicate name {name!r}"))
+                self._duplicates.append(Issue(name, f"{path}.name", f"duplicate name {name!r}"))
             names.add(name)
-            if items is rbs and raw.get("status", "ACTIVE") == "ACTIVE":
-                w.refs.active_rbs.add(name)
+        self._walker.flag(raw, path)
+
+    @property
+    def failed(self) -> bool:
+        """An error was found already (the snapshot will be refused)."""
+        return bool(self.report.errors or self._duplicates)
+
+    def finish(self) -> Report:
+        report = self.report
+        report.errors[self._duplicates_at : self._duplicates_at] = self._duplicates
+        self._duplicates = []
+        _check_references(report, self._refs)
+        return report
+
+
+def _collect_rule_based_names(w: _Walker, rbs: Sequence[Any], rbs_path: str) -> None:
+    names = w.refs.all_rbs
+    for i, raw in enumerate(rbs):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            w.report.errors.append(Issue(name, f"{rbs_path}[{i}].name", f"duplicate name {name!r}"))
+        names.add(name)
+        if raw.get("status", "ACTIVE") == "ACTIVE":
+            w.refs.active_rbs.add(name)
 
 
 def _check_references(report: Report, refs: _Refs) -> None:
