@@ -62,9 +62,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "core-reads-snapshot-per-item",
         "the evaluation core reads the store's current snapshot for every item",
         "sidecar/core/evaluator.py",
-        "            result = evaluate(key, flag, bucketing_key, attributes)\n",
-        "            result = self.store.current.evaluate(key, flag, bucketing_key, attributes)"
-        "  # type: ignore[union-attr]\n",
+        "            (key, bucketing_key, flag, evaluate(key, flag, bucketing_key, attributes))\n",
+        "            (key, bucketing_key, flag, self.store.current.evaluate("  # type: ignore[union-attr]\n"
+        "                key, flag, bucketing_key, attributes))\n",
         (
             "tests/core/test_evaluator.py::"
             "test_a_request_is_answered_from_one_snapshot_even_when_a_swap_lands_inside_it",
