@@ -25,6 +25,7 @@ from fader.snapshot.snapshot import Snapshot
 
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest
+from sidecar.core.requests import lone_surrogate
 from sidecar.limits import RequestLimits
 
 EXIT_OK = 0
@@ -178,6 +179,9 @@ def evaluate_line(snapshot: Snapshot, line: str) -> dict[str, Any]:
         case = json.loads(line)
     except json.JSONDecodeError as exc:
         raise CaseError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    not_text = lone_surrogate(line.encode("utf-8", "surrogatepass"), case)
+    if not_text is not None:
+        raise CaseError(not_text)
     if not isinstance(case, Mapping):
         raise CaseError("a case must be a JSON object")
     unknown = sorted(set(case) - set(CASE_KEYS))

@@ -52,13 +52,17 @@ def test_evaluate_jsonl_contract() -> None:
 
 
 def test_evaluate_keeps_line_alignment_on_bad_input() -> None:
-    stdin = 'garbage\n{"flag": "new-checkout"}\n{"flag": "new-checkout", "key": "user-2"}\n'
+    stdin = (
+        'garbage\n{"flag": "new-checkout"}\n{"flag": "new-checkout", "key": "user-2"}\n'
+        '{"flag": "new-checkout", "key": "a\\ud800"}\n'
+    )
     proc = _fader("evaluate", "--snapshot", str(DEMO), stdin=stdin)
     assert proc.returncode == 1
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert out[0]["line"] == 1 and "invalid JSON" in out[0]["error"]
     assert out[1] == {"line": 2, "error": "'key' must be a non-empty string"}
     assert out[2]["treatment"] == "off"
+    assert out[3]["line"] == 4 and "lone UTF-16 surrogate" in out[3]["error"]
 
 
 def test_evaluate_refuses_an_invalid_snapshot(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ from sidecar.config import Address
 from sidecar.core import Core
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest, NotReady, Refusal
-from sidecar.core.requests import check_key, check_name
+from sidecar.core.requests import check_key, check_name, lone_surrogate
 from sidecar.plumbing.http import HttpServer, Request, Response
 
 PREFIX = "/ofrep/v1/evaluate/flags"
@@ -106,6 +106,9 @@ def read_context(body: bytes) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OfrepError(400, PARSE_ERROR, f"the body is not JSON: {exc}") from None
+    not_text = lone_surrogate(body, document)
+    if not_text is not None:
+        raise OfrepError(400, PARSE_ERROR, not_text)
     if not isinstance(document, dict):
         raise OfrepError(400, INVALID_CONTEXT, "the body must be a JSON object")
     context = document.get("context")

@@ -63,6 +63,7 @@ from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest, NotReady, QueueFull, Refusal
+from sidecar.core.requests import lone_surrogate
 from sidecar.telemetry.batches import Batch, BatchBuilder
 from sidecar.telemetry.pipeline import Pipeline
 
@@ -467,13 +468,17 @@ class SplitSdkApi:
                 if self.headers.get("Content-Encoding", "").lower() == "gzip":
                     data = _gunzip(data)
                 try:
-                    return json.loads(data, object_hook=_yield_point)
+                    document = json.loads(data, object_hook=_yield_point)
                 except (ValueError, UnicodeDecodeError) as err:
                     raise BadRequest(f"the body is not JSON: {err}") from None
                 except RecursionError:
                     raise BadRequest(
                         "the body is not JSON this API reads: nested too deep"
                     ) from None
+                not_text = lone_surrogate(data, document)
+                if not_text is not None:
+                    raise BadRequest(not_text)
+                return document
 
             def _read_body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -168,6 +168,12 @@ def test_errors_follow_the_spec(lane: Ofrep) -> None:
     status, body, _ = post(lane, "/ofrep/v1/evaluate/flags/enabled", deep)
     assert (status, body["errorCode"]) == (400, "PARSE_ERROR")
     assert "nests more than 100 levels deep" in body["errorDetails"]
+    lone = b'{"context": {"targetingKey": "a\\ud800"}}'  # would reach the hash and the upload
+    status, body, _ = post(lane, "/ofrep/v1/evaluate/flags/enabled", lone)
+    assert (status, body["errorCode"]) == (400, "PARSE_ERROR")
+    assert "lone UTF-16 surrogate" in body["errorDetails"]
+    paired = b'{"context": {"targetingKey": "\\ud83d\\ude00"}}'  # a pair is text
+    assert post(lane, "/ofrep/v1/evaluate/flags/enabled", paired)[0] == 200
     status, body, _ = single(lane, "banner", {"plan": "pro"})
     assert (status, body["errorCode"]) == (400, "TARGETING_KEY_MISSING")
     status, body, _ = single(lane, "banner", {"targetingKey": "u", "plan": {"nested": 1}})

@@ -94,11 +94,13 @@ def test_an_unknown_sdk_key_is_refused(sidecar: RunningSidecar) -> None:
 
 def test_a_malformed_bulk_is_refused_with_a_message_and_counted(sidecar: RunningSidecar) -> None:
     before = refused(sidecar, "testImpressions/bulk", "malformed_body")
-    for body in (b"{not json", b'{"f": "x"}', b'[{"f": "x", "i": 3}]', b"[1]"):
+    lone_surrogate = b'[{"f": "x", "i": [{"k": "a\\ud800", "t": "on", "m": 1}]}]'
+    for body in (b"{not json", b'{"f": "x"}', b'[{"f": "x", "i": 3}]', b"[1]", lone_surrogate):
         status, _, answer = request(sidecar, "POST", "/api/testImpressions/bulk", body)
         assert status == 400, body
         assert json.loads(answer)["error"]
-    wait_for(lambda: refused(sidecar, "testImpressions/bulk", "malformed_body") == before + 4)
+    assert "lone UTF-16 surrogate" in json.loads(answer)["error"]
+    wait_for(lambda: refused(sidecar, "testImpressions/bulk", "malformed_body") == before + 5)
 
 
 def test_bad_records_are_skipped_and_counted_the_rest_kept(sidecar: RunningSidecar) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import mmh3
@@ -98,3 +100,30 @@ def test_legacy_counts_utf16_code_units_outside_the_bmp() -> None:
         expected = (31 * expected + unit) & 0xFFFFFFFF
     expected = expected - (1 << 32) if expected >= 1 << 31 else expected
     assert legacy_hash("\U0001f600", 0) == expected
+
+
+LONE_SURROGATE_PROGRAM = """
+from fader.rules.hashing import bucket, murmur_hash
+from fader.snapshot.loader import build_snapshot
+from tests.fader.rules.builders import condition, flag, snapshot_doc
+
+for call in (lambda: murmur_hash("a\\ud800", 1), lambda: bucket("a\\ud800", 1)):
+    try:
+        call()
+    except UnicodeEncodeError:
+        pass
+    else:
+        raise SystemExit("a key with a lone surrogate was hashed")
+snap = build_snapshot(snapshot_doc(flag("f", condition(partitions={"on": 50, "off": 50}))))
+print(snap.evaluate("a\\ud800", "f").label)
+"""
+
+
+def test_a_key_with_a_lone_surrogate_is_refused_by_the_hash_not_a_crash() -> None:
+    """JSON carries lone surrogates ("\\ud800") and a caller's str may hold one: mmh3.hash
+    over such a str killed the process (SIGSEGV), which a subprocess can show."""
+    done = subprocess.run(
+        [sys.executable, "-c", LONE_SURROGATE_PROGRAM], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip() == "exception"

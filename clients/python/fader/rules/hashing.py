@@ -17,18 +17,24 @@ MURMUR: Final = 2  # any other algo value means the legacy hash
 _UINT32: Final = 0xFFFFFFFF
 _INT32_SIGN: Final = 0x80000000
 
+# Unsigned murmur3 x86_32 of bytes, the raw C function, for hot paths that inline
+# ``murmur32(key.encode(), seed_u32) % 100``. Never `mmh3.hash` on a str: given a str with a
+# lone surrogate (JSON can escape one, "\ud800", and a caller's str may hold one) it crashes
+# the process (mmh3 5.x); `str.encode` raises instead, and evaluation answers "exception".
+murmur32: Final = mmh3.mmh3_32_uintdigest
+
 
 def murmur_hash(key: str, seed: int) -> int:
     """Unsigned murmur3 x86_32 of the UTF-8 key; the seed is taken modulo 2**32.
 
     mmh3 >= 5 refuses negative seeds, and flag seeds are signed int32, hence the mask.
     """
-    return int(mmh3.hash(key, seed & _UINT32, signed=False))
+    return int(murmur32(key.encode(), seed & _UINT32))
 
 
 def murmur_bucket(key: str, seed: int) -> int:
     """Bucket 1..100 for ``algo: 2``."""
-    return int(mmh3.hash(key, seed & _UINT32, signed=False)) % 100 + 1
+    return int(murmur32(key.encode(), seed & _UINT32)) % 100 + 1
 
 
 def _to_int32(value: int) -> int:
@@ -61,10 +67,6 @@ def legacy_bucket(key: str, seed: int) -> int:
 def legacy_index(key: str, seed: int) -> int:
     """``legacy_bucket - 1``: the index into a condition's 100-entry table."""
     return abs(legacy_hash(key, seed)) % 100
-
-
-# The raw C function, for hot paths that inline ``murmur32(key, seed_u32, False) % 100``.
-murmur32: Final = mmh3.hash
 
 
 def is_murmur(algo: object) -> bool:
