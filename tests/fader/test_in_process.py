@@ -105,6 +105,12 @@ def test_typed_attributes_answer_as_over_grpc(sidecar: RunningSidecar) -> None:
             local.get_treatment("u", "adult", {"bad": {}})
         with pytest.raises(TypeError, match="does not fit in 64 bits"):
             local.get_treatment("u", "adult", {"age": 2**70})
+        for client in (local, remote):  # a key protobuf cannot carry: raised, as over gRPC
+            with pytest.raises(UnicodeEncodeError):
+                client.get_treatment("a\ud800", "adult")
+            with pytest.raises(UnicodeEncodeError):
+                client.get_treatment("u", "adult", bucketing_key="b\ud800")
+        assert local.get_treatment("josé", "adult", {"age": 30}) == "yes"
         assert in_process(local).remote_lookups == 0
 
 

@@ -137,9 +137,11 @@ def make_decide(
             else:
                 if len(attributes) > max_attributes or "" in attributes:
                     attributes = engine_attributes(attributes, limits)
-        if not 0 < len(key) <= MAX_KEY_LENGTH:
+        if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii():
             check_key(key)
-        if bucketing_key is not None and not 0 < len(bucketing_key) <= MAX_KEY_LENGTH:
+        if bucketing_key is not None and (
+            not 0 < len(bucketing_key) <= MAX_KEY_LENGTH or not bucketing_key.isascii()
+        ):
             bucketing_key = optional_key(bucketing_key)
         decision: Decision = evaluate(key, flag, bucketing_key, attributes)
         if decision is NOT_FOUND or long_names:
@@ -154,8 +156,13 @@ def make_decide(
 
 
 def check_key(key: str) -> None:
+    """The sidecar's length rule; and a key protobuf cannot carry (a lone surrogate) raises
+    UnicodeEncodeError, as the RPC clients raise setting it, rather than reach the
+    exposures upload."""
     if not key or len(key) > MAX_KEY_LENGTH:
         raise invalid(f"key: {len(key)} characters, 1 to {MAX_KEY_LENGTH} allowed")
+    if not key.isascii():
+        key.encode()
 
 
 def optional_key(key: str | None) -> str | None:
@@ -164,6 +171,8 @@ def optional_key(key: str | None) -> str | None:
         return None
     if len(key) > MAX_KEY_LENGTH:
         raise invalid(f"bucketing_key: {len(key)} characters, at most {MAX_KEY_LENGTH} allowed")
+    if not key.isascii():
+        key.encode()
     return key
 
 
