@@ -22,10 +22,10 @@ from fader.snapshot.issues import SnapshotError
 from fader.snapshot.limits import SnapshotLimits
 from fader.snapshot.loader import check_document, load_bytes, load_file
 from fader.snapshot.snapshot import Snapshot
+from fader.snapshot.text import lone_surrogate
 
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest
-from sidecar.core.requests import lone_surrogate
 from sidecar.limits import RequestLimits
 
 EXIT_OK = 0

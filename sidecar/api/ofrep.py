@@ -46,6 +46,7 @@ from fader.rules.model import CompiledFlag
 from fader.rules.result import Decision
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
 from fader.snapshot.snapshot import Snapshot
+from fader.snapshot.text import lone_surrogate
 
 from sidecar.api import flagd_mapping as mapping
 from sidecar.api.flagd_connect import FlagdConnect, is_connect, unary_error
@@ -54,7 +55,7 @@ from sidecar.config import Address
 from sidecar.core import Core
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest, NotReady, Refusal
-from sidecar.core.requests import check_key, check_name, lone_surrogate
+from sidecar.core.requests import check_key, check_name
 from sidecar.plumbing.http import HttpServer, Request, Response
 
 PREFIX = "/ofrep/v1/evaluate/flags"

@@ -47,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from fader.snapshot.text import lone_surrogate
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -63,7 +64,6 @@ from sidecar.auth import TokenFile
 from sidecar.config import Address
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.refusals import BadRequest, NotReady, QueueFull, Refusal
-from sidecar.core.requests import lone_surrogate
 from sidecar.telemetry.batches import Batch, BatchBuilder
 from sidecar.telemetry.pipeline import Pipeline
 

@@ -7,17 +7,11 @@ on the refusal path.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
-from typing import Any
 
 from fader.snapshot.snapshot import Snapshot
 
 from sidecar.core.refusals import BadRequest
-
-# A JSON escape of a UTF-16 surrogate: the only way a lone one gets into a decoded document.
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
 
 # Split's SDKs refuse keys longer than this; so do we, instead of answering differently.
 MAX_KEY_LENGTH = 250
@@ -68,19 +62,3 @@ def select_flags(
     if flag_sets:
         selected.update(dict.fromkeys(snap.flags_in_sets(flag_sets)))
     return list(selected)
-
-
-def lone_surrogate(body: bytes, document: Any) -> str | None:
-    """Why a decoded JSON `document` is not text, or None when it is.
-
-    JSON may escape half of a UTF-16 pair alone ("\\ud800"); `json.loads` turns it into a
-    str that cannot be encoded as UTF-8, so it would fail wherever the value goes next (a
-    protobuf field, an impression upload, a hash) instead of here, where the caller can be
-    told. Only a body holding such an escape (rare) pays for the check."""
-    if SURROGATE_ESCAPE.search(body) is None:
-        return None
-    try:
-        json.dumps(document, ensure_ascii=False).encode()
-    except UnicodeEncodeError as err:
-        return f"a string holds a lone UTF-16 surrogate ({err.object[err.start]!r}), not text"
-    return None

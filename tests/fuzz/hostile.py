@@ -26,17 +26,17 @@ def demo() -> dict[str, Any]:
     return document
 
 
-def _paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+def paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     yield path
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _paths(value, (*path, key))
+            yield from paths(value, (*path, key))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _paths(value, (*path, index))
+            yield from paths(value, (*path, index))
 
 
-def _set(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+def set_at(document: Any, path: tuple[Any, ...], value: Any) -> Any:
     if not path:
         return value
     target = document
@@ -67,16 +67,16 @@ def hostile_inputs(seed: int = 19) -> Iterator[tuple[str, bytes, str]]:
             text.replace(b'"version": 1', f'"version": {number}'.encode()),
             "json",
         )
-    paths = list(_paths(base))
-    for index, path in enumerate(paths):  # a wrong type at every path
+    every_path = list(paths(base))
+    for index, path in enumerate(every_path):  # a wrong type at every path
         value = WRONG_TYPES[index % len(WRONG_TYPES)]
-        document = _set(copy.deepcopy(base), path, value)
+        document = set_at(copy.deepcopy(base), path, value)
         fmt = "msgpack" if index % 3 == 0 and not isinstance(value, int) else "json"
         data = msgpack.packb(document) if fmt == "msgpack" else json.dumps(document).encode()
         yield f"type-{index}", data, fmt
     for index in range(40):  # unknown keys, anywhere a mapping is
         document = copy.deepcopy(base)
-        mappings = [p for p in paths if isinstance(_get(document, p), dict)]
+        mappings = [p for p in every_path if isinstance(_get(document, p), dict)]
         target = _get(document, rng.choice(mappings))
         target[rng.choice(("defaultTreatmen", "atributes", "", "\u0000", "version"))] = 1
         yield f"unknown-{index}", json.dumps(document).encode(), "json"
@@ -85,6 +85,11 @@ def hostile_inputs(seed: int = 19) -> Iterator[tuple[str, bytes, str]]:
         at = text.find(marker)
         if at >= 0:
             yield f"duplicate-{key}", text[:at] + marker + b'"dup", ' + text[at:], "json"
+    for half in ("ud800", "udfff"):  # a lone UTF-16 surrogate, escaped: valid JSON, not text
+        yield f"surrogate-{half}", text.replace(b'"off"', b'"o\\' + half.encode() + b'"'), "json"
+    flagd = {"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}
+    flagd["flags"]["f"]["targeting"] = {"if": [{"==": [{"var": "x"}, "\ud800"]}, "a", None]}
+    yield "surrogate-flagd", json.dumps(flagd).encode(), "json"
     for index in range(30):  # invalid UTF-8 inside and around strings
         at = rng.randrange(len(text))
         yield (

@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.api.test_ofrep import FLAGD_FLAGS
 from tests.fader.rules.builders import flag, snapshot_doc
-from tests.fuzz.hostile import WRONG_TYPES
+from tests.fuzz.hostile import WRONG_TYPES, paths, set_at
 from tests.integration.harness import free_port, serve_process, short_tmp
 from tests.integration.release_processes import control_plane
 
@@ -49,25 +49,8 @@ PLANE: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def _paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield path
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _paths(value, (*path, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _paths(value, (*path, index))
-
-
 def _with(document: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    changed = copy.deepcopy(document)
-    target = changed
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
-    return changed
+    return set_at(copy.deepcopy(document), path, value)
 
 
 def hostile_bodies(valid: dict[str, Any], seed: int) -> Iterator[bytes]:
@@ -81,7 +64,7 @@ def hostile_bodies(valid: dict[str, Any], seed: int) -> Iterator[bytes]:
         yield text[:-1] + f', "n": {number}}}'.encode()  # at the top level
         if b'"n": 3' in text:  # and where a number is read (the evaluation context)
             yield text.replace(b'"n": 3', f'"n": {number}'.encode())
-    for index, path in enumerate(_paths(valid)):  # a wrong type at every path
+    for index, path in enumerate(paths(valid)):  # a wrong type at every path
         for value in (WRONG_TYPES[index % len(WRONG_TYPES)], WRONG_TYPES[-index % 11]):
             yield json.dumps(_with(valid, path, value)).encode()
     for key in ("flagKey", "context", "targetingKey", "", "\u0000", "contxt"):  # unknown/dups

@@ -22,6 +22,7 @@ import msgpack
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds, value_depth_exceeds
 from fader.snapshot.issues import Issue, SnapshotError
 from fader.snapshot.limits import DEPTH, LimitError
+from fader.snapshot.text import lone_surrogate
 from fader.snapshot.validate import is_int
 
 JSON = "json"
@@ -103,7 +104,12 @@ def decode(data: bytes | memoryview, fmt: str, *, depth: int | None = MAX_DEPTH)
             if depth is not None and value_depth_exceeds(document, depth):
                 raise _too_deep()
             return document
-        return json.loads(bytes(data), object_hook=_yield_point)
+        text = bytes(data)
+        document = json.loads(text, object_hook=_yield_point)
+        not_text = lone_surrogate(text, document)
+        if not_text is not None:
+            raise _fail("$", f"invalid JSON: {not_text}")
+        return document
     except json.JSONDecodeError as exc:
         raise SnapshotError(
             [Issue(None, "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
