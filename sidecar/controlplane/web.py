@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from fader.snapshot.depth import MAX_DEPTH, json_depth_exceeds
+from fader.snapshot.text import lone_surrogate
 
 from sidecar.config import Address
 from sidecar.controlplane.apitokens import EDITOR, Principal, RoleTokens
@@ -65,13 +66,17 @@ class Request:
                 400, f"the request body nests more than {MAX_DEPTH} levels deep (the nesting limit)"
             )
         try:
-            return json.loads(self.body)
+            document = json.loads(self.body)
         except UnicodeDecodeError as exc:
             raise HttpError(
                 400, f"the request body is not UTF-8 text (byte offset {exc.start})"
             ) from None
         except ValueError as exc:
             raise HttpError(400, f"the request body is not JSON: {exc}") from None
+        not_text = lone_surrogate(self.body, document)
+        if not_text is not None:
+            raise HttpError(400, f"the request body is not text: {not_text}")
+        return document
 
     def json_object(self) -> dict[str, Any]:
         body = self.json()

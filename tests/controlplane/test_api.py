@@ -159,6 +159,14 @@ def test_unknown_flag_404_bad_request_400(api: Api) -> None:
     with pytest.raises(urllib.error.HTTPError) as raw:
         urllib.request.urlopen(request, timeout=5)
     assert raw.value.code == 400 and "not JSON" in json.loads(raw.value.read())["error"]
+    lone = b'{"definition": {"name": "f\\ud800"}}'  # valid JSON; not text for the store
+    request = urllib.request.Request(
+        api.url + "/api/v1/flags/f", data=lone, method="PUT", headers=request.headers
+    )
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request, timeout=5)
+    assert raw.value.code == 400
+    assert "lone UTF-16 surrogate" in json.loads(raw.value.read())["error"]
 
 
 def test_tokens_401_and_roles_403(api: Api) -> None:
