@@ -326,3 +326,30 @@ def test_a_batch_stored_while_it_was_spilled_is_not_sent_again(tmp_path: Path) -
         collector.arrivals.assert_each_batch_once()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["uploaded", "spooled first"])
+def test_one_unencodable_record_is_set_aside_alone(tmp_path: Path, spooled: bool) -> None:
+    """The net for what passes the doors: a recorded key protobuf cannot carry (a lone
+    surrogate; the JSON lanes refuse one now) costs that record only, uploaded at once or
+    spooled first while the collector is down (the spool cannot encode it either). Before
+    the net, the whole batch around it was dropped as `unencodable` (or `spool_error`)."""
+
+    async def scenario() -> None:
+        collector = ScriptedCollector([grpc.StatusCode.UNAVAILABLE] * 3 if spooled else [])
+        server, port = await serve(collector)
+        pipe = pipeline(port, spool_dir=tmp_path)
+        await pipe.start()
+        keys = [f"u{i}" for i in range(25)]
+        record(pipe, [*keys[:12], "\udc80", *keys[12:]])
+        await until(lambda: sorted(collector.impressions) == sorted(keys), pipe=pipe)
+        await until(lambda: bool(pipe.stats.dropped), pipe=pipe)
+        assert pipe.stats.dropped == {("impressions", "unencodable"): 1}
+        assert pipe.stats.sent == {"impressions": 25}
+        if spooled:
+            assert pipe.stats.spooled.get("impressions", 0) > 0, pipe.stats.__dict__
+        await pipe.close(1.0)
+        await server.stop(0)
+        collector.arrivals.assert_each_batch_once()
+
+    run(scenario)
