@@ -222,28 +222,20 @@ class AttributeEntries:
         self.known: dict[bytes, tuple[str, object]] = {}
 
     def admit(self, entries: Sequence[bytes], where: str) -> dict[str, object]:
-        """`attributes` on the parsed entries, remembering the plain values it admits in
+        """`attributes` on the parsed entries, then the plain values it admitted remembered in
         `known`, where `evaluate_batch_wire` looks every entry up first."""
         values: dict[str, tuple[bytes, pb.AttributeValue]] = {}
         for entry in entries:
             parsed = AttributesEntry.FromString(entry)  # DecodeError: the caller's to answer
             values[parsed.key] = (entry, parsed.value)
-        policy = self._policy
-        policy.check_count(len(values), where)
+        admitted = attributes({name: v for name, (_, v) in values.items()}, self._policy, where)
+        assert admitted is not None  # entries were given
         known = self.known
         if len(known) + len(values) > self.MAX_ENTRIES:
             known.clear()
-        admitted: dict[str, object] = {}
         for name, (entry, value) in values.items():
-            kind = value.WhichOneof("kind")
-            if kind in SCALAR_KINDS and name:
-                item = getattr(value, kind)
-                if kind == "string_value" and len(item) > policy.max_size:
-                    raise policy.too_long(where, name, len(item))
-                known[entry] = (name, item)
-            else:
-                item = _special(name, value, kind, where, policy)
-            admitted[name] = item
+            if name and value.WhichOneof("kind") in SCALAR_KINDS:
+                known[entry] = (name, admitted[name])
         return admitted
 
 
