@@ -98,11 +98,9 @@ class Part:
 
     def flagd_item_path(self, kind: str, name: str) -> str:
         """Where a flagd item is in this part: a flag, an evaluator or a setting."""
-        if kind == FLAGD:
-            return "$" if self.single else flagd_flag_path(self.flagd_path, name)
-        if kind == EVALUATOR:
-            return f"{self.flagd_path}.$evaluators.{name}"
-        return f"{self.flagd_path}.{name}"
+        if self.single and kind == FLAGD:
+            return "$"
+        return flagd_item_path(self.flagd_path, kind, name)
 
     def flagd_items(self, kind: str) -> dict[str, Any]:
         if kind == FLAGD:
@@ -350,7 +348,8 @@ class _Merge:
         if not self.replace:
             for name, body in self.base.table(kind).items():
                 items[name] = body
-                self.flagd_origin[(kind, name)] = (SNAPSHOT_SOURCE, _published_path(kind, name))
+                published = flagd_item_path(FLAGD_SECTION, kind, name)
+                self.flagd_origin[(kind, name)] = (SNAPSHOT_SOURCE, published)
         submitted: dict[str, tuple[str, str]] = {}
         for part in self.parts:
             for name, body in part.flagd_items(kind).items():
@@ -443,13 +442,14 @@ class _Merge:
         return None
 
 
-def _published_path(kind: str, name: str) -> str:
-    """Where a flagd item is in the snapshot the store publishes."""
+def flagd_item_path(section: str, kind: str, name: str) -> str:
+    """Where a flagd item (a flag, an evaluator or a setting) is in the flagd document at
+    ``section``."""
     if kind == FLAGD:
-        return flagd_flag_path(FLAGD_SECTION, name)
+        return flagd_flag_path(section, name)
     if kind == EVALUATOR:
-        return f"{FLAGD_SECTION}.$evaluators.{name}"
-    return f"{FLAGD_SECTION}.{name}"
+        return f"{section}.$evaluators.{name}"
+    return f"{section}.{name}"
 
 
 def _by_name(raws: list[Any]) -> dict[str, dict[str, Any]]:
