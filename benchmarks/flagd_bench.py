@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from fader.snapshot.loader import build_snapshot
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 
-from benchmarks.processes import closed_loop, cpu_seconds, stop
+from benchmarks.processes import callgrind_module, closed_loop, cpu_seconds, stop
 from tests.integration.harness import free_port, serve_env
 from tests.vectors import flagd_vector
 
@@ -235,28 +234,11 @@ def resolver(side: str, case: str) -> Resolve:
 
 def instructions(side: str, case: str, count: int) -> int:
     """Instructions callgrind counts in a child process resolving `count` times."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.flagd_bench",
-        "--run",
-        side,
-        case,
-        str(count),
-    ]
     # a fixed hash seed and a private bytecode cache: both runs execute the same instructions
     # (other work on the tree recompiling modules would otherwise land in one of them)
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPYCACHEPREFIX": CACHE}
-    output = subprocess.run(
-        command, capture_output=True, text=True, check=True, cwd=REPO, env=env
-    ).stderr
-    match = re.search(r"Collected : (\d+)", output)
-    if match is None:
-        raise RuntimeError(f"no callgrind total in:\n{output}")
-    return int(match.group(1))
+    args = ["--run", side, case, str(count)]
+    return callgrind_module("benchmarks.flagd_bench", args, env=env, cwd=REPO)
 
 
 def per_call_instructions(side: str, case: str) -> int:

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -149,11 +148,7 @@ class Server:
         """The instructions callgrind counted, once the server has exited."""
         processes.stop(self.process)
         assert self.process.stderr is not None
-        errors = self.process.stderr.read()
-        match = re.search(r"Collected : (\d+)", errors)
-        if match is None:
-            raise RuntimeError(f"no callgrind total in:\n{errors}")
-        return int(match.group(1))
+        return processes.callgrind_total(self.process.stderr.read())
 
 
 def key_stream() -> Iterator[str]:

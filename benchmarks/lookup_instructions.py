@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from benchmarks.processes import callgrind_module, callgrind_total
 
 RUNS = {"treatment": (200, 2200), "batch of 100": (2, 22)}
 LANES = ("fader.v1", "fast lane")
@@ -85,23 +86,7 @@ def workload(lane: str, kind: str, count: int) -> None:
 
 def instructions(lane: str, kind: str, count: int) -> int:
     """Instructions callgrind counts for a child process running the workload."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "benchmarks.lookup_instructions",
-        "--run",
-        lane,
-        kind,
-        str(count),
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
-    match = re.search(r"Collected : (\d+)", output)
-    if match is None:
-        raise RuntimeError(f"no callgrind total in:\n{output}")
-    return int(match.group(1))
+    return callgrind_module("benchmarks.lookup_instructions", ["--run", lane, kind, str(count)])
 
 
 def server_instructions(kind: str, calls: int, in_flight: int, warmup: int) -> int:
@@ -138,10 +123,7 @@ def server_instructions(kind: str, calls: int, in_flight: int, warmup: int) -> i
         finally:
             server.send_signal(signal.SIGTERM)
             _, errors = server.communicate(timeout=300)
-    match = re.search(r"Collected : (\d+)", errors)
-    if match is None:
-        raise RuntimeError(f"no callgrind total in:\n{errors}")
-    return int(match.group(1))
+    return callgrind_total(errors)
 
 
 async def _batches(target: str, calls: int, in_flight: int) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +18,32 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def callgrind_total(stderr: str) -> int:
+    """The instructions callgrind reports it counted ("Collected : N") in its stderr."""
+    match = re.search(r"Collected : (\d+)", stderr)
+    if match is None:
+        raise RuntimeError(f"no callgrind total in:\n{stderr}")
+    return int(match.group(1))
+
+
+def callgrind_module(
+    module: str, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
+    """Instructions callgrind counts in a child `python -m module args` (start-up included:
+    callers difference two runs of different lengths)."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        module,
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=cwd, env=env)
+    return callgrind_total(done.stderr)
 
 
 def stop(process: subprocess.Popen[str]) -> None:
