@@ -32,10 +32,11 @@ from tests.core.builders import core_for
 from tests.fader.rules.builders import condition, flag, snapshot_doc
 
 
-def test_attribute_types() -> None:
+def typed_values(when: datetime.datetime) -> dict[str, pb.AttributeValue]:
+    """One attribute of every wire type, the timestamp at `when`."""
     stamp = pb.AttributeValue()
-    stamp.timestamp_value.FromDatetime(datetime.datetime(2024, 1, 1, 0, 0, 1, 999_000))
-    values = {
+    stamp.timestamp_value.FromDatetime(when)
+    return {
         "s": pb.AttributeValue(string_value="x"),
         "i": pb.AttributeValue(int_value=-(2**63)),
         "d": pb.AttributeValue(double_value=5.0),
@@ -43,6 +44,10 @@ def test_attribute_types() -> None:
         "l": pb.AttributeValue(string_list_value=pb.StringList(values=["a", "b"])),
         "t": stamp,
     }
+
+
+def test_attribute_types() -> None:
+    values = typed_values(datetime.datetime(2024, 1, 1, 0, 0, 1, 999_000))
     got = attributes(values, AttributePolicy(10), "attributes")
     assert got == {"s": "x", "i": -(2**63), "d": 5.0, "b": False, "l": ["a", "b"], "t": 1704067201}
     assert got is not None and type(got["d"]) is float and type(got["i"]) is int
@@ -144,16 +149,7 @@ def test_batch_attributes_read_from_wire_entries_are_the_map_path_first_and_reme
     """EvaluateBatch reads an item's attributes as wire entries and remembers admitted ones
     by their bytes: the engine gets what the map path (`attributes`) gives, on the first
     request and on repeats, including a name sent twice (the last wins, as in a map)."""
-    stamp = pb.AttributeValue()
-    stamp.timestamp_value.FromDatetime(datetime.datetime(2024, 1, 1, 0, 0, 1))
-    values = {
-        "s": pb.AttributeValue(string_value="x"),
-        "i": pb.AttributeValue(int_value=-(2**63)),
-        "d": pb.AttributeValue(double_value=5.0),
-        "b": pb.AttributeValue(bool_value=False),
-        "l": pb.AttributeValue(string_list_value=pb.StringList(values=["a", "b"])),
-        "t": stamp,
-    }
+    values = typed_values(datetime.datetime(2024, 1, 1, 0, 0, 1))
     twice = _item(
         _entry(b"plan", pb.AttributeValue(string_value="free").SerializeToString()),
         _entry(b"plan", pb.AttributeValue(string_value="pro").SerializeToString()),
