@@ -203,11 +203,7 @@ def _v2_index(first: Callable[[Data], Any], bounds: tuple[int, ...]) -> Callable
         value = first(data)
         if not isinstance(value, str):
             return -1
-        try:
-            raw = value.encode()
-        except UnicodeEncodeError:
-            raw = cbor.utf8(value)
-        return bisect_right(bounds, _murmur(raw, 0))
+        return bisect_right(bounds, _murmur(cbor.utf8(value), 0))
 
     return v2
 
