@@ -423,12 +423,7 @@ def _targeting_run(
             data = {**data, FLAGD: {"flagKey": flag_key, "timestamp": int(time.time())}}
         if index is not None:
             return answers[index(data)]
-        value = fn(data)
-        if value is None:
-            return default_answer
-        name = value if type(value) is str else _variant_name(value)
-        found = get_match(name) if name is not None else None
-        return unknown if found is None else found
+        return answer(fn(data))
 
     return run
 
