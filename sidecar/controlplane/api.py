@@ -21,7 +21,7 @@ from typing import Any, Final
 from sidecar.controlplane import dimmer
 from sidecar.controlplane.apitokens import EDITOR, VIEWER
 from sidecar.controlplane.documents import InvalidFlags, Part, parse_document
-from sidecar.controlplane.edits import SplitOnly, UnknownFlag, apply_documents
+from sidecar.controlplane.edits import SplitOnly, UnknownFlag, apply_documents, split_flag
 from sidecar.controlplane.flagset import EVALUATOR, FLAG, FLAGD, FLAGD_SET, KINDS, FlagSet
 from sidecar.controlplane.rollout import NoPlan, PlanError, RolloutEngine, check_steps
 from sidecar.controlplane.store import FlagStore, StaleVersion, UnknownVersion, VersionRecord
@@ -287,7 +287,7 @@ class ReleaseApi:
         treatment = _optional_text(body, "treatment")
         if self.rollouts.is_running(name):
             raise PlanError(f"{name} has a running rollout plan: pause or abort it first")
-        _split_flag(self.store.state.flags, name, "the dimmer")
+        split_flag(self.store.state.flags, name, "the dimmer")  # refused before the write
         written = self.store.dial(name, percent, treatment, **_write_args(request, body))
         return Response.json(written.to_json())
 
@@ -354,7 +354,7 @@ class ReleaseApi:
             raise HttpError(400, str(exc)) from None
         args = _write_args(request, body)
         name = request.params["flag"]
-        _split_flag(self.store.state.flags, name, "a rollout plan")
+        split_flag(self.store.state.flags, name, "a rollout plan")
         try:
             plan, written = self.rollouts.start(
                 name,
@@ -390,15 +390,6 @@ class ReleaseApi:
 
 
 # --- request helpers -----------------------------------------------------------------------
-
-
-def _split_flag(flags: FlagSet, name: str, operation: str) -> None:
-    """Refuse before anything else an operation that only a Split flag supports."""
-    kind = flags.dialect(name)
-    if kind is None:
-        raise UnknownFlag(name)
-    if kind == FLAGD:
-        raise SplitOnly(name, operation)
 
 
 def _flag_version(flags: FlagSet, changed: Mapping[tuple[str, str], int], name: str) -> int:

@@ -103,7 +103,7 @@ def dial(name: str, percent: int, treatment: str | None = None) -> Edit:
     """The dimmer (see ``dimmer``): ``treatment`` gets ``percent`` % of the default rule."""
 
     def edit(current: FlagSet) -> Edited:
-        flag = _split_flag(current, name, "the dimmer")
+        flag = split_flag(current, name, "the dimmer")
         try:
             dialed = dimmer.dial(flag, percent, treatment)
         except dimmer.DialError as exc:
@@ -169,7 +169,7 @@ def _kind(current: FlagSet, name: str) -> str:
     return kind
 
 
-def _split_flag(current: FlagSet, name: str, operation: str) -> dict[str, Any]:
+def split_flag(current: FlagSet, name: str, operation: str) -> dict[str, Any]:
     """The Split flag ``name``; SplitOnly for a flagd flag, UnknownFlag for neither."""
     if _kind(current, name) == FLAGD:
         raise SplitOnly(name, operation)
