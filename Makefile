@@ -1,13 +1,18 @@
-# Every target sets itself up: a fresh clone needs python3 (>= 3.11) and PyPI. `make test`
-# also runs the client examples with the toolchains it finds: node + npm (packages from the
-# npm registry), go (modules from the Go module proxy), java + mvn (Maven Central); a missing
-# toolchain skips its tests with the reason printed at the end, a registry it cannot reach
-# fails them (README "Two commands").
+# Every target sets itself up: a fresh clone needs python3 (>= 3.11), a C compiler and PyPI.
+# `make test` also runs the client examples with the toolchains it finds: node + npm (packages
+# from the npm registry), go (modules from the Go module proxy), java + mvn (Maven Central); a
+# missing toolchain skips its tests with the reason printed at the end, a registry it cannot
+# reach fails them (README "Two commands").
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := clients/python/fader/pb/.stamp
+# The C extensions (pyproject's [[tool.setuptools.ext-modules]]) are built by pip at setup and
+# rebuilt in place (next to their sources) by this stamp's rule whenever a .c or .h changes,
+# so no target runs a stale .so.
+NATIVE := $(VENV)/.native-stamp
+NATIVE_SOURCES := $(shell find clients/python sidecar \( -name '*.c' -o -name '*.h' \) 2>/dev/null)
 
 .PHONY: setup proto run demo demo-release test mutants lint format bench clean deploy-check
 
@@ -29,6 +34,14 @@ $(GEN): $(STAMP) tools/genproto.py $(shell find proto -name '*.proto' 2>/dev/nul
 	@touch $@
 
 proto: $(GEN)
+
+# setuptools reads the extension list from pyproject.toml; -W ignore hides its Python
+# warning that this table is "experimental" (the compiler's warnings still print).
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	@$(BIN)/python -W ignore -c 'import setuptools; setuptools.setup()' -q build_ext --inplace
+	@touch $@
+
+run demo demo-release test mutants lint bench: $(NATIVE)
 
 run: $(GEN)
 	@echo "Fader is starting on the embedded demo snapshot ($(BIN)/fader serve --demo; Ctrl-C stops it)."
@@ -76,6 +89,7 @@ bench: $(GEN)
 
 clean:
 	rm -rf $(VENV) clients/python/fader/pb build *.egg-info .fader-demo .fader-demo-release
+	find clients/python sidecar -name '*.so' -delete
 
 # Offline validation of deploy/: manifests with kubernetes-validate --strict (1.29 and the
 # newest schema it ships), the Dockerfile with hadolint and its pins (exact base image, every

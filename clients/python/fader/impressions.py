@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from fader.rules.result import LABEL_NOT_FOUND, Decision
+from fader import _modes
+from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 
 HOUR_MS = 3_600_000
@@ -59,10 +60,6 @@ class Impression(NamedTuple):
 Answer = tuple[str, str | None, str, Decision]
 # One request's evaluations: (snapshot, time ms, lookups).
 Pending = tuple[Snapshot, int, list[Answer]]
-
-
-# Builds a NamedTuple from a tuple without its keyword-parsing __new__ (4x cheaper).
-_make_impression = tuple.__new__
 
 
 def hour_start(time_ms: int) -> int:
@@ -96,7 +93,7 @@ class Observer:
         """The previous time `digest` was seen (None: not remembered), storing the later of
         the two. Like Split's Java SDK, an out-of-order older time is returned as the
         earlier of the two, so the caller never sees a previous time after the impression
-        itself. (`ImpressionModes.process_all` inlines the same steps.)"""
+        itself. (`fader._modes`, behind `ImpressionModes.process_all`, takes the same steps.)"""
         young = self.young
         previous = young.get(digest)
         if previous is None:
@@ -164,68 +161,20 @@ class ImpressionModes:
         self.process_all(((snap, time_ms, lookups),))
 
     def process_all(self, requests: Iterable[Pending]) -> None:
-        """Applies the mode to recorded requests. Written for speed (under 1 µs a lookup, the
-        observer inlined): it runs once per recorded evaluation, on the loop that serves
-        requests. (Column-at-a-time versions with zip/map measured slower: transposing the
-        lookups and building the impressions cost more than this loop's bytecodes.)"""
-        observer = self._observer
-        counts, counts_get = self.counts, self.counts.get
+        """Applies the mode to recorded requests. It runs once per recorded evaluation, on
+        the loop that serves requests, so the loop is C (`fader._modes`, the rules above,
+        step for step): in Python it cost more than a batched lookup itself."""
         made: list[Impression] = []
-        keep, make, add_key = made.append, _make_impression, self.unique_keys.add
-        mode = self.mode
-        optimized, none = mode is Mode.OPTIMIZED, mode is Mode.NONE
-        emitted = deduplicated = 0
-        young, old, capacity = observer.young, observer.old, observer.capacity
-        young_get, old_get = young.get, old.get
-        for snap, time_ms, lookups in requests:
-            version, disabled = snap.version, self._disabled_in(snap)
-            hour = time_ms - time_ms % HOUR_MS
-            for key, bucketing_key, flag, result in lookups:
-                treatment, label, _, change = result
-                if label == LABEL_NOT_FOUND:
-                    continue
-                if none or (disabled and flag in disabled):
-                    bucket = (flag, hour)
-                    counts[bucket] = counts_get(bucket, 0) + 1
-                    add_key(flag, key, time_ms)
-                    continue
-                change = change or 0
-                # Split hashes "key:flag:treatment:label:changeNumber" with murmur3-128; the
-                # value never leaves the observer, so Python's tuple hash (5x cheaper) will do.
-                digest = hash((key, flag, treatment, label, change))
-                previous = young_get(digest)
-                if previous is None:
-                    previous = old_get(digest)
-                if previous is None or time_ms > previous:
-                    young[digest] = time_ms
-                elif digest not in young:
-                    young[digest] = previous  # seen again: remembered for longer
-                if len(young) >= capacity:
-                    observer.old, observer.young = young, {}
-                    young, old = observer.young, observer.old
-                    young_get, old_get = young.get, old.get
-                if previous is not None:
-                    if previous > time_ms:  # out of order: never a previous time after it
-                        previous = time_ms
-                    if optimized:
-                        bucket = (flag, hour)
-                        counts[bucket] = counts_get(bucket, 0) + 1
-                        if previous >= hour:
-                            deduplicated += 1
-                            continue
-                emitted += 1
-                imp = (
-                    key,
-                    bucketing_key,
-                    flag,
-                    treatment,
-                    label,
-                    change,
-                    time_ms,
-                    previous,
-                    version,
-                )
-                keep(make(Impression, imp))
+        emitted, deduplicated = _modes.process_all(
+            requests,
+            self.mode,
+            self._observer,
+            self.counts,
+            self.unique_keys.add,
+            self._disabled_in,
+            Impression,
+            made,
+        )
         if made:
             self._emit(made)
         self.emitted += emitted

@@ -1,0 +1,732 @@
+/* fader._modes: the loop of fader.impressions.ImpressionModes.process_all, in C.
+ *
+ * Why native: the modes run once per recorded evaluation, on the event loop that serves
+ * requests. In Python they cost ~7,800 instructions a lookup (a 5-tuple hash, two observer
+ * dict operations, a (flag, hour) count, an Impression namedtuple), more than a batched
+ * lookup itself; the issue's goal (impressions on >= 0.9 of off) needs a fraction of that.
+ *
+ * Same rules as the Python loop it replaces (kept as the oracle in
+ * tests/fader/test_modes.py), step for step:
+ * - "definition not found" makes nothing;
+ * - mode none, or a flag with impressionsDisabled: counted per (flag, hour) and its key
+ *   given to `add_key(flag, key, time_ms)`;
+ * - otherwise the observer (two dict generations, `young` and `old`, keyed by Python's hash
+ *   of (key, flag, treatment, label, change number), valued by the latest time seen) gives
+ *   the previous time; an out-of-order older time is reported as the impression's own;
+ *   optimized counts every repeat and drops those seen in the same hour;
+ * - each impression left is an `Impression` namedtuple appended to `made`.
+ *
+ * The Python class owns the state; this module only mutates what it is given: the
+ * observer's dicts (and, at capacity, its `young`/`old` attributes), `counts` and `made`.
+ * Wrong types anywhere in the requests raise TypeError (never a crash): every object read
+ * from the requests is type-checked before its fields are read, and every object this code
+ * keeps using across a call into Python holds a reference.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HOUR_MS 3600000LL
+
+/* CPython's tuple hash (xxHash-based, Objects/tupleobject.c since 3.8). The observer's keys
+ * must be exactly `hash((key, flag, treatment, label, change))`, as the Python loop made them,
+ * so a process keeps one observer whichever side fills it; computing it here avoids building
+ * the tuple. tests/fader/test_modes.py checks the digests against hash() itself. */
+#if SIZEOF_SIZE_T > 4
+#define XXPRIME_1 ((Py_uhash_t)11400714785074694791ULL)
+#define XXPRIME_2 ((Py_uhash_t)14029467366897019727ULL)
+#define XXPRIME_5 ((Py_uhash_t)2870177450012600261ULL)
+#define XXROTATE(x) ((x << 31) | (x >> 33))
+#else
+#define XXPRIME_1 ((Py_uhash_t)2654435761UL)
+#define XXPRIME_2 ((Py_uhash_t)2246822519UL)
+#define XXPRIME_5 ((Py_uhash_t)374761393UL)
+#define XXROTATE(x) ((x << 13) | (x >> 19))
+#endif
+
+enum { FIELDS = 5 };
+
+static Py_hash_t
+tuple_hash(PyObject *const items[FIELDS])
+{
+    Py_uhash_t acc = XXPRIME_5;
+    for (int i = 0; i < FIELDS; i++) {
+        Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
+        if (lane == (Py_uhash_t)-1) {
+            return -1;
+        }
+        acc += lane * XXPRIME_2;
+        acc = XXROTATE(acc);
+        acc *= XXPRIME_1;
+    }
+    acc += FIELDS ^ (XXPRIME_5 ^ 3527539UL);
+    if (acc == (Py_uhash_t)-1) {
+        return 1546275796;
+    }
+    return (Py_hash_t)acc;
+}
+
+/* Counts gathered during one call, merged into the caller's `counts` dict at the end.
+ * Why: the dict is keyed by (flag, hour) tuples; counting straight into it costs a tuple, two
+ * tuple hashes, two dict probes and an int per lookup, while a call sees few distinct
+ * buckets. Entries keep first-seen order, so new keys enter the dict in the order the Python
+ * loop would have inserted them. */
+typedef struct {
+    PyObject *flag; /* strong reference */
+    Py_hash_t flag_hash;
+    long long hour;
+    Py_ssize_t count;
+} Bucket;
+
+typedef struct {
+    Bucket *buckets;   /* first-seen order */
+    Py_ssize_t used;
+    Py_ssize_t *slots; /* open addressing: index + 1 into buckets, 0 = empty */
+    Py_ssize_t mask;   /* slots has mask + 1 entries, a power of two */
+} Tally;
+
+static Py_uhash_t
+bucket_hash(Py_hash_t flag_hash, long long hour)
+{
+    return (Py_uhash_t)flag_hash * XXPRIME_1 ^ (Py_uhash_t)hour * XXPRIME_2;
+}
+
+static int
+tally_grow(Tally *tally)
+{
+    Py_ssize_t size = tally->slots == NULL ? 16 : (tally->mask + 1) * 2;
+    Py_ssize_t *slots = PyMem_Calloc((size_t)size, sizeof(Py_ssize_t));
+    Bucket *buckets = PyMem_Realloc(tally->buckets, (size_t)(size / 2) * sizeof(Bucket));
+    if (slots == NULL || buckets == NULL) {
+        PyMem_Free(slots);
+        if (buckets != NULL) {
+            tally->buckets = buckets;
+        }
+        PyErr_NoMemory();
+        return -1;
+    }
+    tally->buckets = buckets;
+    PyMem_Free(tally->slots);
+    tally->slots = slots;
+    tally->mask = size - 1;
+    for (Py_ssize_t i = 0; i < tally->used; i++) {
+        Bucket *b = &buckets[i];
+        Py_uhash_t at = bucket_hash(b->flag_hash, b->hour) & (Py_uhash_t)tally->mask;
+        while (slots[at] != 0) {
+            at = (at + 1) & (Py_uhash_t)tally->mask;
+        }
+        slots[at] = i + 1;
+    }
+    return 0;
+}
+
+/* Adds one to (flag, hour). `flag` is a str whose hash is known. */
+static int
+tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
+{
+    /* at most half full: probes stay short, and there is room for the bucket array */
+    if (tally->slots == NULL || (tally->used + 1) * 2 > tally->mask + 1) {
+        if (tally_grow(tally) < 0) {
+            return -1;
+        }
+    }
+    Py_uhash_t at = bucket_hash(flag_hash, hour) & (Py_uhash_t)tally->mask;
+    for (;;) {
+        Py_ssize_t index = tally->slots[at];
+        if (index == 0) {
+            break;
+        }
+        Bucket *b = &tally->buckets[index - 1];
+        if (b->hour == hour && b->flag_hash == flag_hash &&
+            (b->flag == flag || PyUnicode_Compare(b->flag, flag) == 0)) {
+            b->count++;
+            return 0;
+        }
+        at = (at + 1) & (Py_uhash_t)tally->mask;
+    }
+    Bucket *b = &tally->buckets[tally->used];
+    Py_INCREF(flag);
+    b->flag = flag;
+    b->flag_hash = flag_hash;
+    b->hour = hour;
+    b->count = 1;
+    tally->used++;
+    tally->slots[at] = tally->used;
+    return 0;
+}
+
+/* counts[(flag, hour)] += count for every bucket, in first-seen order; then frees the
+ * tally. Runs on errors too, as the Python loop had counted everything before the bad
+ * lookup. Returns -1 (an exception set) if the merge itself failed. */
+static int
+tally_merge(Tally *tally, PyObject *counts)
+{
+    int status = 0;
+    PyObject *saved_type = NULL, *saved_value = NULL, *saved_tb = NULL;
+    PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
+    for (Py_ssize_t i = 0; i < tally->used; i++) {
+        Bucket *b = &tally->buckets[i];
+        if (status == 0) {
+            PyObject *hour = PyLong_FromLongLong(b->hour);
+            PyObject *key = hour == NULL ? NULL : PyTuple_Pack(2, b->flag, hour);
+            Py_XDECREF(hour);
+            PyObject *before = key == NULL ? NULL : PyDict_GetItemWithError(counts, key);
+            long long total = b->count;
+            if (before != NULL) {
+                long long was = PyLong_AsLongLong(before);
+                total = was == -1 && PyErr_Occurred() ? -1 : was + b->count;
+            }
+            PyObject *value = PyErr_Occurred() ? NULL : PyLong_FromLongLong(total);
+            if (value == NULL || PyDict_SetItem(counts, key, value) < 0) {
+                status = -1;
+            }
+            Py_XDECREF(value);
+            Py_XDECREF(key);
+        }
+        Py_DECREF(b->flag);
+    }
+    PyMem_Free(tally->buckets);
+    PyMem_Free(tally->slots);
+    memset(tally, 0, sizeof(*tally));
+    if (status < 0) {
+        /* the merge's own error wins; the earlier one (if any) is dropped */
+        Py_XDECREF(saved_type);
+        Py_XDECREF(saved_value);
+        Py_XDECREF(saved_tb);
+        return -1;
+    }
+    PyErr_Restore(saved_type, saved_value, saved_tb);
+    return 0;
+}
+
+typedef enum { MODE_OPTIMIZED, MODE_DEBUG, MODE_NONE } Mode;
+
+typedef struct {
+    PyObject *young_name;
+    PyObject *old_name;
+    PyObject *capacity_name;
+    PyObject *version_name;
+    PyObject *not_found; /* fader.rules.result.LABEL_NOT_FOUND */
+} State;
+
+/* Everything one call works with. Object fields hold strong references. */
+typedef struct {
+    Mode mode;
+    PyObject *observer;
+    PyObject *young;
+    PyObject *old;
+    Py_ssize_t capacity;
+    PyObject *add_key;
+    PyObject *disabled_in;
+    PyTypeObject *impression;
+    PyObject *made;
+    PyObject *zero;
+    Tally tally;
+    Py_ssize_t emitted;
+    Py_ssize_t deduplicated;
+    /* the current request's snapshot, and what it gives (cached while it repeats) */
+    PyObject *snap;
+    PyObject *version;
+    PyObject *disabled; /* NULL: no flag of the snapshot has impressions disabled */
+} Run;
+
+static int
+type_error(const char *what, PyObject *got)
+{
+    PyErr_Format(PyExc_TypeError, "%s, not %.100s", what, Py_TYPE(got)->tp_name);
+    return -1;
+}
+
+static int
+as_time(PyObject *value, long long *out)
+{
+    if (!PyLong_Check(value)) {
+        return type_error("a time must be an int (ms)", value);
+    }
+    *out = PyLong_AsLongLong(value);
+    if (*out == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Snapshot version and impressionsDisabled flags, asked again only when the snapshot
+ * changes (the Python loop asked per request; both are fixed per snapshot). */
+static int
+use_snapshot(Run *run, PyObject *snap, PyObject *version_name)
+{
+    if (snap == run->snap) {
+        return 0;
+    }
+    PyObject *version = PyObject_GetAttr(snap, version_name);
+    if (version == NULL) {
+        return -1;
+    }
+    PyObject *disabled = PyObject_CallOneArg(run->disabled_in, snap);
+    if (disabled == NULL) {
+        Py_DECREF(version);
+        return -1;
+    }
+    if (!PyAnySet_Check(disabled)) {
+        type_error("disabled_in must return a frozenset", disabled);
+        Py_DECREF(disabled);
+        Py_DECREF(version);
+        return -1;
+    }
+    if (PySet_GET_SIZE(disabled) == 0) {
+        Py_CLEAR(disabled);
+    }
+    Py_INCREF(snap);
+    Py_XSETREF(run->snap, snap);
+    Py_XSETREF(run->version, version);
+    Py_XSETREF(run->disabled, disabled);
+    return 0;
+}
+
+/* observer.old, observer.young = young, {} */
+static int
+roll_over(Run *run, State *state)
+{
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL) {
+        return -1;
+    }
+    if (PyObject_SetAttr(run->observer, state->old_name, run->young) < 0 ||
+        PyObject_SetAttr(run->observer, state->young_name, fresh) < 0) {
+        Py_DECREF(fresh);
+        return -1;
+    }
+    Py_SETREF(run->old, run->young);
+    run->young = fresh;
+    return 0;
+}
+
+static int
+emit(Run *run, PyObject *const fields[9])
+{
+    PyTypeObject *type = run->impression;
+    PyObject *made = type->tp_alloc(type, 9);
+    if (made == NULL) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14 tuples cache their hash; tp_alloc leaves it zeroed, which means "computed: 0" */
+    ((PyTupleObject *)made)->ob_hash = -1;
+#endif
+    for (int i = 0; i < 9; i++) {
+        Py_INCREF(fields[i]);
+        PyTuple_SET_ITEM(made, i, fields[i]);
+    }
+    int status = PyList_Append(run->made, made);
+    Py_DECREF(made);
+    run->emitted++;
+    return status;
+}
+
+static int
+str_or_none(PyObject *value, const char *what)
+{
+    if (value != Py_None && !PyUnicode_Check(value)) {
+        return type_error(what, value);
+    }
+    return 0;
+}
+
+/* One lookup: (key, bucketing key, flag, (treatment, label, config, change number)). */
+static int
+lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long time_ms,
+       long long hour)
+{
+    if (!PyTuple_Check(answer) || PyTuple_GET_SIZE(answer) != 4) {
+        return type_error("a lookup must be a 4-tuple (key, bucketing key, flag, result)",
+                          answer);
+    }
+    PyObject *key = PyTuple_GET_ITEM(answer, 0);
+    PyObject *bucketing_key = PyTuple_GET_ITEM(answer, 1);
+    PyObject *flag = PyTuple_GET_ITEM(answer, 2);
+    PyObject *result = PyTuple_GET_ITEM(answer, 3);
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 4) {
+        return type_error("a result must be a 4-tuple Decision", result);
+    }
+    PyObject *treatment = PyTuple_GET_ITEM(result, 0);
+    PyObject *label = PyTuple_GET_ITEM(result, 1);
+    PyObject *change = PyTuple_GET_ITEM(result, 3);
+    if (!PyUnicode_Check(key)) {
+        return type_error("a key must be a str", key);
+    }
+    if (!PyUnicode_Check(flag)) {
+        return type_error("a flag must be a str", flag);
+    }
+    if (!PyUnicode_Check(treatment)) {
+        return type_error("a treatment must be a str", treatment);
+    }
+    if (str_or_none(bucketing_key, "a bucketing key must be a str or None") < 0 ||
+        str_or_none(label, "a label must be a str or None") < 0) {
+        return -1;
+    }
+    if (change != Py_None && !PyLong_Check(change)) {
+        return type_error("a change number must be an int or None", change);
+    }
+    if (label != Py_None && (label == state->not_found ||
+                             PyUnicode_Compare(label, state->not_found) == 0)) {
+        return 0;
+    }
+    Py_hash_t flag_hash = PyObject_Hash(flag);
+    if (flag_hash == -1) {
+        return -1;
+    }
+    if (run->mode == MODE_NONE || run->disabled != NULL) {
+        int disabled = run->mode == MODE_NONE;
+        if (!disabled) {
+            disabled = PySet_Contains(run->disabled, flag);
+            if (disabled < 0) {
+                return -1;
+            }
+        }
+        if (disabled) {
+            if (tally_add(&run->tally, flag, flag_hash, hour) < 0) {
+                return -1;
+            }
+            PyObject *args[3] = {flag, key, time_obj};
+            PyObject *done = PyObject_Vectorcall(run->add_key, args, 3, NULL);
+            Py_XDECREF(done);
+            return done == NULL ? -1 : 0;
+        }
+    }
+    if (change == Py_None) {
+        change = run->zero; /* `change or 0` */
+    }
+    else {
+        int nonzero = PyObject_IsTrue(change);
+        if (nonzero < 0) {
+            return -1;
+        }
+        if (!nonzero) {
+            change = run->zero;
+        }
+    }
+    PyObject *fields[FIELDS] = {key, flag, treatment, label, change};
+    Py_hash_t hash = tuple_hash(fields);
+    if (hash == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *digest = PyLong_FromSsize_t(hash);
+    if (digest == NULL) {
+        return -1;
+    }
+    /* a reference of our own: storing into `young` may drop the dict's */
+    PyObject *previous = PyDict_GetItemWithError(run->young, digest);
+    int in_young = previous != NULL;
+    if (previous == NULL && !PyErr_Occurred()) {
+        previous = PyDict_GetItemWithError(run->old, digest);
+    }
+    if (previous == NULL && PyErr_Occurred()) {
+        Py_DECREF(digest);
+        return -1;
+    }
+    Py_XINCREF(previous);
+    long long previous_ms = 0;
+    int status = previous == NULL ? 0 : as_time(previous, &previous_ms);
+    if (status == 0) {
+        if (previous == NULL || time_ms > previous_ms) {
+            status = PyDict_SetItem(run->young, digest, time_obj);
+        }
+        else if (!in_young) {
+            status = PyDict_SetItem(run->young, digest, previous); /* remembered for longer */
+        }
+    }
+    Py_DECREF(digest);
+    if (status == 0 && PyDict_GET_SIZE(run->young) >= run->capacity) {
+        status = roll_over(run, state);
+    }
+    if (status < 0) {
+        Py_XDECREF(previous);
+        return -1;
+    }
+    if (previous != NULL) {
+        if (previous_ms > time_ms) { /* out of order: never a previous time after it */
+            Py_SETREF(previous, Py_NewRef(time_obj));
+            previous_ms = time_ms;
+        }
+        if (run->mode == MODE_OPTIMIZED) {
+            if (tally_add(&run->tally, flag, flag_hash, hour) < 0) {
+                Py_DECREF(previous);
+                return -1;
+            }
+            if (previous_ms >= hour) {
+                run->deduplicated++;
+                Py_DECREF(previous);
+                return 0;
+            }
+        }
+    }
+    PyObject *made[9] = {
+        key,      bucketing_key, flag, treatment, label, change, time_obj,
+        previous == NULL ? Py_None : previous,   run->version,
+    };
+    status = emit(run, made);
+    Py_XDECREF(previous);
+    return status;
+}
+
+/* One request: (snapshot, time ms, lookups). */
+static int
+request(Run *run, State *state, PyObject *item)
+{
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+        return type_error("a request must be a 3-tuple (snapshot, time ms, lookups)", item);
+    }
+    PyObject *time_obj = PyTuple_GET_ITEM(item, 1);
+    long long time_ms;
+    if (as_time(time_obj, &time_ms) < 0) {
+        return -1;
+    }
+    /* Python's floor modulo, without overflow at the low end of the range */
+    long long offset = time_ms % HOUR_MS;
+    if (offset < 0) {
+        offset += HOUR_MS;
+    }
+    if (time_ms < LLONG_MIN + HOUR_MS) {
+        PyErr_SetString(PyExc_OverflowError, "a time is out of range");
+        return -1;
+    }
+    long long hour = time_ms - offset;
+    if (use_snapshot(run, PyTuple_GET_ITEM(item, 0), state->version_name) < 0) {
+        return -1;
+    }
+    PyObject *lookups = PyTuple_GET_ITEM(item, 2);
+    if (!PyList_Check(lookups) && !PyTuple_Check(lookups)) {
+        return type_error("lookups must be a list or a tuple", lookups);
+    }
+    /* the size is read again every lookup: add_key runs Python code, which could shrink
+     * the list, as the Python loop's `for` would see */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(lookups); i++) {
+        PyObject *answer = Py_NewRef(PySequence_Fast_GET_ITEM(lookups, i));
+        int status = lookup(run, state, answer, time_obj, time_ms, hour);
+        Py_DECREF(answer);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+parse_mode(PyObject *mode, Mode *out)
+{
+    if (!PyUnicode_Check(mode)) {
+        return type_error("mode must be a str", mode);
+    }
+    if (PyUnicode_CompareWithASCIIString(mode, "optimized") == 0) {
+        *out = MODE_OPTIMIZED;
+    }
+    else if (PyUnicode_CompareWithASCIIString(mode, "debug") == 0) {
+        *out = MODE_DEBUG;
+    }
+    else if (PyUnicode_CompareWithASCIIString(mode, "none") == 0) {
+        *out = MODE_NONE;
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "unknown impressions mode %R", mode);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+dict_attr(PyObject *owner, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value != NULL && !PyDict_Check(value)) {
+        type_error("the observer's generations must be dicts", value);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+static int
+start(Run *run, State *state, PyObject *const *args)
+{
+    if (parse_mode(args[1], &run->mode) < 0) {
+        return -1;
+    }
+    run->observer = Py_NewRef(args[2]);
+    run->young = dict_attr(run->observer, state->young_name);
+    run->old = run->young == NULL ? NULL : dict_attr(run->observer, state->old_name);
+    if (run->old == NULL) {
+        return -1;
+    }
+    PyObject *capacity = PyObject_GetAttr(run->observer, state->capacity_name);
+    if (capacity == NULL) {
+        return -1;
+    }
+    run->capacity = PyLong_Check(capacity) ? PyLong_AsSsize_t(capacity) : -1;
+    if (!PyLong_Check(capacity)) {
+        type_error("the observer's capacity must be an int", capacity);
+    }
+    Py_DECREF(capacity);
+    if (run->capacity == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!PyDict_Check(args[3])) {
+        return type_error("counts must be a dict", args[3]);
+    }
+    if (!PyCallable_Check(args[4]) || !PyCallable_Check(args[5])) {
+        return type_error("add_key and disabled_in must be callable",
+                          PyCallable_Check(args[4]) ? args[5] : args[4]);
+    }
+    if (!PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type)) {
+        return type_error("impression must be a tuple subclass (a NamedTuple)", args[6]);
+    }
+    if (!PyList_Check(args[7])) {
+        return type_error("made must be a list", args[7]);
+    }
+    run->add_key = Py_NewRef(args[4]);
+    run->disabled_in = Py_NewRef(args[5]);
+    run->impression = (PyTypeObject *)Py_NewRef(args[6]);
+    run->made = Py_NewRef(args[7]);
+    run->zero = PyLong_FromLong(0);
+    return run->zero == NULL ? -1 : 0;
+}
+
+static void
+finish(Run *run)
+{
+    Py_XDECREF(run->observer);
+    Py_XDECREF(run->young);
+    Py_XDECREF(run->old);
+    Py_XDECREF(run->add_key);
+    Py_XDECREF(run->disabled_in);
+    Py_XDECREF((PyObject *)run->impression);
+    Py_XDECREF(run->made);
+    Py_XDECREF(run->zero);
+    Py_XDECREF(run->snap);
+    Py_XDECREF(run->version);
+    Py_XDECREF(run->disabled);
+}
+
+PyDoc_STRVAR(process_all_doc,
+"process_all(requests, mode, observer, counts, add_key, disabled_in, impression, made)\n"
+"--\n\n"
+"Applies the impressions mode to recorded requests; returns (emitted, deduplicated).");
+
+static PyObject *
+process_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "process_all takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    State *state = PyModule_GetState(module);
+    Run run = {0};
+    int status = start(&run, state, args);
+    PyObject *requests = status < 0 ? NULL : PyObject_GetIter(args[0]);
+    if (requests != NULL) {
+        PyObject *item;
+        while ((item = PyIter_Next(requests)) != NULL) {
+            status = request(&run, state, item);
+            Py_DECREF(item);
+            if (status < 0) {
+                break;
+            }
+        }
+        Py_DECREF(requests);
+    }
+    int failed = PyErr_Occurred() != NULL;
+    if (tally_merge(&run.tally, args[3]) < 0) {
+        failed = 1;
+    }
+    PyObject *result = failed ? NULL : Py_BuildValue("(nn)", run.emitted, run.deduplicated);
+    finish(&run);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"process_all", (PyCFunction)(void (*)(void))process_all, METH_FASTCALL, process_all_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+exec_module(PyObject *module)
+{
+    State *state = PyModule_GetState(module);
+    state->young_name = PyUnicode_InternFromString("young");
+    state->old_name = PyUnicode_InternFromString("old");
+    state->capacity_name = PyUnicode_InternFromString("capacity");
+    state->version_name = PyUnicode_InternFromString("version");
+    if (state->young_name == NULL || state->old_name == NULL || state->capacity_name == NULL ||
+        state->version_name == NULL) {
+        return -1;
+    }
+    /* the label comes from its one definition, not a copy of the string */
+    PyObject *result = PyImport_ImportModule("fader.rules.result");
+    if (result == NULL) {
+        return -1;
+    }
+    state->not_found = PyObject_GetAttrString(result, "LABEL_NOT_FOUND");
+    Py_DECREF(result);
+    if (state->not_found == NULL) {
+        return -1;
+    }
+    if (!PyUnicode_Check(state->not_found)) {
+        type_error("LABEL_NOT_FOUND must be a str", state->not_found);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+traverse(PyObject *module, visitproc visit, void *arg)
+{
+    State *state = PyModule_GetState(module);
+    if (state != NULL) {
+        Py_VISIT(state->not_found);
+    }
+    return 0;
+}
+
+static int
+clear(PyObject *module)
+{
+    State *state = PyModule_GetState(module);
+    if (state != NULL) {
+        Py_CLEAR(state->young_name);
+        Py_CLEAR(state->old_name);
+        Py_CLEAR(state->capacity_name);
+        Py_CLEAR(state->version_name);
+        Py_CLEAR(state->not_found);
+    }
+    return 0;
+}
+
+static void
+free_module(void *module)
+{
+    clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "fader._modes",
+    .m_doc = "ImpressionModes.process_all's loop in C (see fader.impressions).",
+    .m_size = sizeof(State),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = traverse,
+    .m_clear = clear,
+    .m_free = free_module,
+};
+
+PyMODINIT_FUNC
+PyInit__modes(void)
+{
+    return PyModuleDef_Init(&module_def);
+}
