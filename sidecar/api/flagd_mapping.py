@@ -23,8 +23,9 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
+from fader.flagd import resolve
 from fader.flagd import result as flagd_result
 from fader.rules.model import CompiledFlag
 from fader.rules.result import (
@@ -247,30 +248,14 @@ def has_value(flag: CompiledFlag | None, result: Decision) -> bool:
     return result.label != LABEL_KILLED
 
 
-# The JSON types each typed resolve accepts for a flagd-dialect flag's value.
-TYPED_KINDS: dict[str, tuple[type, ...]] = {
-    "boolean": (bool,),
-    "string": (str,),
-    "integer": (int,),
-    "float": (int, float),
-    "object": (dict,),
-}
-
-
 def typed_value(flag: CompiledFlag, result: Decision, kind: str) -> Any:
-    """The variant's value for a ``kind`` resolve; TYPE_MISMATCH when it is of another type
-    (a boolean is never a number; an integral float is an integer)."""
+    """The variant's value for a ``kind`` resolve (flagd's typing rules, as in process:
+    ``fader.flagd.resolve.typed_value``); TYPE_MISMATCH when it is of another type."""
     assert flag.values is not None
-    value: Any = flag.values[result.treatment]
-    if isinstance(value, float) and kind == "integer" and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) and kind != "boolean":
-        value = None
-    if value is None or not isinstance(value, TYPED_KINDS[kind]):
-        raise FlagdError(
-            TYPE_MISMATCH, f"variant {result.treatment!r} of {flag.name!r} is not a {kind}"
-        )
-    return float(cast(float, value)) if kind == "float" else value
+    try:
+        return resolve.typed_value(flag.name, result.treatment, flag.values[result.treatment], kind)
+    except resolve.TypeMismatch as err:
+        raise FlagdError(TYPE_MISMATCH, str(err)) from None
 
 
 def string_value(result: Decision) -> str:

@@ -38,7 +38,7 @@ from fader.flagd.jsonlogic import (
 from fader.flagd.operators import TARGETING_KEY, Fractional, operators
 from fader.flagd.values import number_text
 from fader.rules.compile import definition_digest
-from fader.rules.model import Attributes, CompiledFlag, EvalFn
+from fader.rules.model import Attributes, Choice, CompiledFlag, EvalFn
 from fader.rules.result import CONTROL, LABEL_EXCEPTION, Decision
 from fader.snapshot.issues import Issue
 
@@ -282,6 +282,7 @@ class _Builder:
 
         disabled = raw.get("state") == DISABLED
         run: EvalFn
+        choice: Choice | None = None
         if disabled:
             run = _fixed(decision(None, flagd_result.LABEL_DISABLED))
         elif targeting is None:
@@ -292,7 +293,7 @@ class _Builder:
             )
             run = _fixed(decision(default, label))
         else:
-            run = self.targeted(key, targeting, default, variants, decision, path)
+            run, choice = self.targeted(key, targeting, default, variants, decision, path)
         sets = self.sets[key]
         return CompiledFlag(
             name=key,
@@ -316,6 +317,7 @@ class _Builder:
             segment_names=frozenset(),
             values=dict(variants),
             metadata=metadata,
+            choice=choice,
         )
 
     def targeted(
@@ -326,7 +328,8 @@ class _Builder:
         variants: Mapping[str, Any],
         decision: Callable[[str | None, str], Decision],
         path: str,
-    ) -> EvalFn:
+    ) -> tuple[EvalFn, Choice | None]:
+        """The targeted flag's ``run``, and its choice when it is one (``CompiledFlag``)."""
         compiler = Compiler(
             key,
             self.evaluators,
@@ -339,12 +342,12 @@ class _Builder:
             node = compiler.compile(dict(targeting), f"{path}.targeting")
         except TooComplex as problem:
             self.error(key, problem.path, problem.message)
-            return _fixed(decision(None, LABEL_EXCEPTION))
+            return _fixed(decision(None, LABEL_EXCEPTION)), None
         except TargetingProblem as problem:
             self.warnings.append(
                 Issue(key, problem.path, f"{problem.message}: the flag answers PARSE_ERROR")
             )
-            return _fixed(decision(None, flagd_result.LABEL_TARGETING_ERROR))
+            return _fixed(decision(None, flagd_result.LABEL_TARGETING_ERROR)), None
         if compiler.reads_time or compiler.uses_whole_data:
             self.clocked.add(key)
         default_answer = decision(
@@ -390,13 +393,14 @@ def _targeting_run(
     matches: Mapping[str, Decision],
     default_answer: Decision,
     unknown: Decision,
-) -> EvalFn:
-    """The run closure of a targeted flag. The evaluation data is the attributes, with the
-    lookup's key as ``targetingKey`` unless the attributes carry one (the flagd lanes pass
-    the context whole); ``$flagd`` is added only for rules that read the data as a whole
-    (constant ``$flagd.*`` paths were resolved when compiling). The attributes are copied
-    only for a rule that reads the targeting key. A rule that is a choice between literals
-    (``Node.index``) has each literal's answer found here, once."""
+) -> tuple[EvalFn, Choice | None]:
+    """The run closure of a targeted flag, and its choice when it is one. The evaluation
+    data is the attributes, with the lookup's key as ``targetingKey`` unless the attributes
+    carry one (the flagd lanes pass the context whole); ``$flagd`` is added only for rules
+    that read the data as a whole (constant ``$flagd.*`` paths were resolved when
+    compiling). The attributes are copied only for a rule that reads the targeting key. A
+    rule that is a choice between literals (``Node.index``) has each literal's answer found
+    here, once."""
     get_match = matches.get
 
     def answer(value: Any) -> Decision:
@@ -413,7 +417,7 @@ def _targeting_run(
         def chosen(key: str, bk: str, attrs: Attributes | None) -> Decision:
             return answers[index(attrs if attrs is not None else {})]
 
-        return chosen
+        return chosen, (index, answers)
 
     def run(key: str, bk: str, attrs: Attributes | None) -> Decision:
         data: Any = attrs if attrs is not None else {}
@@ -425,7 +429,7 @@ def _targeting_run(
             return answers[index(data)]
         return answer(fn(data))
 
-    return run
+    return run, None
 
 
 def inline_refs(node: Any, evaluators: Mapping[str, Any]) -> Any:

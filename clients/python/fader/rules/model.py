@@ -22,6 +22,9 @@ Members = Mapping[str, None]
 MatchFn = Callable[[str, str, "Attributes | None"], bool]
 # (matching key, bucketing key, attributes) -> result
 EvalFn = Callable[[str, str, "Attributes | None"], Decision]
+# A flag whose answer is one of a few, told apart by the attributes alone: (index, answers),
+# the answer being ``answers[index(attributes)]`` (``{}`` for no attributes)
+Choice = tuple[Callable[[Attributes], int], tuple[Decision, ...]]
 
 
 @overload
@@ -63,6 +66,10 @@ class CompiledFlag:
     # plain names with an optional config.
     values: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] | None = None
+    # Set when ``run`` is such a choice (flagd targeting that picks between literals and
+    # reads neither the targeting key nor the time), so a typed resolve can hold one typed
+    # answer per choice (``fader.flagd.resolve``) instead of mapping a Decision per call.
+    choice: Choice | None = None
 
 
 @dataclass(frozen=True, slots=True)
