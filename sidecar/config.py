@@ -537,7 +537,7 @@ class Settings:
         metadata=setting(
             TELEMETRY,
             parse_positive_int,
-            "impression hashes remembered to deduplicate (~150 bytes each)",
+            "impression hashes remembered to deduplicate (~90 bytes each at most)",
             "N",
         ),
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fader import _modes
+from fader._modes import Observer
 from fader.impressions import HOUR_MS, Answer, Impression, ImpressionModes, Mode, Pending
 from fader.rules.result import LABEL_NOT_FOUND, NOT_FOUND, Decision
 from fader.snapshot.loader import build_snapshot
@@ -24,10 +25,38 @@ DAY_MS = 24 * HOUR_MS
 T0 = 1_700_000_000_000 // DAY_MS * DAY_MS + 3 * HOUR_MS  # 03:00 UTC, start of an hour
 
 
-def oracle_process_all(modes: ImpressionModes, requests: Iterable[Pending]) -> None:
-    """`ImpressionModes.process_all` as it was in Python before fader._modes (8ac0782), on
-    the same state: the rules the C loop must follow step for step."""
-    observer = modes._observer
+class OracleObserver:
+    """The observer as it was in Python (8ac0782): two generations of dicts."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.young: dict[int, int] = {}
+        self.old: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.young.keys() | self.old.keys())
+
+    def test_and_set(self, digest: int, time_ms: int) -> int | None:
+        young = self.young
+        previous = young.get(digest)
+        if previous is None:
+            previous = self.old.get(digest)
+        if previous is None or time_ms > previous:
+            young[digest] = time_ms
+        elif digest not in young:
+            young[digest] = previous
+        if len(young) >= self.capacity:
+            self.old, self.young = young, {}
+        if previous is not None and previous > time_ms:
+            return time_ms
+        return previous
+
+
+def oracle_process_all(
+    modes: ImpressionModes, observer: OracleObserver, requests: Iterable[Pending]
+) -> None:
+    """`ImpressionModes.process_all` as it was in Python before fader._modes (8ac0782), with
+    its observer: the rules the C loop must follow step for step."""
     counts, counts_get = modes.counts, modes.counts.get
     made: list[Impression] = []
     keep, add_key = made.append, modes.unique_keys.add
@@ -114,13 +143,15 @@ def random_requests(pick: random.Random, snaps: list[Snapshot]) -> list[Pending]
     return requests
 
 
-def state(modes: ImpressionModes, sent: list[Impression]) -> dict[str, Any]:
-    observer = modes._observer
+def state(
+    modes: ImpressionModes,
+    generations: tuple[dict[int, int], dict[int, int]],
+    sent: list[Impression],
+) -> dict[str, Any]:
     return {
         "sent": [(type(i), tuple(i)) for i in sent],
         "counts": list(modes.counts.items()),  # insertion order too
-        "young": list(observer.young.items()),
-        "old": list(observer.old.items()),
+        "generations": generations,
         "unique": modes.unique_keys.take(),
         "unique_size": modes.unique_keys.size,
         "emitted": modes.emitted,
@@ -128,17 +159,33 @@ def state(modes: ImpressionModes, sent: list[Impression]) -> dict[str, Any]:
     }
 
 
-def twins(
-    mode: Mode, observer_size: int
-) -> tuple[ImpressionModes, list[Impression], ImpressionModes, list[Impression]]:
-    native_sent: list[Impression] = []
-    oracle_sent: list[Impression] = []
-    return (
-        ImpressionModes(mode, native_sent.extend, observer_size),
-        native_sent,
-        ImpressionModes(mode, oracle_sent.extend, observer_size),
-        oracle_sent,
-    )
+class Twins:
+    """The same modes twice: one run by fader._modes, one by the oracle (Python observers)."""
+
+    def __init__(self, mode: Mode, observer_size: int) -> None:
+        self.native_sent: list[Impression] = []
+        self.oracle_sent: list[Impression] = []
+        self.native = ImpressionModes(mode, self.native_sent.extend, observer_size)
+        self.oracle = ImpressionModes(mode, self.oracle_sent.extend, observer_size)
+        self.observer = OracleObserver(observer_size)
+        unique: Any = self.oracle.unique_keys
+        unique._observer = OracleObserver(observer_size)
+
+    def process_all(self, requests: list[Any], error: type[Exception] | None = None) -> None:
+        if error is None:
+            self.native.process_all(iter(requests))
+            oracle_process_all(self.oracle, self.observer, requests)
+            return
+        with pytest.raises(TypeError):
+            self.native.process_all(iter(requests))
+        with pytest.raises(error):
+            oracle_process_all(self.oracle, self.observer, requests)
+
+    def assert_same(self) -> None:
+        native = state(self.native, self.native._observer.generations(), self.native_sent)
+        oracle = state(self.oracle, (self.observer.young, self.observer.old), self.oracle_sent)
+        assert native == oracle
+        assert self.native.take_counts() == self.oracle.take_counts()
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -148,13 +195,10 @@ def test_the_c_loop_matches_the_python_loop(seed: int) -> None:
     for _ in range(60):
         mode = pick.choice(list(Mode))
         # small observers roll over often: the young and old generations are compared too
-        native, native_sent, oracle, oracle_sent = twins(mode, pick.choice((1, 2, 3, 7, 1_000)))
+        twins = Twins(mode, pick.choice((1, 2, 3, 7, 1_000)))
         for _ in range(pick.randrange(1, 5)):  # calls on the same state
-            requests = random_requests(pick, snaps)
-            native.process_all(iter(requests))
-            oracle_process_all(oracle, requests)
-            assert state(native, native_sent) == state(oracle, oracle_sent)
-            assert native.take_counts() == oracle.take_counts()
+            twins.process_all(random_requests(pick, snaps))
+            twins.assert_same()
 
 
 def test_the_observer_keys_are_pythons_hash_and_impressions_are_whole_namedtuples() -> None:
@@ -163,7 +207,7 @@ def test_the_observer_keys_are_pythons_hash_and_impressions_are_whole_namedtuple
     snap = snapshots()[0]
     lookups: list[Answer] = [("u1", "acct", "f", Decision("on", "rule", None, 7))]
     modes.process_all([(snap, T0 + 1, lookups), (snap, T0 + 2, lookups)])
-    assert list(modes._observer.young) == [hash(("u1", "f", "on", "rule", 7))]
+    assert modes._observer.generations() == ({hash(("u1", "f", "on", "rule", 7)): T0 + 2}, {})
     assert sent == [
         Impression("u1", "acct", "f", "on", "rule", 7, T0 + 1, None, 3),
         Impression("u1", "acct", "f", "on", "rule", 7, T0 + 2, T0 + 1, 3),
@@ -180,13 +224,10 @@ def test_an_error_midway_leaves_what_the_python_loop_leaves() -> None:
     snap = snapshots()[0]
     good = [("u1", None, "f", RESULTS[0])] * 3 + [("u2", None, "quiet", RESULTS[0])]
     for mode in Mode:
-        native, native_sent, oracle, oracle_sent = twins(mode, 100)
+        twins = Twins(mode, 100)
         requests: list[Any] = [(snap, T0, good), (snap, T0 + 1, [*good, ("short", None, "f")])]
-        with pytest.raises(TypeError):
-            native.process_all(requests)
-        with pytest.raises(ValueError):  # Python's unpacking: not enough values
-            oracle_process_all(oracle, requests)
-        assert state(native, native_sent) == state(oracle, oracle_sent)
+        twins.process_all(requests, error=ValueError)  # Python's: not enough values to unpack
+        twins.assert_same()
 
 
 GOOD: tuple[Any, ...] = ("u1", None, "f", Decision("on", "rule", None, 7))
@@ -264,6 +305,7 @@ def test_wrong_arguments_raise() -> None:
         (1, "sometimes"),
         (1, 3),
         (2, object()),
+        (2, OracleObserver(5)),
         (3, []),
         (4, None),
         (5, 1),
@@ -277,9 +319,6 @@ def test_wrong_arguments_raise() -> None:
             _modes.process_all(*arguments)
     with pytest.raises(TypeError):
         _modes.process_all(*good[:7])
-    observer.young = []  # type: ignore[assignment]
-    with pytest.raises(TypeError):
-        _modes.process_all(*good)
 
 
 def test_a_callback_that_shrinks_the_lookups_does_not_crash() -> None:
@@ -357,3 +396,63 @@ def test_fuzz_random_structures_never_crash() -> None:
         modes = ImpressionModes(pick.choice(list(Mode)), lambda made: None, 2)
         with contextlib.suppress(TypeError, AttributeError, OverflowError):
             modes.process_all([request if pick.random() < 0.9 else value(1)])
+
+
+def test_the_c_observer_matches_the_python_one() -> None:
+    """Random hashes (few, so repeats and rollovers are common; extreme values too) and times
+    (out of order included): the same answers, lengths and generations."""
+    pick = random.Random(3)
+    digests = [0, -1, 1, 2**63 - 1, -(2**63), *(pick.getrandbits(64) - 2**63 for _ in range(40))]
+    for capacity in (0, 1, 2, 5, 17, 1_000):
+        native, oracle = Observer(capacity), OracleObserver(capacity)
+        assert native.capacity == oracle.capacity
+        for _ in range(3_000):
+            digest = pick.choice(digests[: pick.choice((3, 10, len(digests)))])
+            at = pick.randrange(-5, 50)
+            assert native.test_and_set(digest, at) == oracle.test_and_set(digest, at)
+            assert len(native) == len(oracle)
+        assert native.generations() == (oracle.young, oracle.old)
+
+
+def test_the_observer_refuses_what_is_not_a_64_bit_int() -> None:
+    observer = Observer(4)
+    wrong: list[Any] = [("1", 1), (1, "1"), (1.0, 1), (None, 1), (1, None)]
+    for digest, at in wrong:
+        with pytest.raises(TypeError):
+            observer.test_and_set(digest, at)
+    for digest, at in ((2**64, 1), (1, -(2**63) - 1)):
+        with pytest.raises(OverflowError):
+            observer.test_and_set(digest, at)
+    too_many: Any = (1, 2, 3)
+    with pytest.raises(TypeError):
+        observer.test_and_set(*too_many)
+    with pytest.raises(TypeError):
+        Observer("many")  # type: ignore[arg-type]
+    assert (len(observer), observer.generations()) == (0, ({}, {}))
+
+
+def test_impressions_of_plain_values_are_left_out_of_the_garbage_collector() -> None:
+    """An impression of strs and ints can be in no cycle, so it is untracked (the collector
+    walking debug mode's impressions cost more than making them); one holding anything else
+    stays tracked, so a cycle through it is still found."""
+
+    class Versioned:
+        def __init__(self, version: object) -> None:
+            self.version = version
+            self.flags: dict[str, Any] = {}
+
+    made: list[Impression] = []
+    modes = ImpressionModes(Mode.DEBUG, made.extend)
+    plain, odd = Versioned(3), Versioned([3])
+    requests: list[Any] = [
+        (plain, T0, [GOOD]),
+        (odd, T0, [GOOD]),
+        (plain, T0, [("u1", "b", *GOOD[2:])]),
+    ]
+    modes.process_all(requests)
+    assert [gc.is_tracked(i) for i in made] == [False, True, False]
+    cycle: list[Any] = []
+    holder: Any = Versioned(cycle)
+    modes.process_all([(holder, T0, [GOOD])])
+    cycle.append(made[-1])  # impression -> version (the list) -> impression
+    assert gc.is_tracked(made[-1])

@@ -1,4 +1,5 @@
-/* fader._modes: the loop of fader.impressions.ImpressionModes.process_all, in C.
+/* fader._modes: the impression observer and the loop of
+ * fader.impressions.ImpressionModes.process_all, in C.
  *
  * Why native: the modes run once per recorded evaluation, on the event loop that serves
  * requests. In Python they cost ~7,800 instructions a lookup (a 5-tuple hash, two observer
@@ -10,20 +11,21 @@
  * - "definition not found" makes nothing;
  * - mode none, or a flag with impressionsDisabled: counted per (flag, hour) and its key
  *   given to `add_key(flag, key, time_ms)`;
- * - otherwise the observer (two dict generations, `young` and `old`, keyed by Python's hash
- *   of (key, flag, treatment, label, change number), valued by the latest time seen) gives
- *   the previous time; an out-of-order older time is reported as the impression's own;
- *   optimized counts every repeat and drops those seen in the same hour;
+ * - otherwise the observer (keyed by Python's hash of (key, flag, treatment, label, change
+ *   number), valued by the latest time seen) gives the previous time; an out-of-order older
+ *   time is reported as the impression's own; optimized counts every repeat and drops those
+ *   seen in the same hour;
  * - each impression left is an `Impression` namedtuple appended to `made`.
  *
- * The Python class owns the state; this module only mutates what it is given: the
- * observer's dicts (and, at capacity, its `young`/`old` attributes), `counts` and `made`.
+ * The Python class (ImpressionModes) owns the state and passes it in: the Observer object,
+ * the `counts` dict and the `made` list, which this module mutates and keeps nothing of.
  * Wrong types anywhere in the requests raise TypeError (never a crash): every object read
  * from the requests is type-checked before its fields are read, and every object this code
  * keeps using across a call into Python holds a reference.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <limits.h>
 #include <stdint.h>
@@ -202,12 +204,304 @@ tally_merge(Tally *tally, PyObject *counts)
     return 0;
 }
 
+/* The observer: impression hash -> the latest time it was seen, bounded. Two generations
+ * rather than an ordered LRU (which costs a move for every repeat): `young` takes every hash
+ * seen; once it holds `capacity` hashes it becomes `old` (the previous `old` is dropped) and
+ * a new `young` starts. A hash found in `old` is stored in `young` again. So a hash is
+ * remembered while fewer than `capacity` other hashes have been seen since it (what Split's
+ * LRU of `capacity` guarantees), and forgotten after at most 2 x `capacity`.
+ *
+ * Why C tables rather than two dicts: a dict costs an int object per lookup, two probes
+ * that compare int objects, and ~100 bytes per hash; a table of (hash, time) pairs costs
+ * one probe and 17-68 bytes per hash. Open addressing without deletion (a generation is
+ * only ever dropped whole), at most half full. */
+typedef struct {
+    int64_t *digests;
+    int64_t *times;
+    uint8_t *used;
+    Py_ssize_t mask; /* size - 1, a power of two; -1 before the first insertion */
+    Py_ssize_t count;
+} Generation;
+
+typedef struct {
+    PyObject_HEAD
+    Generation young;
+    Generation old;
+    Py_ssize_t capacity;
+} Observer;
+
+static void
+generation_free(Generation *g)
+{
+    PyMem_Free(g->digests);
+    PyMem_Free(g->times);
+    PyMem_Free(g->used);
+    g->digests = g->times = NULL;
+    g->used = NULL;
+    g->mask = -1;
+    g->count = 0;
+}
+
+/* hashes are well mixed already, but the low bits alone would make long runs for hashes
+ * of small ints (hash(5) == 5): Fibonacci hashing spreads them */
+static Py_ssize_t
+slot_of(const Generation *g, int64_t digest)
+{
+    return (Py_ssize_t)(((uint64_t)digest * 11400714819323198485ULL) >> 17) & g->mask;
+}
+
+/* The slot holding `digest`, or the empty slot where it would go. */
+static Py_ssize_t
+generation_probe(const Generation *g, int64_t digest)
+{
+    Py_ssize_t at = slot_of(g, digest);
+    while (g->used[at] && g->digests[at] != digest) {
+        at = (at + 1) & g->mask;
+    }
+    return at;
+}
+
+static int
+generation_find(const Generation *g, int64_t digest, int64_t *time)
+{
+    if (g->count == 0) {
+        return 0;
+    }
+    Py_ssize_t at = generation_probe(g, digest);
+    if (!g->used[at]) {
+        return 0;
+    }
+    *time = g->times[at];
+    return 1;
+}
+
+static int
+generation_resize(Generation *g, Py_ssize_t size)
+{
+    Generation bigger = {
+        PyMem_Malloc((size_t)size * sizeof(int64_t)),
+        PyMem_Malloc((size_t)size * sizeof(int64_t)),
+        PyMem_Calloc((size_t)size, 1),
+        size - 1,
+        g->count,
+    };
+    if (bigger.digests == NULL || bigger.times == NULL || bigger.used == NULL) {
+        generation_free(&bigger);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i <= g->mask; i++) {
+        if (g->used[i]) {
+            Py_ssize_t at = generation_probe(&bigger, g->digests[i]);
+            bigger.used[at] = 1;
+            bigger.digests[at] = g->digests[i];
+            bigger.times[at] = g->times[i];
+        }
+    }
+    generation_free(g);
+    *g = bigger;
+    return 0;
+}
+
+static int
+generation_put(Generation *g, int64_t digest, int64_t time)
+{
+    if ((g->count + 1) * 2 > g->mask + 1) {
+        if (generation_resize(g, g->mask < 0 ? 16 : (g->mask + 1) * 2) < 0) {
+            return -1;
+        }
+    }
+    Py_ssize_t at = generation_probe(g, digest);
+    if (!g->used[at]) {
+        g->used[at] = 1;
+        g->digests[at] = digest;
+        g->count++;
+    }
+    g->times[at] = time;
+    return 0;
+}
+
+/* The previous time `digest` was seen (returns 1, in *previous) or 0 if not remembered,
+ * storing the later of the two. Like Split's Java SDK, an out-of-order older time is
+ * returned as the earlier of the two, so no previous time is after the impression. */
+static int
+observer_test_and_set(Observer *self, int64_t digest, int64_t time, int64_t *previous)
+{
+    int in_young = generation_find(&self->young, digest, previous);
+    int found = in_young || generation_find(&self->old, digest, previous);
+    int status = 0;
+    if (!found || time > *previous) {
+        status = generation_put(&self->young, digest, time);
+    }
+    else if (!in_young) {
+        status = generation_put(&self->young, digest, *previous); /* remembered for longer */
+    }
+    if (status < 0) {
+        return -1;
+    }
+    if (self->young.count >= self->capacity) {
+        generation_free(&self->old);
+        self->old = self->young;
+        self->young = (Generation){NULL, NULL, NULL, -1, 0};
+    }
+    if (found && *previous > time) {
+        *previous = time;
+    }
+    return found;
+}
+
+static int
+as_int64(PyObject *value, const char *what, int64_t *out)
+{
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long got = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        PyErr_Format(PyExc_OverflowError, "%s is out of the 64-bit range", what);
+        return -1;
+    }
+    if (got == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = got;
+    return 0;
+}
+
+static PyObject *
+Observer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"capacity", NULL};
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n:Observer", names, &capacity)) {
+        return NULL;
+    }
+    Observer *self = (Observer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->young = self->old = (Generation){NULL, NULL, NULL, -1, 0};
+    self->capacity = capacity < 1 ? 1 : capacity;
+    return (PyObject *)self;
+}
+
+static void
+Observer_dealloc(Observer *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    generation_free(&self->young);
+    generation_free(&self->old);
+    type->tp_free(self);
+    Py_DECREF(type); /* a heap type: each instance holds a reference to it */
+}
+
+static PyObject *
+Observer_test_and_set(Observer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t digest, time, previous;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "test_and_set takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_int64(args[0], "digest", &digest) < 0 || as_int64(args[1], "time_ms", &time) < 0) {
+        return NULL;
+    }
+    int found = observer_test_and_set(self, digest, time, &previous);
+    if (found < 0) {
+        return NULL;
+    }
+    if (!found) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromLongLong(previous);
+}
+
+static PyObject *
+generation_dict(const Generation *g)
+{
+    PyObject *dict = PyDict_New();
+    for (Py_ssize_t i = 0; dict != NULL && i <= g->mask; i++) {
+        if (g->used[i]) {
+            PyObject *digest = PyLong_FromLongLong(g->digests[i]);
+            PyObject *time = PyLong_FromLongLong(g->times[i]);
+            if (digest == NULL || time == NULL || PyDict_SetItem(dict, digest, time) < 0) {
+                Py_CLEAR(dict);
+            }
+            Py_XDECREF(digest);
+            Py_XDECREF(time);
+        }
+    }
+    return dict;
+}
+
+static PyObject *
+Observer_generations(Observer *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *young = generation_dict(&self->young);
+    PyObject *old = young == NULL ? NULL : generation_dict(&self->old);
+    PyObject *both = old == NULL ? NULL : PyTuple_Pack(2, young, old);
+    Py_XDECREF(young);
+    Py_XDECREF(old);
+    return both;
+}
+
+static Py_ssize_t
+Observer_len(Observer *self)
+{
+    Py_ssize_t total = self->young.count;
+    int64_t ignored;
+    for (Py_ssize_t i = 0; i <= self->old.mask; i++) {
+        if (self->old.used[i] &&
+            !generation_find(&self->young, self->old.digests[i], &ignored)) {
+            total++;
+        }
+    }
+    return total;
+}
+
+static PyMethodDef Observer_methods[] = {
+    {"test_and_set", (PyCFunction)(void (*)(void))Observer_test_and_set, METH_FASTCALL,
+     "test_and_set(digest, time_ms, /)\n--\n\n"
+     "The previous time `digest` was seen (None: not remembered), storing the later of the "
+     "two; an out-of-order older time is returned as the earlier of the two."},
+    {"generations", (PyCFunction)Observer_generations, METH_NOARGS,
+     "generations()\n--\n\n"
+     "(young, old) as dicts of hash -> time: the observer's state, for inspection."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Observer_members[] = {
+    {"capacity", T_PYSSIZET, offsetof(Observer, capacity), READONLY,
+     "hashes a generation holds before it becomes the old one"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Observer_slots[] = {
+    {Py_tp_doc, "Observer(capacity)\n--\n\n"
+                "Split's impression observer: impression hash -> the last time it was seen, "
+                "bounded: remembers at least `capacity` hashes, at most twice that."},
+    {Py_tp_new, Observer_new},
+    {Py_tp_dealloc, Observer_dealloc},
+    {Py_tp_methods, Observer_methods},
+    {Py_tp_members, Observer_members},
+    {Py_sq_length, Observer_len},
+    {0, NULL},
+};
+
+static PyType_Spec Observer_spec = {
+    .name = "fader._modes.Observer",
+    .basicsize = sizeof(Observer),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Observer_slots,
+};
+
 typedef enum { MODE_OPTIMIZED, MODE_DEBUG, MODE_NONE } Mode;
 
 typedef struct {
-    PyObject *young_name;
-    PyObject *old_name;
-    PyObject *capacity_name;
+    PyTypeObject *observer_type;
     PyObject *version_name;
     PyObject *not_found; /* fader.rules.result.LABEL_NOT_FOUND */
 } State;
@@ -215,13 +509,11 @@ typedef struct {
 /* Everything one call works with. Object fields hold strong references. */
 typedef struct {
     Mode mode;
-    PyObject *observer;
-    PyObject *young;
-    PyObject *old;
-    Py_ssize_t capacity;
+    Observer *observer;
     PyObject *add_key;
     PyObject *disabled_in;
     PyTypeObject *impression;
+    int untrackable; /* its instances have no __dict__: only their items refer to others */
     PyObject *made;
     PyObject *zero;
     Tally tally;
@@ -286,22 +578,12 @@ use_snapshot(Run *run, PyObject *snap, PyObject *version_name)
     return 0;
 }
 
-/* observer.old, observer.young = young, {} */
+/* Can hold no reference to anything: nothing reachable from it can lead back to it. */
 static int
-roll_over(Run *run, State *state)
+atomic(PyObject *value)
 {
-    PyObject *fresh = PyDict_New();
-    if (fresh == NULL) {
-        return -1;
-    }
-    if (PyObject_SetAttr(run->observer, state->old_name, run->young) < 0 ||
-        PyObject_SetAttr(run->observer, state->young_name, fresh) < 0) {
-        Py_DECREF(fresh);
-        return -1;
-    }
-    Py_SETREF(run->old, run->young);
-    run->young = fresh;
-    return 0;
+    return value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+           PyBool_Check(value);
 }
 
 static int
@@ -316,9 +598,18 @@ emit(Run *run, PyObject *const fields[9])
     /* 3.14 tuples cache their hash; tp_alloc leaves it zeroed, which means "computed: 0" */
     ((PyTupleObject *)made)->ob_hash = -1;
 #endif
+    int untrack = run->untrackable;
     for (int i = 0; i < 9; i++) {
         Py_INCREF(fields[i]);
         PyTuple_SET_ITEM(made, i, fields[i]);
+        untrack = untrack && atomic(fields[i]);
+    }
+    /* An impression of strings and ints can be in no reference cycle: untracked, the
+     * garbage collector never walks it (debug mode makes one per lookup, and walking them
+     * cost more than making them). CPython untracks such plain tuples itself, lazily, but
+     * never a subclass's. */
+    if (untrack) {
+        PyObject_GC_UnTrack(made);
     }
     int status = PyList_Append(run->made, made);
     Py_DECREF(made);
@@ -413,62 +704,35 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     if (hash == -1 && PyErr_Occurred()) {
         return -1;
     }
-    PyObject *digest = PyLong_FromSsize_t(hash);
-    if (digest == NULL) {
+    int64_t previous_ms;
+    int found = observer_test_and_set(run->observer, hash, time_ms, &previous_ms);
+    if (found < 0) {
         return -1;
     }
-    /* a reference of our own: storing into `young` may drop the dict's */
-    PyObject *previous = PyDict_GetItemWithError(run->young, digest);
-    int in_young = previous != NULL;
-    if (previous == NULL && !PyErr_Occurred()) {
-        previous = PyDict_GetItemWithError(run->old, digest);
-    }
-    if (previous == NULL && PyErr_Occurred()) {
-        Py_DECREF(digest);
-        return -1;
-    }
-    Py_XINCREF(previous);
-    long long previous_ms = 0;
-    int status = previous == NULL ? 0 : as_time(previous, &previous_ms);
-    if (status == 0) {
-        if (previous == NULL || time_ms > previous_ms) {
-            status = PyDict_SetItem(run->young, digest, time_obj);
+    if (found && run->mode == MODE_OPTIMIZED) {
+        if (tally_add(&run->tally, flag, flag_hash, hour) < 0) {
+            return -1;
         }
-        else if (!in_young) {
-            status = PyDict_SetItem(run->young, digest, previous); /* remembered for longer */
+        if (previous_ms >= hour) {
+            run->deduplicated++;
+            return 0;
         }
     }
-    Py_DECREF(digest);
-    if (status == 0 && PyDict_GET_SIZE(run->young) >= run->capacity) {
-        status = roll_over(run, state);
-    }
-    if (status < 0) {
-        Py_XDECREF(previous);
-        return -1;
-    }
-    if (previous != NULL) {
-        if (previous_ms > time_ms) { /* out of order: never a previous time after it */
-            Py_SETREF(previous, Py_NewRef(time_obj));
-            previous_ms = time_ms;
-        }
-        if (run->mode == MODE_OPTIMIZED) {
-            if (tally_add(&run->tally, flag, flag_hash, hour) < 0) {
-                Py_DECREF(previous);
-                return -1;
-            }
-            if (previous_ms >= hour) {
-                run->deduplicated++;
-                Py_DECREF(previous);
-                return 0;
-            }
+    PyObject *previous = Py_None;
+    if (found) {
+        /* an out-of-order time came back as the impression's own: share its object */
+        previous = previous_ms == time_ms ? Py_NewRef(time_obj) : PyLong_FromLongLong(previous_ms);
+        if (previous == NULL) {
+            return -1;
         }
     }
     PyObject *made[9] = {
-        key,      bucketing_key, flag, treatment, label, change, time_obj,
-        previous == NULL ? Py_None : previous,   run->version,
+        key, bucketing_key, flag, treatment, label, change, time_obj, previous, run->version,
     };
-    status = emit(run, made);
-    Py_XDECREF(previous);
+    int status = emit(run, made);
+    if (found) {
+        Py_DECREF(previous);
+    }
     return status;
 }
 
@@ -536,41 +800,16 @@ parse_mode(PyObject *mode, Mode *out)
     return 0;
 }
 
-static PyObject *
-dict_attr(PyObject *owner, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(owner, name);
-    if (value != NULL && !PyDict_Check(value)) {
-        type_error("the observer's generations must be dicts", value);
-        Py_CLEAR(value);
-    }
-    return value;
-}
-
 static int
 start(Run *run, State *state, PyObject *const *args)
 {
     if (parse_mode(args[1], &run->mode) < 0) {
         return -1;
     }
-    run->observer = Py_NewRef(args[2]);
-    run->young = dict_attr(run->observer, state->young_name);
-    run->old = run->young == NULL ? NULL : dict_attr(run->observer, state->old_name);
-    if (run->old == NULL) {
-        return -1;
+    if (!PyObject_TypeCheck(args[2], state->observer_type)) {
+        return type_error("observer must be a fader._modes.Observer", args[2]);
     }
-    PyObject *capacity = PyObject_GetAttr(run->observer, state->capacity_name);
-    if (capacity == NULL) {
-        return -1;
-    }
-    run->capacity = PyLong_Check(capacity) ? PyLong_AsSsize_t(capacity) : -1;
-    if (!PyLong_Check(capacity)) {
-        type_error("the observer's capacity must be an int", capacity);
-    }
-    Py_DECREF(capacity);
-    if (run->capacity == -1 && PyErr_Occurred()) {
-        return -1;
-    }
+    run->observer = (Observer *)Py_NewRef(args[2]);
     if (!PyDict_Check(args[3])) {
         return type_error("counts must be a dict", args[3]);
     }
@@ -587,6 +826,7 @@ start(Run *run, State *state, PyObject *const *args)
     run->add_key = Py_NewRef(args[4]);
     run->disabled_in = Py_NewRef(args[5]);
     run->impression = (PyTypeObject *)Py_NewRef(args[6]);
+    run->untrackable = run->impression->tp_dictoffset == 0 && PyType_IS_GC(run->impression);
     run->made = Py_NewRef(args[7]);
     run->zero = PyLong_FromLong(0);
     return run->zero == NULL ? -1 : 0;
@@ -595,9 +835,7 @@ start(Run *run, State *state, PyObject *const *args)
 static void
 finish(Run *run)
 {
-    Py_XDECREF(run->observer);
-    Py_XDECREF(run->young);
-    Py_XDECREF(run->old);
+    Py_XDECREF((PyObject *)run->observer);
     Py_XDECREF(run->add_key);
     Py_XDECREF(run->disabled_in);
     Py_XDECREF((PyObject *)run->impression);
@@ -653,12 +891,14 @@ static int
 exec_module(PyObject *module)
 {
     State *state = PyModule_GetState(module);
-    state->young_name = PyUnicode_InternFromString("young");
-    state->old_name = PyUnicode_InternFromString("old");
-    state->capacity_name = PyUnicode_InternFromString("capacity");
+    state->observer_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &Observer_spec, NULL);
+    if (state->observer_type == NULL ||
+        PyModule_AddType(module, state->observer_type) < 0) {
+        return -1;
+    }
     state->version_name = PyUnicode_InternFromString("version");
-    if (state->young_name == NULL || state->old_name == NULL || state->capacity_name == NULL ||
-        state->version_name == NULL) {
+    if (state->version_name == NULL) {
         return -1;
     }
     /* the label comes from its one definition, not a copy of the string */
@@ -683,6 +923,7 @@ traverse(PyObject *module, visitproc visit, void *arg)
 {
     State *state = PyModule_GetState(module);
     if (state != NULL) {
+        Py_VISIT(state->observer_type);
         Py_VISIT(state->not_found);
     }
     return 0;
@@ -693,9 +934,7 @@ clear(PyObject *module)
 {
     State *state = PyModule_GetState(module);
     if (state != NULL) {
-        Py_CLEAR(state->young_name);
-        Py_CLEAR(state->old_name);
-        Py_CLEAR(state->capacity_name);
+        Py_CLEAR(state->observer_type);
         Py_CLEAR(state->version_name);
         Py_CLEAR(state->not_found);
     }

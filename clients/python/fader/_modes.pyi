@@ -2,8 +2,23 @@
 
 from collections.abc import Callable, Iterable
 
-from fader.impressions import Impression, Observer, Pending
+from fader.impressions import Impression, Pending
 from fader.snapshot.snapshot import Snapshot
+
+class Observer:
+    """Split's impression observer: impression hash -> the last time it was seen, bounded:
+    remembers at least `capacity` hashes, at most twice that."""
+
+    @property
+    def capacity(self) -> int: ...
+    def __init__(self, capacity: int) -> None: ...
+    def __len__(self) -> int: ...
+    def test_and_set(self, digest: int, time_ms: int, /) -> int | None:
+        """The previous time `digest` was seen (None: not remembered), storing the later of
+        the two; an out-of-order older time is returned as the earlier of the two."""
+
+    def generations(self) -> tuple[dict[int, int], dict[int, int]]:
+        """(young, old) as dicts of hash -> time: the observer's state, for inspection."""
 
 def process_all(
     requests: Iterable[Pending],
@@ -17,5 +32,5 @@ def process_all(
     /,
 ) -> tuple[int, int]:
     """Applies the impressions mode to `requests`: impressions appended to `made`, counts
-    merged into `counts`, keys given to `add_key`, the observer's generations updated (its
-    `young` and `old` replaced at capacity). Returns (emitted, deduplicated)."""
+    merged into `counts`, keys given to `add_key`, hashes kept in `observer`. Returns
+    (emitted, deduplicated)."""

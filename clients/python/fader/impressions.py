@@ -16,6 +16,10 @@ time, off the request path:
 Flags with `impressionsDisabled` always follow none. `definition not found` makes no
 impression at all (Split's SDKs skip it too).
 
+The observer and the loop that applies the modes are C (`fader._modes`): they run once per
+recorded lookup, on the loop that serves requests, and in Python cost more than a batched
+lookup itself.
+
 One deliberate difference from splitio-client (Python): its observer keeps the *first* time
 a hash was seen, so after the first hour every repeat looks new and is sent again. Here, as
 in Split's Java SDK, the observer stores the latest time, so "first per hour" holds.
@@ -29,12 +33,14 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from fader import _modes
+from fader._modes import Observer as Observer  # the observer is C too; its home is here
 from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-# Split's SDKs keep 500,000 hashes (~75 MB here); a sidecar shares its pod, so less by default.
+# Split's SDKs keep 500,000 hashes (at most ~45 MB here); a sidecar shares its pod, so less
+# by default.
 DEFAULT_OBSERVER_SIZE = 100_000
 
 
@@ -68,45 +74,6 @@ def hour_start(time_ms: int) -> int:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Observer:
-    """Split's impression observer: impression hash -> the last time it was seen, bounded.
-
-    Two generations of plain dicts rather than an ordered LRU, which costs a `move_to_end` for
-    every repeat: `young` takes every hash seen; once it holds `capacity` hashes it becomes
-    `old` (the previous `old` is dropped) and a new `young` starts. A hash found in `old` is
-    stored in `young` again. So a hash is remembered while fewer than `capacity` other hashes
-    have been seen since it (what Split's LRU of `capacity` guarantees), and forgotten after
-    at most 2 x `capacity`; memory holds at most 2 x `capacity` hashes.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self.young: dict[int, int] = {}
-        self.old: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.young.keys() | self.old.keys())
-
-    def test_and_set(self, digest: int, time_ms: int) -> int | None:
-        """The previous time `digest` was seen (None: not remembered), storing the later of
-        the two. Like Split's Java SDK, an out-of-order older time is returned as the
-        earlier of the two, so the caller never sees a previous time after the impression
-        itself. (`fader._modes`, behind `ImpressionModes.process_all`, takes the same steps.)"""
-        young = self.young
-        previous = young.get(digest)
-        if previous is None:
-            previous = self.old.get(digest)
-        if previous is None or time_ms > previous:
-            young[digest] = time_ms
-        elif digest not in young:
-            young[digest] = previous
-        if len(young) >= self.capacity:
-            self.old, self.young = young, {}
-        if previous is not None and previous > time_ms:
-            return time_ms
-        return previous
 
 
 class UniqueKeys:
