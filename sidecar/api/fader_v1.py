@@ -16,19 +16,17 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
-from operator import itemgetter
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from fader.impressions import Impression
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
-from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
-from google.protobuf.message_factory import GetMessageClass
 
+from sidecar.api._batchwire import WireError, join_entries, read_batch
 from sidecar.api.grpc_status import abort
 from sidecar.api.watch import Change, ChangeFeed
 from sidecar.core import Core
@@ -57,10 +55,14 @@ CHUNK_BYTES = 1024 * 1024
 EVALUATIONS_TAG = b"\x0a"
 # Field 2 (version), wire type 0 (varint), in EvaluateBatchResponse.
 VERSION_TAG = b"\x10"
-# (key, bucketing key, flag, decision) -> (flag, decision), the key of an encoded entry.
-FLAG_AND_DECISION = itemgetter(2, 3)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+# upb's words for a request it cannot parse, followed by its reason: the reader's refusals
+# repeat them (tests/api/test_batchwire.py compares), as when gRPC parsed the request.
+UNDECODABLE = (
+    "the request does not decode: Error parsing message with type "
+    f"'{pb.EvaluateBatchRequest.DESCRIPTOR.full_name}': "
+)
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 
 
@@ -111,54 +113,52 @@ class Lookups:
         """An EvaluateBatchResponse's bytes for an EvaluateBatchRequest's: what the gRPC
         method takes and answers, so that neither side builds a message it does not need.
 
-        The request is read through `WireBatchRequest`, which leaves each item's attributes
-        as their wire entries: converted and checked entries are remembered by their bytes
-        (`AttributeEntries`), where reading a upb map costs ~0.9 µs an attribute. The loop
-        is written for speed: fields are read once, error messages only built on error."""
-        try:
-            request = WireBatchRequest.FromString(data)
-        except DecodeError as err:
-            raise BadRequest(f"the request does not decode: {err}") from None
+        The request is read natively (`read_batch`, sidecar/api/_batchwire.c): the items come
+        out as lookup tuples, their attributes built from the entries `AttributeEntries`
+        remembers by their bytes. An item the reader cannot settle alone (a key or name out
+        of bounds, an entry not remembered, too many attributes) is listed in `pending` and
+        goes through `_checked`, whose checks say what is wrong."""
         started = perf_counter()
-        snap = self._evaluator.snapshot()
-        items = request.items
-        check_items(len(items), self._max_items, "items")
-        known = self._attribute_entries.known.get  # AttributeEntries.admit, inlined
-        admit = self._attribute_entries.admit
-        max_attributes = self._policy.max_attributes
-        lookups: list[Lookup] = []
-        append = lookups.append
         try:
-            for index, item in enumerate(items):
-                key, flag = item.key, item.flag
-                if not key or len(key) > MAX_KEY_LENGTH:
-                    check_key(key, f"items[{index}].key")
-                if not flag or len(flag) > MAX_NAME_LENGTH:
-                    check_name(flag, f"items[{index}].flag")
-                bucketing_key = item.bucketing_key or None
-                if bucketing_key is not None and len(bucketing_key) > MAX_KEY_LENGTH:
-                    check_key(bucketing_key, f"items[{index}].bucketing_key")
-                entries = item.attributes
-                if not entries:
-                    append((key, bucketing_key, flag, None))
-                    continue
-                attrs: dict[str, object] = {}
-                for entry in entries:
-                    pair = known(entry)
-                    if pair is None:
-                        attrs = admit(entries, f"items[{index}].attributes")
-                        break
-                    attrs[pair[0]] = pair[1]
-                else:
-                    if len(attrs) > max_attributes:
-                        self._policy.check_count(len(attrs), f"items[{index}].attributes")
-                append((key, bucketing_key, flag, attrs))
+            read, pending = read_batch(
+                data,
+                self._attribute_entries.known,
+                MAX_KEY_LENGTH,
+                MAX_NAME_LENGTH,
+                self._policy.max_attributes,
+            )
+        except WireError as err:
+            raise BadRequest(f"{UNDECODABLE}{err}") from None
+        snap = self._evaluator.snapshot()
+        check_items(len(read), self._max_items, "items")
+        try:
+            for index in pending:  # in item order: the first refused item is the one named
+                read[index] = self._checked(index, *read[index])
         except (BadRequest, DecodeError) as err:
             raise _refusal(data, err) from None
+        lookups = cast("list[Lookup]", read)  # no pending item is left with its entries
         answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
         version = snap.version
         tail = VERSION_TAG + _varint(version) if version else b""
         return self._entries.encode(snap, answers) + tail
+
+    def _checked(
+        self,
+        index: int,
+        key: str,
+        bucketing_key: str | None,
+        flag: str,
+        entries: dict[str, object] | tuple[bytes, ...] | None,
+    ) -> Lookup:
+        """A pending item's lookup, or the refusal of its first bad field."""
+        check_key(key, f"items[{index}].key")
+        check_name(flag, f"items[{index}].flag")
+        if bucketing_key is not None:
+            check_key(bucketing_key, f"items[{index}].bucketing_key")
+        if entries is None:
+            return (key, bucketing_key, flag, None)
+        assert isinstance(entries, tuple)  # a pending item's attributes are its entries
+        return (key, bucketing_key, flag, self._attribute_entries.read(entries, index))
 
 
 def _refusal(data: bytes, err: BadRequest | DecodeError) -> BadRequest:
@@ -174,34 +174,6 @@ def _refusal(data: bytes, err: BadRequest | DecodeError) -> BadRequest:
     return BadRequest(f"the request does not decode: {err}")
 
 
-def _wire_batch_request() -> Any:
-    """EvaluateBatchRequest as the wire has it, but with `BatchItem.attributes` declared as
-    `repeated bytes` (a map field is a repeated length-delimited entry on the wire, so every
-    valid request parses the same). Same package and names as fader.v1's, in a pool of its
-    own, so a parse error names the same message type."""
-    fields = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(
-        name="sidecar/fader_v1_wire_batch.proto", package="fader.v1", syntax="proto3"
-    )
-    item = file.message_type.add(name="BatchItem")
-    optional, repeated = fields.LABEL_OPTIONAL, fields.LABEL_REPEATED
-    for number, name in enumerate(("key", "flag", "bucketing_key"), start=1):
-        item.field.add(name=name, number=number, label=optional, type=fields.TYPE_STRING)
-    item.field.add(name="attributes", number=4, label=repeated, type=fields.TYPE_BYTES)
-    request = file.message_type.add(name="EvaluateBatchRequest")
-    request.field.add(
-        name="items",
-        number=1,
-        label=repeated,
-        type=fields.TYPE_MESSAGE,
-        type_name=".fader.v1.BatchItem",
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return GetMessageClass(pool.FindMessageTypeByName("fader.v1.EvaluateBatchRequest"))
-
-
-WireBatchRequest = _wire_batch_request()
 AttributesEntry = pb.BatchItem.AttributesEntry
 
 
@@ -221,9 +193,23 @@ class AttributeEntries:
         self._policy = policy
         self.known: dict[bytes, tuple[str, object]] = {}
 
+    def read(self, entries: Sequence[bytes], index: int) -> dict[str, object]:
+        """Item `index`'s attributes: from remembered entries when all of them are (the
+        reader does this itself unless the item has too many), else through `admit`."""
+        where = f"items[{index}].attributes"
+        known = self.known
+        attrs: dict[str, object] = {}
+        for entry in entries:
+            pair = known.get(entry)
+            if pair is None:
+                return self.admit(entries, where)
+            attrs[pair[0]] = pair[1]
+        self._policy.check_count(len(attrs), where)
+        return attrs
+
     def admit(self, entries: Sequence[bytes], where: str) -> dict[str, object]:
         """`attributes` on the parsed entries, then the plain values it admitted remembered in
-        `known`, where `evaluate_batch_wire` looks every entry up first."""
+        `known`, where the reader looks every entry up first."""
         values: dict[str, tuple[bytes, pb.AttributeValue]] = {}
         for entry in entries:
             parsed = AttributesEntry.FromString(entry)  # DecodeError: the caller's to answer
@@ -245,9 +231,10 @@ class EvaluationEntries:
     all in one MergeFromString. Filling a message per answer costs three times as much, and a
     snapshot has few distinct answers (decisions are built at compile time).
 
-    Keyed by value, not identity: a decision made at lookup time is encoded correctly too.
-    The cache is dropped when the snapshot changes, and when it grows past `MAX_ENTRIES`
-    (answers that vary per lookup cannot fill memory).
+    Keyed by value, not identity: a decision made at lookup time is encoded correctly too
+    (`join_entries`, in C, only groups a request's answers by identity to look each distinct
+    pair up once). The cache is dropped when the snapshot changes, and when it grows past
+    `MAX_ENTRIES` (answers that vary per lookup cannot fill memory).
     """
 
     MAX_ENTRIES = 50_000
@@ -259,16 +246,15 @@ class EvaluationEntries:
     def encode(self, snap: Snapshot, answers: list[Answer]) -> bytes:
         if self._snapshot is None or self._snapshot() is not snap:
             self._snapshot, self._entries = weakref.ref(snap), {}
+        return join_entries(self._entries, answers, self._missing)
+
+    def _missing(self, answer: tuple[str, Decision]) -> bytes:
+        """The entry of an answer not encoded yet, remembered (`join_entries` asks)."""
         entries = self._entries
-        parts = list(map(entries.get, map(FLAG_AND_DECISION, answers)))  # in C: no misses
-        if None in parts:
-            for index, part in enumerate(parts):
-                if part is None:
-                    answer = FLAG_AND_DECISION(answers[index])
-                    if len(entries) >= self.MAX_ENTRIES:
-                        entries.clear()
-                    parts[index] = entries[answer] = _entry(*answer)
-        return b"".join(parts)  # type: ignore[arg-type]  # no None is left
+        if len(entries) >= self.MAX_ENTRIES:
+            entries.clear()
+        entries[answer] = part = _entry(*answer)
+        return part
 
 
 def _entry(flag: str, result: Decision) -> bytes:

@@ -19,7 +19,6 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from operator import itemgetter
 from typing import Protocol, TypeVar
 
 from fader.rules.result import LABEL_NOT_FOUND, Decision
@@ -32,6 +31,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sidecar.api._batchwire import tally
+
 UNKNOWN_FLAG = "_unknown"
 # Seconds; from 50 µs (an evaluation) to 1 s (a starved call).
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -40,8 +41,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 RpcKey = tuple[str, str]  # (service, method)
 K = TypeVar("K")
-# (key, bucketing key, flag, decision), as `Evaluator.evaluate` answers: its (flag, decision).
-_FLAG_AND_DECISION = itemgetter(2, 3)
 # Distinct (flag, decision) pairs a shard counts before folding them into (flag, treatment).
 MAX_DECISIONS = 10_000
 
@@ -105,8 +104,9 @@ class Shard:
 
     Evaluations are counted two ways, held together in `tallies`: by (flag, treatment), the
     metric's own labels, and by (flag, decision), which `count_answers` counts a whole
-    request at a time in C (`Counter.update`) instead of one Python dict update per
-    evaluation (a quarter of a microsecond each). A scrape adds both up
+    request at a time in C (`tally`, sidecar/api/_batchwire.c: answers grouped by identity,
+    one dict update per distinct pair) instead of one Python dict update per evaluation (a
+    quarter of a microsecond each). A scrape adds both up
     (`evaluation_counts`). One attribute for both, replaced whole when the second is folded
     into the first, so a scrape from another thread never sees a count twice or not at all.
     """
@@ -137,7 +137,7 @@ class Shard:
         built at compile time, so a snapshot has few distinct pairs; past MAX_DECISIONS
         (those of many snapshots: new change numbers) they are folded into the other side."""
         evaluations, decisions = self.tallies
-        decisions.update(map(_FLAG_AND_DECISION, answers))
+        tally(decisions, answers)  # in C: each distinct (flag, decision) is hashed once
         if len(decisions) > MAX_DECISIONS:
             folded = dict(evaluations)
             _fold(folded, decisions)
