@@ -51,12 +51,26 @@
 
 enum { FIELDS = 5 };
 
+/* PyObject_Hash, without its call through the type for a str whose hash is already cached
+ * (flags, treatments and labels are the snapshot's own strings: only keys are new). */
+static inline Py_hash_t
+hash_of(PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        Py_hash_t cached = ((PyASCIIObject *)value)->hash;
+        if (cached != -1) {
+            return cached;
+        }
+    }
+    return PyObject_Hash(value);
+}
+
 static Py_hash_t
 tuple_hash(PyObject *const items[FIELDS])
 {
     Py_uhash_t acc = XXPRIME_5;
     for (int i = 0; i < FIELDS; i++) {
-        Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
+        Py_uhash_t lane = (Py_uhash_t)hash_of(items[i]);
         if (lane == (Py_uhash_t)-1) {
             return -1;
         }
@@ -661,11 +675,15 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     if (change != Py_None && !PyLong_Check(change)) {
         return type_error("a change number must be an int or None", change);
     }
-    if (label != Py_None && (label == state->not_found ||
-                             PyUnicode_Compare(label, state->not_found) == 0)) {
+    /* the length first: most labels differ from it there, and a full comparison per
+     * lookup cost a tenth of the loop */
+    if (label != Py_None &&
+        (label == state->not_found ||
+         (PyUnicode_GET_LENGTH(label) == PyUnicode_GET_LENGTH(state->not_found) &&
+          PyUnicode_Compare(label, state->not_found) == 0))) {
         return 0;
     }
-    Py_hash_t flag_hash = PyObject_Hash(flag);
+    Py_hash_t flag_hash = hash_of(flag);
     if (flag_hash == -1) {
         return -1;
     }
