@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from fader._modes import encode_impressions
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.events import Event
-from sidecar.telemetry.impressions import Impression, add_messages
+from sidecar.telemetry.impressions import Impression
 
 KINDS = ("impressions", "counts", "unique_keys", "events")
 # Per-record framing, roughly what protobuf adds around the strings of one record.
 RECORD_OVERHEAD = 32
+IMPRESSIONS_FIELD = pb.UploadRequest.IMPRESSIONS_FIELD_NUMBER
 
 CountRow = tuple[str, int, int]  # flag, hour start ms, count
 UniqueRow = tuple[str, list[str]]  # flag, keys
@@ -215,20 +217,25 @@ def decode(data: bytes) -> Batch:
         raise ValueError(f"not a spooled batch: {err}") from None
 
 
-def to_request(batch: Batch, sidecar_id: str, mode: str) -> pb.UploadRequest:
-    request = pb.UploadRequest(
+def to_request(batch: Batch, sidecar_id: str, mode: str) -> bytes:
+    """The batch's UploadRequest, as the bytes sent. Its impressions (debug mode makes one per
+    lookup) are written by C (`fader._modes.encode_impressions`) rather than as one message
+    each through the protobuf runtime, which cost more than the lookup; they go between the
+    fields numbered below theirs and those above, the order protobuf writes fields in, so the
+    bytes are what serializing the whole message would give (tests/telemetry/test_batches.py
+    checks it). Raises one of UNENCODABLE for a record that cannot be encoded."""
+    head = pb.UploadRequest(
         batch_id=batch.id,
         sidecar_id=sidecar_id,
         impressions_mode=batch.mode or mode,
-        source=batch.source,
     )
-    add_messages(request.impressions, batch.impressions)
+    rest = pb.UploadRequest(source=batch.source)
     for flag, hour, count in batch.counts:
-        request.counts.add(flag=flag, hour_ms=hour, count=count)
+        rest.counts.add(flag=flag, hour_ms=hour, count=count)
     for flag, keys in batch.unique_keys:
-        request.unique_keys.add(flag=flag, keys=keys)
+        rest.unique_keys.add(flag=flag, keys=keys)
     for key, traffic_type, event_type, value, properties, timestamp in batch.events:
-        event = request.events.add(
+        event = rest.events.add(
             key=key,
             traffic_type=traffic_type,
             event_type=event_type,
@@ -237,4 +244,5 @@ def to_request(batch: Batch, sidecar_id: str, mode: str) -> pb.UploadRequest:
         )
         if value is not None:
             event.value = value
-    return request
+    impressions = encode_impressions(batch.impressions, IMPRESSIONS_FIELD)
+    return head.SerializeToString() + impressions + rest.SerializeToString()

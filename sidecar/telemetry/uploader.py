@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import grpc
 from fader.pb.fader.v1 import telemetry_pb2 as pb
-from fader.pb.fader.v1 import telemetry_pb2_grpc
 
 from sidecar.plumbing.channels import ChannelSecurity
 
@@ -48,6 +47,9 @@ class Answer:
 
 # A batch is bounded by --telemetry-batch-bytes (estimated); the wire form may be larger.
 MAX_SEND_BYTES = 64 * 1024 * 1024
+# TelemetryService.Upload, called with the request's bytes (batches.to_request writes them)
+_SERVICE = pb.DESCRIPTOR.services_by_name["TelemetryService"]
+UPLOAD_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Upload'].name}"
 
 
 class Uploader:
@@ -61,19 +63,22 @@ class Uploader:
         self._security = security or ChannelSecurity()
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
-        self._stub: telemetry_pb2_grpc.TelemetryServiceStub | None = None
+        self._upload: grpc.aio.UnaryUnaryMultiCallable | None = None
 
-    async def send(self, request: pb.UploadRequest) -> Answer:
-        if self._stub is None:
+    async def send(self, request: bytes) -> Answer:
+        """Uploads one UploadRequest, given as its wire bytes (no serializer on the call)."""
+        if self._upload is None:
             options = [("grpc.max_send_message_length", MAX_SEND_BYTES)]
             self._channel = self._security.aio_channel(self.address, options)
-            self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
+            self._upload = self._channel.unary_unary(
+                UPLOAD_METHOD, response_deserializer=pb.UploadResponse.FromString
+            )
         try:
             metadata = self._security.metadata()
         except OSError as err:
             return Answer(Verdict.RETRY, "TOKEN_UNREADABLE", str(err))
         try:
-            await self._stub.Upload(request, timeout=self._timeout, metadata=metadata)
+            await self._upload(request, timeout=self._timeout, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             verdict = Verdict.REFUSED if code in PERMANENT else Verdict.RETRY
@@ -86,4 +91,4 @@ class Uploader:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-            self._stub = None
+            self._upload = None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
+from fader._modes import encode_impressions
+from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.batches import Batch, BatchBuilder, decode, encode, to_request
-from sidecar.telemetry.impressions import Impression
+from sidecar.telemetry.impressions import Impression, add_messages
 
 IMP = Impression("u1", None, "f", "on", "rule", 7, 1_000, None, 3)
 
@@ -63,7 +68,7 @@ def test_spool_form_round_trips() -> None:
 
 def test_to_request() -> None:
     batch = Batch(id="b1", impressions=[IMP], events=[("u1", "user", "buy", None, "", 5)])
-    request = to_request(batch, "pod-1", "debug")
+    request = pb.UploadRequest.FromString(to_request(batch, "pod-1", "debug"))
     assert (request.batch_id, request.sidecar_id, request.impressions_mode) == (
         "b1",
         "pod-1",
@@ -77,3 +82,120 @@ def test_to_request() -> None:
         3,
     )
     assert not request.events[0].HasField("value")
+
+
+def whole_message(batch: Batch, sidecar_id: str, mode: str) -> bytes:
+    """The upload as it was built before its impressions were encoded in C: one message,
+    `add_messages`, serialized at once by the protobuf runtime (the oracle)."""
+    request = pb.UploadRequest(
+        batch_id=batch.id,
+        sidecar_id=sidecar_id,
+        impressions_mode=batch.mode or mode,
+        source=batch.source,
+    )
+    add_messages(request.impressions, batch.impressions)
+    for flag, hour, count in batch.counts:
+        request.counts.add(flag=flag, hour_ms=hour, count=count)
+    for flag, keys in batch.unique_keys:
+        request.unique_keys.add(flag=flag, keys=keys)
+    for key, traffic_type, event_type, value, properties, timestamp in batch.events:
+        event = request.events.add(
+            key=key,
+            traffic_type=traffic_type,
+            event_type=event_type,
+            properties_json=properties,
+            timestamp_ms=timestamp,
+        )
+        if value is not None:
+            event.value = value
+    return request.SerializeToString()
+
+
+def random_impression(pick: random.Random) -> Impression:
+    def text() -> str:
+        return pick.choice(("", "u", "user-1", "ü", "ключ", "🙂x", "k" * 200, "a\x00b"))
+
+    def number(bits: int, signed: bool = True) -> int:
+        low = -(2 ** (bits - 1)) if signed else 0
+        high = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        return pick.choice((0, 1, 127, 128, 300, 2**31, low, high, pick.randint(low, high)))
+
+    return Impression(
+        text(),
+        pick.choice((None, "", "b", "ü")),
+        text(),
+        text(),
+        pick.choice((None, "", "rule", "default rule")),
+        number(64),
+        number(64),
+        pick.choice((None, number(64))),
+        number(64, signed=False),
+    )
+
+
+def test_the_upload_bytes_are_those_of_the_whole_message() -> None:
+    """Random batches (every field empty or set, multi-byte UTF-8, ints at their ranges'
+    ends and negative): to_request's bytes equal the oracle's, byte for byte."""
+    pick = random.Random(5)
+    for _ in range(300):
+        batch = Batch(
+            id=pick.choice(("", "b1")),
+            impressions=[random_impression(pick) for _ in range(pick.randrange(0, 6))],
+            counts=[("f", 1_699_999_200_000, pick.randrange(1, 9))] * pick.randrange(0, 2),
+            unique_keys=[("f", ["u1", "u2"])] * pick.randrange(0, 2),
+            events=[("u1", "user", "buy", pick.choice((None, 1.5)), "", 5)] * pick.randrange(2),
+            source=pick.choice(("", "python-10.7.0")),
+            mode=pick.choice(("", "optimized")),
+        )
+        assert to_request(batch, "pod-1", "debug") == whole_message(batch, "pod-1", "debug")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        (0, None, TypeError),
+        (0, b"\xff", ValueError),
+        (2, 5, TypeError),
+        (3, None, TypeError),
+        (4, 7, TypeError),
+        (0, "\udc80", ValueError),
+        (4, "\ud800", ValueError),
+        (5, 2**63, ValueError),
+        (5, -(2**63) - 1, ValueError),
+        (5, "7", TypeError),
+        (5, 1.5, TypeError),
+        (6, None, TypeError),
+        (6, True, TypeError),
+        (6, 2**70, ValueError),
+        (7, 2**64, ValueError),
+        (8, -1, ValueError),
+        (8, 2**64, ValueError),
+        (8, 3.0, TypeError),
+    ],
+)
+def test_what_the_runtime_refused_is_refused_alike(field: int, value: object, error: type) -> None:
+    """A record the protobuf runtime could not hold raises the same kind of error, so the
+    pipeline still sets it aside (UNENCODABLE) and keeps the rest of its batch."""
+    bad: Any = list(IMP)
+    bad[field] = value
+    batch = Batch(id="b", impressions=[IMP, Impression(*bad)])
+    with pytest.raises(error):
+        whole_message(batch, "pod", "debug")
+    with pytest.raises(error):
+        to_request(batch, "pod", "debug")
+
+
+def test_encode_impressions_refuses_what_is_not_an_impression() -> None:
+    wrong: list[Any] = [None, (), tuple(IMP)[:8], [*IMP], "impression"]
+    for item in wrong:
+        with pytest.raises(TypeError):
+            encode_impressions([IMP, item], 4)
+    arguments: list[Any] = [((IMP,), 4), ([IMP], 0), ([IMP], 2**29), ([IMP], "4"), ([IMP],)]
+    for args in arguments:
+        with pytest.raises((TypeError, ValueError)):
+            encode_impressions(*args)
+    assert encode_impressions([], 4) == b""
+    fields: Any = {"key": b"u1", "label": "r\xc3\xa9gle".encode("latin-1")}
+    as_bytes = IMP._replace(**fields)
+    batch = Batch(id="b", impressions=[as_bytes])  # the runtime took UTF-8 bytes for strings
+    assert to_request(batch, "pod", "debug") == whole_message(batch, "pod", "debug")

@@ -67,7 +67,7 @@ class ScriptedCollector(telemetry_pb2_grpc.TelemetryServiceServicer):
 class SendsTwice(Uploader):
     """The planted bug: every batch is uploaded twice (the second answer is the one used)."""
 
-    async def send(self, request: pb.UploadRequest) -> Answer:
+    async def send(self, request: bytes) -> Answer:
         await super().send(request)
         return await super().send(request)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.batches import (
     UNENCODABLE,
@@ -41,7 +42,7 @@ def test_only_the_bad_records_are_set_aside() -> None:
     assert bad.records() == {"impressions": 2, "counts": 0, "unique_keys": 2, "events": 0}
     assert batch.impressions == good and batch.events == [event] and batch.size == 1000
     assert decode(encode(batch)).impressions == good
-    request = to_request(batch, "pod", "debug")
+    request = pb.UploadRequest.FromString(to_request(batch, "pod", "debug"))
     assert [i.key for i in request.impressions] == ["user-0", "user-1", "user-2"]
     assert len(request.counts) == 1 and len(request.events) == 1
 

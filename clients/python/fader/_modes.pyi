@@ -34,3 +34,8 @@ def process_all(
     """Applies the impressions mode to `requests`: impressions appended to `made`, counts
     merged into `counts`, keys given to `add_key`, hashes kept in `observer`. Returns
     (emitted, deduplicated)."""
+
+def encode_impressions(impressions: list[Impression], field_number: int, /) -> bytes:
+    """The protobuf wire bytes of `impressions` as entries of the repeated fader.v1.Impression
+    field `field_number`: what `add_messages` and SerializeToString wrote for them. TypeError
+    for a wrong type, ValueError for an int out of its field's range or a lone surrogate."""
