@@ -148,9 +148,24 @@ static int skip_unknown(const uint8_t **pos, const uint8_t *end, uint32_t tag, i
     return tag >> 3 == 0 ? READ_CORRUPT : skip_field(pos, end, tag, depth);
 }
 
-/* A proto3 string field as a new str; bad UTF-8 is the request's fault, not an error. */
+/* A proto3 string field as a new str; bad UTF-8 is the request's fault, not an error. Keys
+ * and names are mostly ASCII: copied straight into a compact str, which costs half of
+ * going through the UTF-8 decoder. */
 static int read_string(const uint8_t *data, Py_ssize_t size, PyObject **out) {
-    PyObject *text = PyUnicode_DecodeUTF8((const char *)data, size, "strict");
+    uint8_t high = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        high |= data[i];
+    }
+    PyObject *text;
+    if (high < 0x80) {
+        text = PyUnicode_New(size, 127);
+        if (text == NULL) {
+            return READ_FAILED;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(text), data, (size_t)size);
+    } else {
+        text = PyUnicode_DecodeUTF8((const char *)data, size, "strict");
+    }
     if (text == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
             PyErr_Clear();
