@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 from fader import _modes
 from fader._modes import Observer
-from fader.impressions import HOUR_MS, Answer, Impression, ImpressionModes, Mode, Pending
+from fader.impressions import (
+    HOUR_MS,
+    Answer,
+    Impression,
+    ImpressionModes,
+    Mode,
+    Pending,
+    add_messages,
+)
+from fader.pb.fader.v1.telemetry_pb2 import UploadRequest
 from fader.rules.result import LABEL_NOT_FOUND, NOT_FOUND, Decision
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
@@ -456,3 +465,29 @@ def test_impressions_of_plain_values_are_left_out_of_the_garbage_collector() -> 
     modes.process_all([(holder, T0, [GOOD])])
     cycle.append(made[-1])  # impression -> version (the list) -> impression
     assert gc.is_tracked(made[-1])
+
+
+def test_fuzz_encode_impressions_never_crashes() -> None:
+    """Random Impressions of plausible and implausible values: the bytes add_messages and the
+    protobuf runtime gave, or an error where the runtime raised one, never a crash. (Not a
+    tuple at all is refused: tests/telemetry/test_batches.py.)"""
+    pick = random.Random(13)
+    atoms: list[Any] = [
+        None, "", "u1", "ü", "\udc80", b"b", b"\xff", 0, 1, -1, 2**63, -(2**63), 2**64, 1.5,
+        True, False, (), [7], object(),
+    ]  # fmt: skip
+    plain = Impression("u1", "b", "f", "on", "rule", 7, T0, T0 - 1, 3)
+    for _ in range(5_000):
+        fields = [pick.choice(atoms) if pick.random() < 0.3 else value for value in plain]
+        item: Any = tuple.__new__(Impression, fields)
+        request = UploadRequest()
+        try:
+            add_messages(request.impressions, [item])
+            expected: bytes | None = request.SerializeToString()
+        except (TypeError, ValueError):
+            expected = None
+        try:
+            got: bytes | None = _modes.encode_impressions([item], 4)
+        except (TypeError, ValueError):
+            got = None
+        assert got == expected, fields

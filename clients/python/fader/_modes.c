@@ -139,6 +139,20 @@ tally_grow(Tally *tally)
     return 0;
 }
 
+/* Two strs equal? Requests decode their flag names anew, so the same name comes in different
+ * objects: compared in place rather than through PyUnicode_Compare's call per lookup. */
+static int
+same_str(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(a);
+    int kind = PyUnicode_KIND(a);
+    return length == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(length * kind)) == 0;
+}
+
 /* Adds one to (flag, hour). `flag` is a str whose hash is known. */
 static int
 tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
@@ -156,8 +170,7 @@ tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
             break;
         }
         Bucket *b = &tally->buckets[index - 1];
-        if (b->hour == hour && b->flag_hash == flag_hash &&
-            (b->flag == flag || PyUnicode_Compare(b->flag, flag) == 0)) {
+        if (b->hour == hour && b->flag_hash == flag_hash && same_str(b->flag, flag)) {
             b->count++;
             return 0;
         }
@@ -552,7 +565,12 @@ as_time(PyObject *value, long long *out)
     if (!PyLong_Check(value)) {
         return type_error("a time must be an int (ms)", value);
     }
-    *out = PyLong_AsLongLong(value);
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow); /* cheaper than PyLong_AsLongLong */
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "a time is out of the 64-bit range");
+        return -1;
+    }
     if (*out == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -935,13 +953,30 @@ typedef struct {
     int present;
 } Field;
 
+/* 1 if an optional field's value is falsy (`if value:` in add_messages left it unset), 0 if
+ * not, -1 on an error from its __bool__. */
+static int
+falsy(PyObject *value)
+{
+    if (value == Py_None) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return PyUnicode_GET_LENGTH(value) == 0;
+    }
+    int truth = PyObject_IsTrue(value);
+    return truth < 0 ? -1 : !truth;
+}
+
 static int
 string_field(PyObject *value, int optional, const char *name, Field *out)
 {
     out->present = 0;
-    if (optional &&
-        (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 0))) {
-        return 0;
+    if (optional) {
+        int skip = falsy(value);
+        if (skip != 0) {
+            return skip < 0 ? -1 : 0;
+        }
     }
     if (PyBytes_Check(value)) {
         /* the runtime took UTF-8 bytes for a string field too (and refused others) */
@@ -980,14 +1015,17 @@ out_of_range(const char *name, PyObject *value)
     return -1;
 }
 
-/* An int64 (or uint64) field; `optional`: None and 0 are not written. */
+/* An int64 (or uint64) field; `optional`: not written when falsy. */
 static int
 int_field(PyObject *value, int optional, int is_unsigned, const char *name, Field *out)
 {
     out->present = 0;
     out->text = NULL;
-    if (optional && value == Py_None) {
-        return 0;
+    if (optional) {
+        int skip = falsy(value);
+        if (skip != 0) {
+            return skip < 0 ? -1 : 0;
+        }
     }
     if (!PyLong_Check(value) || PyBool_Check(value)) {
         PyErr_Format(PyExc_TypeError, "impression field %s must be an int, not %.100s", name,
@@ -1102,9 +1140,13 @@ encode_impressions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t tag = (uint64_t)field_number << 3 | 2;
     Buffer b = {NULL, 0, 0};
     PyObject *list = args[0];
-    /* the list is read as it is now: encoding runs no Python code (str and int only) */
+    /* an odd value's __bool__ is Python code, which could change the list: its size is read
+     * again every time, and the impression being encoded is held */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        if (encode_one(&b, tag, PyList_GET_ITEM(list, i)) < 0) {
+        PyObject *impression = Py_NewRef(PyList_GET_ITEM(list, i));
+        int status = encode_one(&b, tag, impression);
+        Py_DECREF(impression);
+        if (status < 0) {
             PyMem_Free(b.data);
             return NULL;
         }
