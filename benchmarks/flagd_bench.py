@@ -71,7 +71,7 @@ def fader_resolve(snap: Any, flag: str, kind: str, context: dict[str, Any]) -> R
     """Fader's typed resolve (`fader.flagd.resolve.Resolver`): the value checked against
     the type asked for, the variant, flagd's reason and the flag's metadata."""
     data = {**context, "targetingKey": "user-1"}
-    return Resolver(snap).by_kind[kind], flag, DEFAULTS[kind], data
+    return Resolver(snap).for_kind(kind), flag, DEFAULTS[kind], data
 
 
 def reference_resolve(core: FlagdCore, flag: str, kind: str, context: dict[str, Any]) -> Resolve:

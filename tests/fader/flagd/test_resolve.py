@@ -47,7 +47,7 @@ def test_evaluator_suite(generation: str) -> None:
     wrong: list[tuple[Any, ...]] = []
     for case in cases:
         check = check_of(case)
-        answer = resolver.by_kind[check.kind](check.flag, check.fallback, check.context)
+        answer = resolver.for_kind(check.kind)(check.flag, check.fallback, check.context)
         got = (answer.value, answer.reason, answer.error_code)
         expected = (
             check.value if check.expect_value else answer.value,
@@ -108,7 +108,7 @@ def test_answers_as_flagd_core_on_random_contexts() -> None:
         if rng.random() < 0.7:
             context["targetingKey"] = rng.choice(("user-1", "jack", "ballmer", ""))
         expected = reference(core, kind, flag_key, context)
-        got = ours(resolver.by_kind[kind](flag_key, DEFAULTS[kind], context))
+        got = ours(resolver.for_kind(kind)(flag_key, DEFAULTS[kind], context))
         if flagd_core_quirk(kind, values.get(flag_key, {}).get(got[1] or expected[1])):
             assert got[3] != expected[3], (flag_key, kind, got, expected)
             continue
@@ -205,7 +205,7 @@ def test_fast_paths_answer_as_the_general_path(seed: int) -> None:
         context = randomised.data(rng)
         if not isinstance(context, dict):  # a context is an object: other data is the lanes'
             continue
-        got = resolver.by_kind[kind](flag_key, DEFAULTS[kind], context)
+        got = resolver.for_kind(kind)(flag_key, DEFAULTS[kind], context)
         assert got == general(snap, kind, flag_key, DEFAULTS[kind], context), (flag_key, kind)
 
 
@@ -265,3 +265,14 @@ def test_typed_value(value: Any, kind: str, typed: Any) -> None:
 def test_typed_value_refuses(value: Any, kind: str) -> None:
     with pytest.raises(resolve.TypeMismatch, match=f"variant 'v' of 'f' is not a {kind}"):
         typed_value("f", "v", value, kind)
+
+
+def test_each_type_is_built_once_on_first_use() -> None:
+    resolver = Resolver(build_snapshot(kit_document("v2")))
+    first = resolver.resolve_string
+    assert resolver.resolve_string is first is resolver.for_kind("string")
+    assert resolver.for_kind("boolean") is resolver.resolve_boolean is not first
+    with pytest.raises(AttributeError):
+        resolver.resolve_strings  # noqa: B018 (the attribute access is the test)
+    with pytest.raises(KeyError):
+        resolver.for_kind("date")
