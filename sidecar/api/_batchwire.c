@@ -7,14 +7,18 @@
  * Here each item becomes the lookup tuple the evaluator takes, with its attributes built from
  * the entries the Python side already admitted and remembered by their bytes.
  *
- * The wire rules are upb's for this message, so that a request is accepted or refused exactly
- * as `WireBatchRequest.FromString` (fader_v1.py) would, with the same reason: varints of at
- * most 10 bytes, tags of at most 5 bytes and 32 bits, lengths below 2^31 that fit what is
- * left, field number 0 refused, wire types 6 and 7 refused, a known field with another wire
- * type skipped as unknown, unknown groups matched with their end tag within a depth of 100
- * (the item counts as one level), proto3 strings valid UTF-8 at every occurrence, the last
- * occurrence of a singular field wins. tests/api/test_batchwire.py compares both on random,
- * mutated and truncated requests.
+ * The wire rules are upb's for this message (as installed with protobuf, found and checked
+ * by differential fuzzing), so that a request is accepted or refused exactly as upb parses it
+ * with the attributes declared as bytes (the test's `WireBatchRequest`), with upb's reason:
+ * varints of at most 10 bytes, tags and lengths of at most 5, tags of 32 bits, lengths below
+ * 2^31 - 1 that fit what is left, field number 0 refused in a message (not inside an unknown
+ * group), wire types 6 and 7 refused, a known field with another wire type skipped as
+ * unknown, unknown groups matched with their end tag within a depth of 100 (the item counts
+ * as one level), proto3 strings valid UTF-8 at every occurrence, the last occurrence of a
+ * singular field wins. tests/api/test_batchwire.py compares both on random, mutated and
+ * truncated requests.
+ *
+ * The module also counts and encodes a request's answers (`tally`, `join_entries`, below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
