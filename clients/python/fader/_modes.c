@@ -934,15 +934,18 @@ varint_size(uint64_t value)
     return size;
 }
 
-/* room reserved by the caller */
-static void
-put_varint(Buffer *b, uint64_t value)
+/* Writes at `at` (room reserved by the caller), returns where it ended. A local pointer
+ * rather than the buffer's `used`: stores through a char * could alias it, so every byte
+ * would reload and store it. */
+static char *
+put_varint(char *at, uint64_t value)
 {
     while (value >= 0x80) {
-        b->data[b->used++] = (char)((value & 0x7F) | 0x80);
+        *at++ = (char)((value & 0x7F) | 0x80);
         value >>= 7;
     }
-    b->data[b->used++] = (char)value;
+    *at++ = (char)value;
+    return at;
 }
 
 /* One field's value, ready to write. */
@@ -1021,7 +1024,8 @@ int_field(PyObject *value, int optional, int is_unsigned, const char *name, Fiel
 {
     out->present = 0;
     out->text = NULL;
-    if (optional) {
+    /* an int is falsy when 0, which `present` below says without asking it */
+    if (optional && !PyLong_CheckExact(value)) {
         int skip = falsy(value);
         if (skip != 0) {
             return skip < 0 ? -1 : 0;
@@ -1089,8 +1093,8 @@ encode_one(Buffer *b, uint64_t tag, PyObject *impression)
     if (buffer_reserve(b, varint_size(tag) + varint_size((uint64_t)length) + length) < 0) {
         return -1;
     }
-    put_varint(b, tag);
-    put_varint(b, (uint64_t)length);
+    char *at = put_varint(b->data + b->used, tag);
+    at = put_varint(at, (uint64_t)length);
     for (int i = 0; i < IMPRESSION_FIELDS; i++) {
         Field *f = &fields[i];
         if (!f->present) {
@@ -1098,16 +1102,17 @@ encode_one(Buffer *b, uint64_t tag, PyObject *impression)
         }
         uint64_t number = (uint64_t)i + 1;
         if (f->text != NULL) {
-            put_varint(b, number << 3 | 2); /* length-delimited */
-            put_varint(b, (uint64_t)f->length);
-            memcpy(b->data + b->used, f->text, (size_t)f->length);
-            b->used += f->length;
+            at = put_varint(at, number << 3 | 2); /* length-delimited */
+            at = put_varint(at, (uint64_t)f->length);
+            memcpy(at, f->text, (size_t)f->length);
+            at += f->length;
         }
         else {
-            put_varint(b, number << 3); /* varint */
-            put_varint(b, f->number);
+            at = put_varint(at, number << 3); /* varint */
+            at = put_varint(at, f->number);
         }
     }
+    b->used = at - b->data;
     return 0;
 }
 
