@@ -26,7 +26,6 @@ from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
 from google.protobuf.message import DecodeError
 
-from sidecar.api._batchwire import WireError, join_entries, read_batch
 from sidecar.api.grpc_status import abort
 from sidecar.api.watch import Change, ChangeFeed
 from sidecar.core import Core
@@ -43,6 +42,7 @@ from sidecar.core.requests import (
     optional_key,
     select_flags,
 )
+from sidecar.plumbing._batchwire import WireError, join_entries, read_batch
 from sidecar.telemetry.batches import CountRow, UniqueRow
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Answer
@@ -58,7 +58,7 @@ VERSION_TAG = b"\x10"
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 # upb's words for a request it cannot parse, followed by its reason: the reader's refusals
-# repeat them (tests/api/test_batchwire.py compares), as when gRPC parsed the request.
+# repeat them (tests/plumbing/test_batchwire.py compares), as when gRPC parsed the request.
 UNDECODABLE = (
     "the request does not decode: Error parsing message with type "
     f"'{pb.EvaluateBatchRequest.DESCRIPTOR.full_name}': "
@@ -113,7 +113,7 @@ class Lookups:
         """An EvaluateBatchResponse's bytes for an EvaluateBatchRequest's: what the gRPC
         method takes and answers, so that neither side builds a message it does not need.
 
-        The request is read natively (`read_batch`, sidecar/api/_batchwire.c): the items come
+        The request is read natively (`read_batch`, sidecar/plumbing/_batchwire.c): the items come
         out as lookup tuples, their attributes built from the entries `AttributeEntries`
         remembers by their bytes. An item the reader cannot settle alone (a key or name out
         of bounds, an entry not remembered, too many attributes) is listed in `pending` and

@@ -31,7 +31,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sidecar.api._batchwire import tally
+from sidecar.plumbing._batchwire import tally
 
 UNKNOWN_FLAG = "_unknown"
 # Seconds; from 50 µs (an evaluation) to 1 s (a starved call).
@@ -104,7 +104,7 @@ class Shard:
 
     Evaluations are counted two ways, held together in `tallies`: by (flag, treatment), the
     metric's own labels, and by (flag, decision), which `count_answers` counts a whole
-    request at a time in C (`tally`, sidecar/api/_batchwire.c: answers grouped by identity,
+    request at a time in C (`tally`, sidecar/plumbing/_batchwire.c: answers grouped by identity,
     one dict update per distinct pair) instead of one Python dict update per evaluation (a
     quarter of a microsecond each). A scrape adds both up
     (`evaluation_counts`). One attribute for both, replaced whole when the second is folded

@@ -1,4 +1,4 @@
-/* sidecar.api._batchwire: an EvaluateBatchRequest's bytes to the lookups of its items, in
+/* sidecar.plumbing._batchwire: an EvaluateBatchRequest's bytes to the lookups of its items, in
  * one native pass.
  *
  * Why: reading 100 items through upb's Python objects (a wrapper per item, a str per field
@@ -15,10 +15,12 @@
  * group), wire types 6 and 7 refused, a known field with another wire type skipped as
  * unknown, unknown groups matched with their end tag within a depth of 100 (the item counts
  * as one level), proto3 strings valid UTF-8 at every occurrence, the last occurrence of a
- * singular field wins. tests/api/test_batchwire.py compares both on random, mutated and
+ * singular field wins. tests/plumbing/test_batchwire.py compares both on random, mutated and
  * truncated requests.
  *
  * The module also counts and encodes a request's answers (`tally`, `join_entries`, below).
+ * It sits in plumbing, below both of its users: the fader.v1 lane (sidecar.api.fader_v1 reads
+ * and encodes with it) and the evaluation metrics (sidecar.telemetry.metrics counts with it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -677,7 +679,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "sidecar.api._batchwire",
+    .m_name = "sidecar.plumbing._batchwire",
     .m_doc = "EvaluateBatchRequest bytes to lookups, in one native pass.",
     .m_size = -1, /* module state lives in the two statics above */
     .m_methods = methods,
@@ -689,7 +691,7 @@ PyMODINIT_FUNC PyInit__batchwire(void) {
         return NULL;
     }
     WireError = PyErr_NewExceptionWithDoc(
-        "sidecar.api._batchwire.WireError",
+        "sidecar.plumbing._batchwire.WireError",
         "The bytes are not an EvaluateBatchRequest; the message is upb's reason.",
         PyExc_ValueError, NULL);
     EmptyString = PyUnicode_FromStringAndSize("", 0);

@@ -1,4 +1,4 @@
-"""sidecar.api._batchwire against upb and against the Python it replaced.
+"""sidecar.plumbing._batchwire against upb and against the Python it replaced.
 
 The reader must accept and refuse exactly the requests upb does, with upb's reason, and read
 the same fields; it must never crash, whatever the bytes. The handler built on it must answer
@@ -27,7 +27,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from sidecar.api._batchwire import WireError, join_entries, read_batch, tally
 from sidecar.api.fader_v1 import (
     UNDECODABLE,
     VERSION_TAG,
@@ -40,6 +39,7 @@ from sidecar.core.refusals import BadRequest
 from sidecar.core.requests import check_items, check_key, check_name
 from sidecar.delivery.store import Store
 from sidecar.limits import RequestLimits
+from sidecar.plumbing._batchwire import WireError, join_entries, read_batch, tally
 from tests.core.builders import core_for
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 

@@ -1,4 +1,4 @@
-"""Types of the C extension sidecar/api/_batchwire.c."""
+"""Types of the C extension sidecar/plumbing/_batchwire.c."""
 
 from collections.abc import Callable, Iterable
 
