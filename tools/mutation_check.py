@@ -206,9 +206,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "uploader-sends-twice",
         "the uploader sends every batch twice",
         "sidecar/telemetry/uploader.py",
-        "            await self._stub.Upload(request, timeout=self._timeout, metadata=metadata)\n",
-        "            await self._stub.Upload(request, timeout=self._timeout, metadata=metadata)\n"
-        "            await self._stub.Upload(request, timeout=self._timeout, metadata=metadata)\n",
+        "            await self._upload(request, timeout=self._timeout, metadata=metadata)\n",
+        "            await self._upload(request, timeout=self._timeout, metadata=metadata)\n"
+        "            await self._upload(request, timeout=self._timeout, metadata=metadata)\n",
         ("tests/telemetry/test_pipeline.py::test_impressions_and_events_are_delivered_in_order",),
     ),
     Mutant(
