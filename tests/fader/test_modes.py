@@ -117,9 +117,24 @@ def oracle_process_all(
 def snapshots() -> list[Snapshot]:
     return [
         build_snapshot(
-            snapshot_doc(flag("f"), flag("g"), flag("quiet", impressionsDisabled=True), version=3)
+            snapshot_doc(
+                flag("f"),
+                flag("g"),
+                flag("quiet", impressionsDisabled=True),
+                flag("alpha"),
+                flag("beta"),
+                version=3,
+            )
         ),
-        build_snapshot(snapshot_doc(flag("f"), flag("g", impressionsDisabled=True), version=4)),
+        build_snapshot(
+            snapshot_doc(
+                flag("f"),
+                flag("g", impressionsDisabled=True),
+                flag("alpha"),
+                flag("beta", impressionsDisabled=True),
+                version=4,
+            )
+        ),
     ]
 
 
@@ -135,7 +150,8 @@ RESULTS = [
 
 def random_requests(pick: random.Random, snaps: list[Snapshot]) -> list[Pending]:
     """Repeats (few keys), both snapshots, disabled and unknown flags, times out of order
-    and across hours and days, empty lookups, fresh string objects for equal keys."""
+    and across hours and days, empty lookups, fresh string objects for equal keys and flag
+    names (as requests decode them)."""
     times = (0, 1, 5, 3, HOUR_MS - 1, HOUR_MS, HOUR_MS + 2, DAY_MS, 2 * DAY_MS - 1, -7)
     requests: list[Pending] = []
     for _ in range(pick.randrange(1, 15)):
@@ -143,7 +159,7 @@ def random_requests(pick: random.Random, snaps: list[Snapshot]) -> list[Pending]
             (
                 "".join(("u", str(pick.randrange(8)))),  # equal keys, distinct objects
                 pick.choice((None, "b", "")),
-                pick.choice(("f", "g", "quiet", "missing")),
+                "".join(list(pick.choice(("f", "g", "quiet", "alpha", "beta", "missing")))),
                 pick.choice(RESULTS),
             )
             for _ in range(pick.randrange(0, 9))
@@ -491,3 +507,27 @@ def test_fuzz_encode_impressions_never_crashes() -> None:
         except (TypeError, ValueError):
             got = None
         assert got == expected, fields
+
+
+class OddHash(str):
+    """A str subclass with its own hash: equal text, another hash in the observer's key."""
+
+    def __hash__(self) -> int:
+        return 42
+
+
+def test_a_str_subclass_is_hashed_by_its_own_hash() -> None:
+    """The last flag name's hash is reused only for a plain str of the same text: a
+    subclass's own __hash__ goes into the observer's key, as it did in Python."""
+    snap = snapshots()[0]
+    result = RESULTS[0]
+    for mode in (Mode.DEBUG, Mode.OPTIMIZED):
+        twins = Twins(mode, 100)
+        lookups: list[Any] = [
+            ("u1", None, "alpha", result),
+            (OddHash("u1"), None, "alpha", result),
+            ("u1", None, OddHash("alpha"), result),
+            ("u1", None, "alpha", result),
+        ]
+        twins.process_all([(snap, T0, lookups), (snap, T0 + 1, lookups)])
+        twins.assert_same()

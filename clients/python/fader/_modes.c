@@ -65,16 +65,13 @@ hash_of(PyObject *value)
     return PyObject_Hash(value);
 }
 
+/* The hash of a tuple whose items hash to `lanes`. */
 static Py_hash_t
-tuple_hash(PyObject *const items[FIELDS])
+tuple_hash(const Py_hash_t lanes[FIELDS])
 {
     Py_uhash_t acc = XXPRIME_5;
     for (int i = 0; i < FIELDS; i++) {
-        Py_uhash_t lane = (Py_uhash_t)hash_of(items[i]);
-        if (lane == (Py_uhash_t)-1) {
-            return -1;
-        }
-        acc += lane * XXPRIME_2;
+        acc += (Py_uhash_t)lanes[i] * XXPRIME_2;
         acc = XXROTATE(acc);
         acc *= XXPRIME_1;
     }
@@ -151,6 +148,30 @@ same_str(PyObject *a, PyObject *b)
     int kind = PyUnicode_KIND(a);
     return length == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
            memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(length * kind)) == 0;
+}
+
+/* The last flag name hashed, and its hash. Requests decode names anew, so equal names come
+ * as new objects whose hash is not cached: a batch for one flag repeats the same text lookup
+ * after lookup, and comparing it with the last one costs a fraction of hashing it again.
+ * (Not done for keys: they mostly differ from one lookup to the next, and a miss measured
+ * more than a hit saves.) Only exact strs: a subclass may hash differently. */
+typedef struct {
+    PyObject *text; /* strong reference, or NULL */
+    Py_hash_t hash;
+} Remembered;
+
+static Py_hash_t
+remembered_hash(Remembered *last, PyObject *text)
+{
+    if (last->text != NULL && PyUnicode_CheckExact(text) && same_str(last->text, text)) {
+        return last->hash;
+    }
+    Py_hash_t hash = hash_of(text);
+    if (hash != -1 && PyUnicode_CheckExact(text)) {
+        Py_XSETREF(last->text, Py_NewRef(text));
+        last->hash = hash;
+    }
+    return hash;
 }
 
 /* Adds one to (flag, hour). `flag` is a str whose hash is known. */
@@ -550,6 +571,7 @@ typedef struct {
     PyObject *snap;
     PyObject *version;
     PyObject *disabled; /* NULL: no flag of the snapshot has impressions disabled */
+    Remembered last_flag;
 } Run;
 
 static int
@@ -701,7 +723,7 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
           PyUnicode_Compare(label, state->not_found) == 0))) {
         return 0;
     }
-    Py_hash_t flag_hash = hash_of(flag);
+    Py_hash_t flag_hash = remembered_hash(&run->last_flag, flag);
     if (flag_hash == -1) {
         return -1;
     }
@@ -735,11 +757,17 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
             change = run->zero;
         }
     }
-    PyObject *fields[FIELDS] = {key, flag, treatment, label, change};
-    Py_hash_t hash = tuple_hash(fields);
-    if (hash == -1 && PyErr_Occurred()) {
-        return -1;
+    /* hash((key, flag, treatment, label, change)), one item at a time: a str subclass's
+     * __hash__ may raise, and no hash may be asked with an exception set */
+    PyObject *const items[FIELDS] = {key, flag, treatment, label, change};
+    Py_hash_t lanes[FIELDS];
+    for (int i = 0; i < FIELDS; i++) {
+        lanes[i] = i == 1 ? flag_hash : hash_of(items[i]);
+        if (lanes[i] == -1) {
+            return -1;
+        }
     }
+    Py_hash_t hash = tuple_hash(lanes);
     int64_t previous_ms;
     int found = observer_test_and_set(run->observer, hash, time_ms, &previous_ms);
     if (found < 0) {
@@ -880,6 +908,7 @@ finish(Run *run)
     Py_XDECREF(run->snap);
     Py_XDECREF(run->version);
     Py_XDECREF(run->disabled);
+    Py_XDECREF(run->last_flag.text);
 }
 
 /* -- encoding: impressions as protobuf wire bytes ----------------------------------------
