@@ -183,7 +183,10 @@ def test_metrics_count_evaluations_and_calls() -> None:
             stub.EvaluateBatch(pb.EvaluateBatchRequest(items=items), timeout=TIMEOUT)
             with pytest.raises(grpc.RpcError):
                 stub.GetTreatment(pb.GetTreatmentRequest(key="", flag="f"), timeout=TIMEOUT)
-        status, text = http_get(running.mgmt_url + "/metrics")
+        # a call is counted as handled after its status went out: the client may be faster
+        url = running.mgmt_url + "/metrics"
+        wait_until(lambda: "INVALID_ARGUMENT" in http_get(url)[1])
+        status, text = http_get(url)
     assert status == 200
     assert metric(text, "fader_evaluations_total", flag="kill-switch-demo", treatment="safe") == 13
     assert metric(text, "fader_evaluations_total", flag="_unknown", treatment="control") == 1
