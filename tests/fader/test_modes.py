@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
+import subprocess
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -531,3 +532,55 @@ def test_a_str_subclass_is_hashed_by_its_own_hash() -> None:
         ]
         twins.process_all([(snap, T0, lookups), (snap, T0 + 1, lookups)])
         twins.assert_same()
+
+
+def test_a_count_past_64_bits_is_added_exactly() -> None:
+    """The counts are merged as the Python loop added them, `before + count`: a count at or
+    past 2**63 grows exactly (a long long sum overflowed, undefined in C, or raised)."""
+    snap = snapshots()[0]
+    hour = T0 - T0 % HOUR_MS
+    for before in (2**63 - 1, 2**64, -(2**63), 1):
+        modes = ImpressionModes(Mode.NONE, lambda made: None)
+        modes.counts[("f", hour)] = before
+        modes.process_all([(snap, T0, [("u1", None, "f", RESULTS[0])] * 3)])
+        assert modes.counts == {("f", hour): before + 3}
+
+
+def test_a_struct_sequence_is_refused_as_the_impression_type() -> None:
+    """Only tuple and classes of `class` statements on it can be made as tp_alloc(type, 9)
+    plus 9 items: a struct sequence keeps more (sys.flags: its dealloc read past the
+    allocation, a segfault), so it is refused. In a subprocess: the suite survives a crash."""
+    code = """if True:
+        import sys, time
+        from fader import _modes
+        from fader._modes import Observer
+
+        class Snap:
+            version = 3
+            flags = {}
+
+        def call(impression):
+            made = []
+            lookup = ("u1", None, "f", ("on", "rule", None, 7))
+            _modes.process_all(
+                [(Snap(), 0, [lookup])], "debug", Observer(4), {}, lambda *a: None,
+                lambda snap: frozenset(), impression, made,
+            )
+            return made
+
+        for impression in (type(sys.flags), time.struct_time, type(sys.version_info)):
+            try:
+                call(impression)
+            except TypeError:
+                pass
+            else:
+                raise SystemExit(f"{impression} accepted")
+
+        class Plain(tuple):
+            pass
+
+        assert [type(i) for i in call(tuple) + call(Plain)] == [tuple, Plain]
+        print("refused")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "refused\n", "")

@@ -224,12 +224,20 @@ tally_merge(Tally *tally, PyObject *counts)
             PyObject *key = hour == NULL ? NULL : PyTuple_Pack(2, b->flag, hour);
             Py_XDECREF(hour);
             PyObject *before = key == NULL ? NULL : PyDict_GetItemWithError(counts, key);
-            long long total = b->count;
+            PyObject *value = NULL;
             if (before != NULL) {
-                long long was = PyLong_AsLongLong(before);
-                total = was == -1 && PyErr_Occurred() ? -1 : was + b->count;
+                /* before + count as the Python loop added (`counts.get(bucket, 0) + 1`):
+                 * a count at or past 2**63 stays exact, where a long long sum overflowed
+                 * (undefined in C) or raised. Held: __add__ may be Python code. */
+                PyObject *more = PyLong_FromSsize_t(b->count);
+                Py_INCREF(before);
+                value = more == NULL ? NULL : PyNumber_Add(before, more);
+                Py_DECREF(before);
+                Py_XDECREF(more);
             }
-            PyObject *value = PyErr_Occurred() ? NULL : PyLong_FromLongLong(total);
+            else if (!PyErr_Occurred()) {
+                value = PyLong_FromSsize_t(b->count);
+            }
             if (value == NULL || PyDict_SetItem(counts, key, value) < 0) {
                 status = -1;
             }
@@ -552,6 +560,7 @@ typedef struct {
     PyTypeObject *observer_type;
     PyObject *version_name;
     PyObject *not_found; /* fader.rules.result.LABEL_NOT_FOUND */
+    destructor class_dealloc; /* the tp_dealloc of every class a `class` statement makes */
 } State;
 
 /* Everything one call works with. Object fields hold strong references. */
@@ -883,6 +892,15 @@ start(Run *run, State *state, PyObject *const *args)
     }
     if (!PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type)) {
         return type_error("impression must be a tuple subclass (a NamedTuple)", args[6]);
+    }
+    /* emit makes an instance as tp_alloc(type, 9) and 9 items, which is whole only for tuple
+     * and the classes of `class` statements on it: a struct sequence (time.struct_time,
+     * sys.flags) keeps more items than that, and its dealloc read past the allocation */
+    for (PyTypeObject *t = (PyTypeObject *)args[6]; t != &PyTuple_Type; t = t->tp_base) {
+        if (t == NULL || t->tp_dealloc != state->class_dealloc) {
+            return type_error("impression must be tuple or a class on it (a NamedTuple)",
+                              args[6]);
+        }
     }
     if (!PyList_Check(args[7])) {
         return type_error("made must be a list", args[7]);
@@ -1247,6 +1265,14 @@ exec_module(PyObject *module)
     if (state->version_name == NULL) {
         return -1;
     }
+    /* a probe class, for the tp_dealloc that start() asks of the impression type's classes */
+    PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s(O){}", "probe",
+                                           (PyObject *)&PyTuple_Type);
+    if (probe == NULL) {
+        return -1;
+    }
+    state->class_dealloc = ((PyTypeObject *)probe)->tp_dealloc;
+    Py_DECREF(probe);
     /* the label comes from its one definition, not a copy of the string */
     PyObject *result = PyImport_ImportModule("fader.rules.result");
     if (result == NULL) {
