@@ -31,6 +31,7 @@ from sidecar.core import requests as fields
 from sidecar.core.evaluator import Lookup
 from sidecar.core.events import make_event
 from sidecar.core.refusals import BadRequest, Refusal
+from sidecar.core.requests import MAX_KEY_LENGTH, MAX_NAME_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,24 @@ class Handlers:
         self._core = core
         self._evaluator = core.evaluator
         self._max_items = core.limits.max_batch_items
+        self._admit = core.policy.admit  # bound once: `_lookup` runs for every lookup
 
     def treatment(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The commonest request: its answer is built as one map (the keys in
+        `_evaluation`'s order, after "version") rather than merged from two."""
         started = perf_counter()
-        snap = self._evaluator.snapshot()
+        evaluator = self._evaluator
+        snap = evaluator.snapshot()
         lookup = self._lookup(request, "")
-        result = self._evaluator.evaluate_one(snap, lookup, "GetTreatment", started)
-        return {"version": snap.version, **_evaluation(lookup[2], result)}
+        result = evaluator.evaluate_one(snap, lookup, "GetTreatment", started)
+        return {
+            "version": snap.version,
+            "flag": lookup[2],
+            "treatment": result.treatment,
+            "label": result.label,
+            "config": result.config,
+            "change_number": result.change_number,
+        }
 
     def treatments(self, request: dict[str, Any]) -> dict[str, Any]:
         started = perf_counter()
@@ -104,16 +116,18 @@ class Handlers:
         `prefix` is where it sits in the request, for the refusal's message. The fields'
         names are only formatted on the refusal path: this runs for every lookup."""
         key, flag = request.get("key", ""), request.get("flag", "")
-        if type(key) is not str or not 0 < len(key) <= fields.MAX_KEY_LENGTH:
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH:
             fields.check_key(_text(request, "key", f"{prefix}key"), f"{prefix}key")
-        if type(flag) is not str or not 0 < len(flag) <= fields.MAX_NAME_LENGTH:
+        if type(flag) is not str or not 0 < len(flag) <= MAX_NAME_LENGTH:
             fields.check_name(_text(request, "flag", f"{prefix}flag"), f"{prefix}flag")
         bucketing_key = request.get("bucketing_key")
         if bucketing_key is not None:
             bucketing_key = _bucketing_key(bucketing_key, f"{prefix}bucketing_key")
         attributes = request.get("attributes")
         if attributes is not None:
-            attributes = self._attributes(attributes, f"{prefix}attributes")
+            if not isinstance(attributes, dict):  # `_attributes`, inlined
+                raise BadRequest(f"{prefix}attributes: must be a map or nil")
+            attributes = self._admit(attributes, prefix + "attributes", _timestamp_seconds)
         return key, bucketing_key, flag, attributes
 
     def _attributes(self, values: object, where: str) -> dict[str, object] | None:
@@ -123,7 +137,7 @@ class Handlers:
             return None
         if not isinstance(values, dict):
             raise BadRequest(f"{where}: must be a map or nil")
-        return self._core.policy.admit(values, where, _timestamp_seconds)
+        return self._admit(values, where, _timestamp_seconds)
 
 
 def _timestamp_seconds(value: object) -> object | None:
@@ -174,6 +188,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
+        self._dispatch = lane.dispatch  # bound once: read for every frame
+        self._max_frame_bytes = lane.max_frame_bytes
         self._frames = fl.FrameBuffer(lane.max_frame_bytes)
         self._greeted = False
         self._preamble = bytearray()
@@ -202,20 +218,20 @@ class Connection(asyncio.Protocol):
             return
         frames, size = self._frames, len(data) - fl.LENGTH_BYTES
         if (
-            self._greeted
-            and frames.empty
+            0 < size <= self._max_frame_bytes
             and int.from_bytes(data[: fl.LENGTH_BYTES], "big") == size
-            and 0 < size <= self._lane.max_frame_bytes
+            and self._greeted
+            and frames.empty
         ):
             try:  # the usual case at one request in flight: exactly one whole frame
-                transport.write(self._lane.dispatch(fl.decode(data[4:])))
+                transport.write(self._dispatch(fl.decode(data[4:])))
                 return
             except fl.ProtocolError:
                 pass  # answered below, the general way
         out: list[bytes] = []
         try:
             bodies = frames.feed(data) if self._greeted else self._greet(data, out)
-            dispatch = self._lane.dispatch
+            dispatch = self._dispatch
             for body in bodies:
                 out.append(dispatch(fl.decode(body)))
         except fl.ProtocolError as err:
@@ -296,7 +312,8 @@ class FastLane:
                 {"id": request_id, "error": err.code, "message": str(err)}, self._packer
             )
         response["id"] = request_id
-        return fl.encode(response, self._packer)
+        body: bytes = self._packer.pack(response)  # `fl.encode`, inlined: once per request
+        return len(body).to_bytes(fl.LENGTH_BYTES, "big") + body
 
     async def start(self, path: Path, gid: int | None) -> None:
         uds.check_path(path)

@@ -226,6 +226,11 @@ def test_track(lane: RunningSidecar, raw: Raw) -> None:
         ({**TREATMENT, "key": 5}, "key: must be a string"),
         ({**TREATMENT, "attributes": {"a": {"b": 1}}}, "attributes['a']: dict is not one of"),
         ({**TREATMENT, "attributes": {"a": 2**64 - 1}}, "does not fit in 64 bits"),
+        ({**TREATMENT, "attributes": ["a"]}, "attributes: must be a map or nil"),
+        (
+            {"op": "batch", "items": [{"key": "k", "flag": "f", "attributes": 3}]},
+            "items[0].attributes: must be a map or nil",
+        ),
         ({"op": "treatments", "key": "k", "flags": "f"}, "flags: must be an array"),
     ],
 )

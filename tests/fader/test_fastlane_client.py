@@ -153,6 +153,41 @@ def test_timeouts_give_control_sync_and_aio() -> None:
         thread.join(5)
 
 
+def test_answers_split_across_reads_reach_the_sync_client() -> None:
+    """A server that sends the hello and every answer in two pieces, a pause between them:
+    the sync client's first read of an answer holds part of a frame, which it must keep."""
+    with short_tmp() as tmp:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp / "split.sock"))
+        listener.listen()
+
+        def send_in_two(conn: socket.socket, frame: bytes) -> None:
+            conn.sendall(frame[:6])
+            threading.Event().wait(0.05)
+            conn.sendall(frame[6:])
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(len(fl.PREAMBLE))
+                send_in_two(conn, fl.encode({"version": fl.VERSION}))
+                for _ in range(3):
+                    size = int.from_bytes(conn.recv(4, socket.MSG_WAITALL), "big")
+                    request = fl.decode(conn.recv(size, socket.MSG_WAITALL))
+                    answer = {"treatment": request["key"], "label": "l", "config": None}
+                    send_in_two(conn, fl.encode({"id": request["id"], "version": 3, **answer}))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with Client(f"fastlane://{tmp}/split.sock", timeout=TIMEOUT) as c:
+            assert c.get_treatment("k1", "f") == "k1"
+            assert c.evaluate("k2", "f") == Result("k2", None, "l", 3)
+            assert c.get_treatment("k3", "f", {"plan": "pro"}) == "k3"
+            assert c.fallback_count == 0
+        thread.join(5)
+        listener.close()
+
+
 def test_answers_out_of_order_reach_their_callers() -> None:
     """A server that collects 50 requests and answers them last first."""
 

