@@ -94,9 +94,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "the fast lane checks the attribute count but takes the values as sent, skipping "
         "--max-attribute-size",
         "sidecar/api/fastlane.py",
-        "        return self._core.policy.admit(values, where, _timestamp_seconds)\n",
-        "        self._core.policy.check_count(len(values), where)\n"
-        "        return {n: _timestamp_seconds(v) or v for n, v in values.items()}\n",
+        "            attributes = self._admit("
+        'attributes, prefix + "attributes", _timestamp_seconds)\n',
+        '            self._core.policy.check_count(len(attributes), prefix + "attributes")\n'
+        "            attributes = {n: _timestamp_seconds(v) or v for n, v in attributes.items()}\n",
         ("tests/api/test_lane_limits.py::test_attribute_limits",),
     ),
     Mutant(
