@@ -93,8 +93,8 @@ def resolution(flag: CompiledFlag, decision: Decision, kind: str) -> Resolution:
     return Resolution(value, decision.treatment, reason, metadata)
 
 
-def _error(code: str, message: str, metadata: Mapping[str, Any]) -> Resolution:
-    return Resolution(None, None, flagd_result.ERROR, metadata, code, message)
+def _error(code: str, message: str, metadata: Mapping[str, Any], value: Any = None) -> Resolution:
+    return Resolution(value, None, flagd_result.ERROR, metadata, code, message)
 
 
 class ResolveFn(Protocol):
@@ -217,8 +217,7 @@ def _make_resolve(flags: Mapping[str, CompiledFlag], kind: str) -> ResolveFn:
 
 def _missing(flag_key: str, flag: CompiledFlag | None, default: Any) -> Resolution:
     if flag is None:
-        return Resolution(
-            default, None, flagd_result.ERROR, {}, FLAG_NOT_FOUND, f"no flag {flag_key!r}"
-        )
-    message = f"{flag_key!r} is a Split-style flag: ask for its treatment"
-    return Resolution(default, None, flagd_result.ERROR, {}, GENERAL, message)
+        return _error(FLAG_NOT_FOUND, f"no flag {flag_key!r}", {}, default)
+    return _error(
+        GENERAL, f"{flag_key!r} is a Split-style flag: ask for its treatment", {}, default
+    )
