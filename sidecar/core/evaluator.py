@@ -33,12 +33,13 @@ Lookup = tuple[str, str | None, str, dict[str, object] | None]
 class Evaluator:
     """Evaluates lookups against the store's active snapshot for every lane."""
 
-    __slots__ = ("_metrics", "_record", "store")
+    __slots__ = ("_metrics", "_record", "_record_one", "store")
 
     def __init__(self, store: Store, metrics: Metrics, recorder: Recorder | None = None) -> None:
         self.store = store
         self._metrics = metrics
         self._record = recorder.record if recorder is not None else None
+        self._record_one = recorder.record_one if recorder is not None else None
 
     def snapshot(self) -> Snapshot:
         """The one snapshot a request reads; NotReady before the first one."""
@@ -85,7 +86,7 @@ class Evaluator:
         result = snap.evaluate(key, flag, bucketing_key, attributes)
         shard = self._metrics.shard()
         shard.count_evaluation(flag, result.treatment, result.label != LABEL_NOT_FOUND)
-        if self._record is not None:
-            self._record(snap, now_ms(), [(key, bucketing_key, flag, result)])
+        if self._record_one is not None:
+            self._record_one(snap, key, bucketing_key, flag, result)
         shard.lookup(operation).observe(perf_counter() - started)
         return result

@@ -1,8 +1,10 @@
 """Upload batches: what one TelemetryService.Upload call carries, cut by count and bytes.
 
-A batch is plain lists of tuples so that the spool can write it as msgpack and read it back
-unchanged after a restart; it becomes protobuf only when it is sent. Its id is chosen when it
-is sealed and never changes, which is what makes retries idempotent at the collector.
+A batch holds its impressions as the upload's wire bytes already (entries of
+UploadRequest.impressions, as the modes wrote them: `ImpressionModes.encode_all`), and its
+other records as plain lists of tuples; the spool writes it as msgpack and reads it back
+unchanged after a restart. Its id is chosen when it is sealed and never changes, which is
+what makes retries idempotent at the collector.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from fader._modes import encode_impressions
+from fader._modes import cut_entries, encode_impressions
 from fader.pb.fader.v1 import telemetry_pb2 as pb
 
 from sidecar.telemetry.events import Event
@@ -32,7 +34,10 @@ EventRow = tuple[str, str, str, float | None, str, int]  # key, tt, type, value,
 @dataclass
 class Batch:
     id: str
-    impressions: list[Impression] = field(default_factory=list)
+    # the impressions: `impression_count` entries of UploadRequest.impressions, as wire bytes
+    # in chunks (each whole entries), joined once, when sent or spooled
+    impression_entries: list[bytes] = field(default_factory=list)
+    impression_count: int = 0
     counts: list[CountRow] = field(default_factory=list)
     unique_keys: list[UniqueRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
@@ -45,7 +50,7 @@ class Batch:
     def records(self) -> dict[str, int]:
         """Records per kind, for the counters (a unique-keys row counts its keys)."""
         return {
-            "impressions": len(self.impressions),
+            "impressions": self.impression_count,
             "counts": len(self.counts),
             "unique_keys": sum(len(keys) for _, keys in self.unique_keys),
             "events": len(self.events),
@@ -86,26 +91,36 @@ class BatchBuilder:
     def open_records(self) -> int:
         return self._records
 
-    def add_impressions(self, imps: list[Impression]) -> None:
-        """Runs once per impression made: the size estimate is inlined to keep it cheap."""
-        batch, records = self._open, self._records
-        max_records, max_bytes = self.max_records, self.max_bytes
-        for imp in imps:
-            batch.impressions.append(imp)
-            batch.size += (
-                RECORD_OVERHEAD
-                + len(imp[0])
-                + len(imp[1] or "")
-                + len(imp[2])
-                + len(imp[3])
-                + len(imp[4] or "")
+    def add_entries(self, entries: bytes, count: int) -> None:
+        """Adds `count` impressions written as upload entries (`ImpressionModes.encode_all`).
+        They are cut between two entries where the open batch reaches a limit; their bytes
+        are the batch's size, exactly."""
+        start, end = 0, len(entries)
+        while count:
+            batch = self._open
+            room = self.max_records - self._records
+            if count < room and batch.size + end - start < self.max_bytes:
+                batch.impression_entries.append(entries[start:] if start else entries)
+                batch.impression_count += count
+                batch.size += end - start
+                self._records += count
+                return
+            stop, taken = cut_entries(
+                entries, IMPRESSIONS_FIELD, start, room, self.max_bytes - batch.size
             )
-            records += 1
-            if records >= max_records or batch.size >= max_bytes:
-                self._records = records
-                self.seal()
-                batch, records = self._open, 0
-        self._records = records
+            if not taken:  # fewer entries than `count`: never loop on nothing
+                raise ValueError(f"{count} more entries announced, none at byte {start}")
+            batch.impression_entries.append(entries[start:stop])
+            batch.impression_count += taken
+            count -= taken
+            self._grew(stop - start, taken)
+            start = stop
+
+    def add_impressions(self, imps: list[Impression]) -> None:
+        """Adds Impressions made elsewhere (a client's exposures, a Split SDK's records),
+        which their callers have checked: raises one of UNENCODABLE, and adds nothing, for
+        one that cannot be encoded."""
+        self.add_entries(encode_impressions(imps, IMPRESSIONS_FIELD), len(imps))
 
     def add_event(self, row: EventRow) -> None:
         self._open.events.append(row)
@@ -151,9 +166,10 @@ def remove_unencodable(batch: Batch) -> Batch:
     """Takes the records that cannot be encoded (for the spool or the upload) out of `batch`
     and returns them as a batch of their own, to be counted as lost: one bad record must never
     make the batch around it unencodable. Called only after encoding the batch failed: it
-    encodes each record alone."""
+    encodes each record alone. Impressions are encoded before they join a batch, so they
+    are never among them."""
     bad = Batch(id=batch.id, source=batch.source, mode=batch.mode)
-    for kind in KINDS:
+    for kind in KINDS[1:]:
         records: list[Any] = getattr(batch, kind)
         rejected = [record for record in records if not _encodable(kind, record)]
         if rejected:
@@ -179,7 +195,7 @@ def encode(batch: Batch) -> bytes:
     data: bytes = msgpack.packb(
         [
             batch.id,
-            [list(imp) for imp in batch.impressions],
+            b"".join(batch.impression_entries),
             batch.counts,
             batch.unique_keys,
             batch.events,
@@ -193,16 +209,19 @@ def encode(batch: Batch) -> bytes:
 
 
 def decode(data: bytes) -> Batch:
-    """Reads back what `encode` wrote; raises ValueError on anything else."""
+    """Reads back what `encode` wrote, or what it wrote before impressions were encoded when
+    made (older spools); raises ValueError on anything else."""
     try:
         fields: Any = msgpack.unpackb(data, raw=False)
         batch_id, impressions, counts, unique_keys, events, size, *rest = fields
         if len(rest) not in (0, 2):
             raise ValueError(f"{len(fields)} fields")
         source, mode = (str(rest[0]), str(rest[1])) if rest else ("", "")  # older spools: ""
+        entries, count = _impression_entries(impressions)
         return Batch(
             id=str(batch_id),
-            impressions=[Impression(*row) for row in impressions],
+            impression_entries=entries,
+            impression_count=count,
             counts=[(str(f), int(h), int(c)) for f, h, c in counts],
             unique_keys=[(str(f), [str(k) for k in keys]) for f, keys in unique_keys],
             events=[
@@ -217,13 +236,25 @@ def decode(data: bytes) -> Batch:
         raise ValueError(f"not a spooled batch: {err}") from None
 
 
+def _impression_entries(spooled: Any) -> tuple[list[bytes], int]:
+    """A spooled batch's impressions as entries, and how many: bytes are checked to be whole
+    entries (the upload sends them as they are); a list of rows (an older spool) is encoded."""
+    if isinstance(spooled, bytes):
+        end, count = cut_entries(spooled, IMPRESSIONS_FIELD, 0, len(spooled), len(spooled) + 1)
+        if end != len(spooled):
+            raise ValueError("impressions: not whole entries")
+        return ([spooled] if spooled else []), count
+    rows = [Impression(*row) for row in spooled]
+    return ([encode_impressions(rows, IMPRESSIONS_FIELD)] if rows else []), len(rows)
+
+
 def to_request(batch: Batch, sidecar_id: str, mode: str) -> bytes:
-    """The batch's UploadRequest, as the bytes sent. Its impressions (debug mode makes one per
-    lookup) are written by C (`fader._modes.encode_impressions`) rather than as one message
-    each through the protobuf runtime, which cost more than the lookup; they go between the
-    fields numbered below theirs and those above, the order protobuf writes fields in, so the
-    bytes are what serializing the whole message would give (tests/telemetry/test_batches.py
-    checks it). Raises one of UNENCODABLE for a record that cannot be encoded."""
+    """The batch's UploadRequest, as the bytes sent. Its impressions are already wire bytes
+    (debug mode makes one per lookup, and a message each through the protobuf runtime cost
+    more than the lookup); they go between the fields numbered below theirs and those above,
+    the order protobuf writes fields in, so the bytes are what serializing the whole message
+    would give (tests/telemetry/test_batches.py checks it). Raises one of UNENCODABLE for a
+    record that cannot be encoded."""
     head = pb.UploadRequest(
         batch_id=batch.id,
         sidecar_id=sidecar_id,
@@ -244,5 +275,4 @@ def to_request(batch: Batch, sidecar_id: str, mode: str) -> bytes:
         )
         if value is not None:
             event.value = value
-    impressions = encode_impressions(batch.impressions, IMPRESSIONS_FIELD)
-    return head.SerializeToString() + impressions + rest.SerializeToString()
+    return b"".join((head.SerializeToString(), *batch.impression_entries, rest.SerializeToString()))

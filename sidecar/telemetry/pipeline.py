@@ -31,6 +31,7 @@ from typing import Any
 
 from sidecar.plumbing.backoff import Backoff
 from sidecar.telemetry.batches import (
+    IMPRESSIONS_FIELD,
     UNENCODABLE,
     Batch,
     BatchBuilder,
@@ -43,6 +44,7 @@ from sidecar.telemetry.batches import (
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import (
     DEFAULT_OBSERVER_SIZE,
+    DEFAULT_RECORDER_CAPACITY,
     Impression,
     ImpressionModes,
     Mode,
@@ -78,15 +80,12 @@ class PipelineSettings:
 class Pipeline:
     def __init__(self, settings: PipelineSettings, uploader: Uploader) -> None:
         self.settings = settings
-        self.recorder = Recorder()
+        self.recorder = Recorder(DEFAULT_RECORDER_CAPACITY)
         self.stats = Stats()
         self.collector = TelemetryCollector(self.stats, self.gauges)
         self._uploader = uploader
         self._builder = BatchBuilder(settings.batch_records, settings.batch_bytes)
-        self._modes = ImpressionModes(
-            settings.mode, self._builder.add_impressions, settings.observer_size
-        )
-        self._emitted_seen = 0
+        self._modes = ImpressionModes(settings.mode, settings.observer_size)
         self._memory: deque[Batch] = deque()
         self._memory_bytes = 0
         self._spool = (
@@ -173,7 +172,8 @@ class Pipeline:
         """Accepts impressions, counts and unique keys made outside this pipeline's modes
         (a client's in-process lookups, already passed through the mode it was told); they
         are batched, spooled and uploaded like the sidecar's own. False when there is no
-        room anywhere: nothing was added."""
+        room anywhere: nothing was added. The impressions must encode (they were decoded
+        from protobuf): one that does not raises one of UNENCODABLE, nothing added."""
         if self.saturated():
             return False
         builder = self._builder
@@ -225,31 +225,36 @@ class Pipeline:
                 log.exception("telemetry: a flush failed; the next one retries")
 
     async def _drain_recorder_async(self) -> None:
-        while self.recorder.pending:
+        while self.recorder.size:
             self._drain_recorder(CHUNK)
             await asyncio.sleep(0)
 
     def _drain_recorder(self, limit: int | None) -> None:
-        recorder = self.recorder
-        pending, taken, done = recorder.pending, [], 0
-        while pending and (limit is None or done < limit):
-            request = pending.popleft()
-            done += len(request[2])
-            taken.append(request)
-        recorder.size -= done
+        taken = self.recorder.take(limit)
+        done = sum(len(lookups) for _, _, lookups in taken)
         try:
-            self._modes.process_all(taken)
+            encoded = self._modes.encode_all(taken, IMPRESSIONS_FIELD)
         except Exception:  # a bug must not stop telemetry; say what it cost, at most
             self.stats.drop({"impressions": done}, "processing_error")
             log.exception("telemetry: processing failed; up to %d impression(s) lost", done)
-        emitted = self._modes.emitted
-        self.stats.add(self.stats.queued, {"impressions": emitted - self._emitted_seen})
-        self._emitted_seen = emitted
+        else:
+            made = encoded.written + encoded.unencodable
+            self.stats.add(self.stats.queued, {"impressions": made})
+            self._builder.add_entries(encoded.entries, encoded.written)
+            if encoded.unencodable:
+                self._unencodable(encoded.unencodable)
         self.stats.deduplicated = self._modes.deduplicated
         if self._modes.unique_keys.size >= self.settings.batch_records:
             self._add_unique_keys()
         self._note_overflow()
         self._enqueue_sealed()
+
+    def _unencodable(self, lost: int) -> None:
+        """Impressions an upload cannot hold (a key or label that is not valid Unicode, a
+        lone surrogate; an int out of its field's range) are left out when made: counted and
+        logged, as an upload's unencodable records are."""
+        self.stats.drop({"impressions": lost}, "unencodable")
+        log.error("telemetry: %d impression(s) dropped: they cannot be encoded", lost)
 
     def _note_overflow(self) -> None:
         overflow = self.recorder.overflow

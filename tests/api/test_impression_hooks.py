@@ -19,16 +19,16 @@ from tests.fader.rules.builders import flag, snapshot_doc
 def setup() -> tuple[Store, Metrics, Recorder]:
     store = Store()
     store.swap(build_snapshot(snapshot_doc(flag("f"), flag("g"), version=9)))
-    return store, Metrics(lambda: store.current), Recorder()
+    return store, Metrics(lambda: store.current), Recorder(1_000)
 
 
 def recorded(recorder: Recorder) -> list[tuple[str, str | None, str, str]]:
     """(key, bucketing key, flag, treatment) of the impressions the recorded lookups make."""
     made: list[Impression] = []
-    modes = ImpressionModes(Mode.DEBUG, made.extend)
-    for snap, time_ms, lookups in recorder.pending:
+    modes = ImpressionModes(Mode.DEBUG)
+    for snap, time_ms, lookups in recorder.take(None):
         assert snap.version == 9 and time_ms > 0
-        modes.process(snap, time_ms, lookups)
+        made += modes.process(snap, time_ms, lookups)
     return [(i.key, i.bucketing_key, i.flag, i.treatment) for i in made]
 
 

@@ -73,7 +73,7 @@ def mixed_snapshot(version: int = 4, banner: str = "on") -> Snapshot:
 
 @pytest.fixture
 def recorder() -> Recorder:
-    return Recorder()
+    return Recorder(1_000)
 
 
 @pytest.fixture
@@ -195,10 +195,10 @@ def test_before_the_first_snapshot_the_answer_is_503() -> None:
 
 def test_single_calls_are_recorded_bulk_calls_are_not(lane: Ofrep, recorder: Recorder) -> None:
     single(lane, "enabled")
-    assert len(recorder.pending) == 1
+    assert recorder.size == 1
     status, body, _ = post(lane, "/ofrep/v1/evaluate/flags", {"context": {"targetingKey": "u"}})
     assert status == 200 and len(body["flags"]) == 11
-    assert len(recorder.pending) == 1
+    assert recorder.size == 1
 
 
 def test_bulk_answers_every_flag_and_fails_flags_one_by_one(lane: Ofrep) -> None:

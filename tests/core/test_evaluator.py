@@ -3,6 +3,7 @@ impressions recorded once, its latency observed, NotReady before the first snaps
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -83,12 +84,11 @@ def test_each_evaluation_is_counted_and_the_request_timed_once() -> None:
 def test_a_request_is_recorded_as_one_list_with_its_snapshot() -> None:
     store = Store()
     store.swap(versioned(3, "on"))
-    recorder = Recorder()
+    recorder = Recorder(1_000)
     evaluator = Evaluator(store, Metrics(lambda: store.current), recorder)
     snap = evaluator.snapshot()
     answers = evaluator.evaluate(snap, [("a", "b", "f", None), ("a", "b", "g", None)], "x", 0.0)
-    assert len(recorder.pending) == 1
-    recorded_snap, time_ms, recorded = recorder.pending[0]
+    [(recorded_snap, time_ms, recorded)] = recorder.take(None)
     assert recorded_snap is snap and time_ms > 0
     assert recorded == answers
     assert [(k, bk, f, r.treatment) for k, bk, f, r in recorded] == [
@@ -108,13 +108,15 @@ def test_without_a_recorder_nothing_is_recorded_and_answers_are_the_same() -> No
 def test_a_single_lookup_is_counted_recorded_and_timed_like_a_list_of_one() -> None:
     store = Store()
     store.swap(versioned(1, "on"))
-    metrics, recorder = Metrics(lambda: store.current), Recorder()
+    metrics, recorder = Metrics(lambda: store.current), Recorder(1_000)
     evaluator = Evaluator(store, metrics, recorder)
     snap = evaluator.snapshot()
+    start = time.time_ns() // 1_000_000
     result = evaluator.evaluate_one(snap, ("a", "b", "f", {"plan": "pro"}), "GetTreatment", 0.0)
+    end = time.time_ns() // 1_000_000
     assert (result.treatment, result.label) == ("on", "rule")
     assert metrics.merged().evaluations == {("f", "on"): 1}
     assert sum(metrics.merged().lookups["GetTreatment"].counts) == 1
-    assert [(s.version, answers) for s, _, answers in recorder.pending] == [
-        (1, [("a", "b", "f", result)])
-    ]
+    [(recorded_snap, time_ms, answers)] = recorder.take(None)
+    assert (recorded_snap, answers) == (snap, [("a", "b", "f", result)])
+    assert start <= time_ms <= end  # recorded now, on the clock of time.time_ns

@@ -9,6 +9,8 @@ import gc
 import random
 import subprocess
 import sys
+import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,7 +66,7 @@ class OracleObserver:
 
 def oracle_process_all(
     modes: ImpressionModes, observer: OracleObserver, requests: Iterable[Pending]
-) -> None:
+) -> list[Impression]:
     """`ImpressionModes.process_all` as it was in Python before fader._modes (8ac0782), with
     its observer: the rules the C loop must follow step for step."""
     counts, counts_get = modes.counts, modes.counts.get
@@ -109,10 +111,9 @@ def oracle_process_all(
             emitted += 1
             imp = (key, bucketing_key, name, treatment, label, change, time_ms, previous, version)
             keep(tuple.__new__(Impression, imp))
-    if made:
-        modes._emit(made)
     modes.emitted += emitted
     modes.deduplicated += deduplicated
+    return made
 
 
 def snapshots() -> list[Snapshot]:
@@ -191,16 +192,16 @@ class Twins:
     def __init__(self, mode: Mode, observer_size: int) -> None:
         self.native_sent: list[Impression] = []
         self.oracle_sent: list[Impression] = []
-        self.native = ImpressionModes(mode, self.native_sent.extend, observer_size)
-        self.oracle = ImpressionModes(mode, self.oracle_sent.extend, observer_size)
+        self.native = ImpressionModes(mode, observer_size)
+        self.oracle = ImpressionModes(mode, observer_size)
         self.observer = OracleObserver(observer_size)
         unique: Any = self.oracle.unique_keys
         unique._observer = OracleObserver(observer_size)
 
     def process_all(self, requests: list[Any], error: type[Exception] | None = None) -> None:
         if error is None:
-            self.native.process_all(iter(requests))
-            oracle_process_all(self.oracle, self.observer, requests)
+            self.native_sent += self.native.process_all(iter(requests))
+            self.oracle_sent += oracle_process_all(self.oracle, self.observer, requests)
             return
         with pytest.raises(TypeError):
             self.native.process_all(iter(requests))
@@ -229,10 +230,10 @@ def test_the_c_loop_matches_the_python_loop(seed: int) -> None:
 
 def test_the_observer_keys_are_pythons_hash_and_impressions_are_whole_namedtuples() -> None:
     sent: list[Impression] = []
-    modes = ImpressionModes(Mode.DEBUG, sent.extend)
+    modes = ImpressionModes(Mode.DEBUG)
     snap = snapshots()[0]
     lookups: list[Answer] = [("u1", "acct", "f", Decision("on", "rule", None, 7))]
-    modes.process_all([(snap, T0 + 1, lookups), (snap, T0 + 2, lookups)])
+    sent += modes.process_all([(snap, T0 + 1, lookups), (snap, T0 + 2, lookups)])
     assert modes._observer.generations() == ({hash(("u1", "f", "on", "rule", 7)): T0 + 2}, {})
     assert sent == [
         Impression("u1", "acct", "f", "on", "rule", 7, T0 + 1, None, 3),
@@ -301,18 +302,18 @@ def bad_requests(snap: Snapshot) -> list[Any]:
 def test_wrong_types_raise_type_error_never_crash(mode: Mode) -> None:
     snap = snapshots()[0]
     for requests in bad_requests(snap):
-        modes = ImpressionModes(mode, lambda made: None, 3)
+        modes = ImpressionModes(mode, 3)
         with pytest.raises(TypeError):
             modes.process_all(requests)
         modes.process_all([(snap, T0, [GOOD])])  # still usable afterwards
     with pytest.raises(AttributeError):  # not a snapshot: Python's own error for .version
         not_a_snapshot: Any = object()
-        ImpressionModes(mode, lambda made: None).process_all([(not_a_snapshot, T0, [GOOD])])
+        ImpressionModes(mode).process_all([(not_a_snapshot, T0, [GOOD])])
 
 
 def test_times_out_of_64_bits_raise_overflow_error() -> None:
     snap = snapshots()[0]
-    modes = ImpressionModes(Mode.OPTIMIZED, lambda made: None)
+    modes = ImpressionModes(Mode.OPTIMIZED)
     for at in (2**63, -(2**63), 10**30):
         with pytest.raises(OverflowError):
             modes.process_all([(snap, at, [GOOD])])
@@ -320,7 +321,7 @@ def test_times_out_of_64_bits_raise_overflow_error() -> None:
 
 def test_wrong_arguments_raise() -> None:
     snap = snapshots()[0]
-    modes = ImpressionModes(Mode.DEBUG, lambda made: None)
+    modes = ImpressionModes(Mode.DEBUG)
     observer, counts, add = modes._observer, modes.counts, modes.unique_keys.add
     request = [(snap, T0, [GOOD])]
     good: list[Any] = [
@@ -360,7 +361,7 @@ def test_a_callback_that_shrinks_the_lookups_does_not_crash() -> None:
         gc.collect()
 
     made: list[Impression] = []
-    modes = ImpressionModes(Mode.DEBUG, made.extend)
+    modes = ImpressionModes(Mode.DEBUG)
     result = _modes.process_all(
         [(snap, T0, lookups)], "debug", modes._observer, modes.counts, add_key,
         modes._disabled_in, Impression, made,
@@ -378,13 +379,16 @@ def test_nothing_the_requests_hold_is_leaked() -> None:
 
     def run() -> None:
         for mode in Mode:
-            modes = ImpressionModes(mode, lambda made: None, 2)
+            modes = ImpressionModes(mode, 2)
             for offset in (0, HOUR_MS, -1):
                 modes.process_all([(snap, at + offset, [(key, None, name, result)] * 3)])
             modes.process_all([(snap, at, [(key, None, "quiet", result)])])
+            modes.encode_all([(snap, at, [(key, None, name, result)] * 3)], 4)
             with pytest.raises(TypeError):
                 short: Any = (key,)
                 modes.process_all([(snap, at, [(key, None, name, result), short])])
+            with pytest.raises(TypeError):
+                modes.encode_all([(snap, at, [(key, None, name, result), short])], 4)
 
     run()  # caches warmed (the snapshot's disabled flags, interned names)
     gc.collect()
@@ -419,9 +423,11 @@ def test_fuzz_random_structures_never_crash() -> None:
             pick.choice((T0, T0, value(2))),
             lookups if pick.random() < 0.9 else value(1),
         )
-        modes = ImpressionModes(pick.choice(list(Mode)), lambda made: None, 2)
+        modes = ImpressionModes(pick.choice(list(Mode)), 2)
         with contextlib.suppress(TypeError, AttributeError, OverflowError):
             modes.process_all([request if pick.random() < 0.9 else value(1)])
+        with contextlib.suppress(TypeError, AttributeError, OverflowError):
+            modes.encode_all([request if pick.random() < 0.9 else value(1)], 4)
 
 
 def test_the_c_observer_matches_the_python_one() -> None:
@@ -467,19 +473,18 @@ def test_impressions_of_plain_values_are_left_out_of_the_garbage_collector() -> 
             self.version = version
             self.flags: dict[str, Any] = {}
 
-    made: list[Impression] = []
-    modes = ImpressionModes(Mode.DEBUG, made.extend)
+    modes = ImpressionModes(Mode.DEBUG)
     plain, odd = Versioned(3), Versioned([3])
     requests: list[Any] = [
         (plain, T0, [GOOD]),
         (odd, T0, [GOOD]),
         (plain, T0, [("u1", "b", *GOOD[2:])]),
     ]
-    modes.process_all(requests)
+    made = modes.process_all(requests)
     assert [gc.is_tracked(i) for i in made] == [False, True, False]
     cycle: list[Any] = []
     holder: Any = Versioned(cycle)
-    modes.process_all([(holder, T0, [GOOD])])
+    made += modes.process_all([(holder, T0, [GOOD])])
     cycle.append(made[-1])  # impression -> version (the list) -> impression
     assert gc.is_tracked(made[-1])
 
@@ -540,7 +545,7 @@ def test_a_count_past_64_bits_is_added_exactly() -> None:
     snap = snapshots()[0]
     hour = T0 - T0 % HOUR_MS
     for before in (2**63 - 1, 2**64, -(2**63), 1):
-        modes = ImpressionModes(Mode.NONE, lambda made: None)
+        modes = ImpressionModes(Mode.NONE)
         modes.counts[("f", hour)] = before
         modes.process_all([(snap, T0, [("u1", None, "f", RESULTS[0])] * 3)])
         assert modes.counts == {("f", hour): before + 3}
@@ -584,3 +589,224 @@ def test_a_struct_sequence_is_refused_as_the_impression_type() -> None:
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stdout, done.stderr) == (0, "refused\n", "")
+
+
+# -- encode_all: the same modes, the impressions as wire bytes --------------------------------
+
+UPLOAD_IMPRESSIONS = UploadRequest.IMPRESSIONS_FIELD_NUMBER
+
+
+class VersionOnly:
+    """A snapshot as the modes read it (its version and flags), with a version no snapshot
+    loads: the encoder refuses it (out of uint64, or not an int)."""
+
+    def __init__(self, version: Any) -> None:
+        self.version = version
+        self.flags = snapshots()[0].flags
+
+
+def expected_entries(made: list[Impression]) -> tuple[bytes, int]:
+    """The objects' entries one at a time, the ones the encoder refuses left out."""
+    entries, refused = b"", 0
+    for impression in made:
+        try:
+            entries += _modes.encode_impressions([impression], UPLOAD_IMPRESSIONS)
+        except (ValueError, TypeError):
+            refused += 1
+    return entries, refused
+
+
+def unencodable_requests(pick: random.Random) -> list[Pending]:
+    """Keys and labels that are not valid Unicode, change numbers out of int64, snapshots
+    whose version is out of uint64 or not an int, among good lookups."""
+    bad_results = [Decision("on", "\udc80", None, 7), Decision("on", "rule", None, 2**64)]
+    lookups: list[Answer] = [
+        (pick.choice(("u1", "u\ud800", "u2")), None, "f", pick.choice(RESULTS + bad_results))
+        for _ in range(pick.randrange(1, 6))
+    ]
+    # and good ones the encoder takes its slow way: not ASCII, str subclasses
+    others: list[Any] = ["ключ", OddHash("u1"), OddHash("f"), "flag-ü", "ü"]
+    lookups += [
+        (pick.choice(others), pick.choice((None, "ü")), pick.choice(others), pick.choice(RESULTS))
+        for _ in range(pick.randrange(0, 4))
+    ]
+    snap: Any = pick.choice([snapshots()[0], VersionOnly(2**64), VersionOnly("3")])
+    return [(snap, T0 + pick.randrange(3), lookups)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_encode_all_writes_what_encoding_process_alls_impressions_gives(seed: int) -> None:
+    """encode_all and process_all on twin states: the same counts, unique keys, observer
+    and counters, and entries byte for byte those of the objects, one impression at a time;
+    what the encoder refuses is counted, and only that is left out."""
+    pick = random.Random(seed)
+    snaps = snapshots()
+    for _ in range(40):
+        mode, size = pick.choice(list(Mode)), pick.choice((1, 3, 1_000))
+        objects = ImpressionModes(mode, size)
+        encoding = ImpressionModes(mode, size)
+        left_out = 0
+        for _ in range(pick.randrange(1, 4)):
+            requests = random_requests(pick, snaps)
+            if pick.random() < 0.3:
+                requests += unencodable_requests(pick)
+            made = objects.process_all(iter(requests))
+            encoded = encoding.encode_all(iter(requests), UPLOAD_IMPRESSIONS)
+            entries, refused = expected_entries(made)
+            assert (encoded.entries, encoded.unencodable) == (entries, refused)
+            assert encoded.written == len(made) - refused
+            parsed = UploadRequest.FromString(encoded.entries).impressions
+            assert len(parsed) == encoded.written
+            left_out += refused
+            assert objects.emitted == encoding.emitted + left_out
+            assert objects.deduplicated == encoding.deduplicated
+            assert list(objects.counts.items()) == list(encoding.counts.items())
+            assert objects._observer.generations() == encoding._observer.generations()
+            assert objects.unique_keys.take() == encoding.unique_keys.take()
+
+
+# -- the recorder -------------------------------------------------------------------------------
+
+
+class ModelRecorder:
+    """The recorder as it was in Python (sidecar.telemetry.impressions, before it was C)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pending: list[Pending] = []
+        self.size = self.overflow = 0
+        self.shared: Pending | None = None
+
+    def record(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> None:
+        if not lookups:
+            return
+        if self.size + len(lookups) > self.capacity:
+            self.overflow += len(lookups)
+            return
+        self.size += len(lookups)
+        if self.pending and self.pending[-1][1] == time_ms and self.pending[-1][0] is snap:
+            last = self.pending[-1]
+            if last is self.shared:
+                last[2].extend(lookups)
+            else:
+                self.shared = self.pending[-1] = (snap, time_ms, last[2] + lookups)
+            return
+        self.pending.append((snap, time_ms, lookups))
+
+    def take(self, limit: int | None) -> list[Pending]:
+        taken, done = [], 0
+        while self.pending and (limit is None or done < limit):
+            entry = self.pending.pop(0)
+            done += len(entry[2])
+            taken.append(entry)
+        self.size -= done
+        return taken
+
+
+def test_the_c_recorder_matches_the_python_one() -> None:
+    """Random records (snapshots and times repeating, empty lists, past capacity) and takes:
+    the same entries, sizes and overflow; no request's list is ever changed."""
+    pick = random.Random(21)
+    snaps = snapshots()
+    for _ in range(300):
+        capacity = pick.choice((0, 1, 5, 40))
+        native, model = _modes.Recorder(capacity), ModelRecorder(capacity)
+        given: list[tuple[list[Answer], int]] = []
+        for _ in range(pick.randrange(1, 30)):
+            if pick.random() < 0.2:
+                limit = pick.choice((None, 0, 1, 3, 10))
+                assert native.take(limit) == model.take(limit)
+                continue
+            lookups: list[Answer] = [(f"u{pick.randrange(9)}", None, "f", RESULTS[0])]
+            lookups *= pick.randrange(4)
+            snap, at = pick.choice(snaps), T0 + pick.randrange(3)
+            given.append((lookups, len(lookups)))
+            native.record(snap, at, lookups)
+            model.record(snap, at, list(lookups))
+            assert (native.size, native.overflow) == (model.size, model.overflow)
+        assert native.take(None) == model.take(None)
+        assert [len(lookups) for lookups, _ in given] == [length for _, length in given]
+
+
+def test_record_one_shares_the_millisecond_and_reads_the_clock() -> None:
+    """Lookups recorded one at a time, as fast as possible: in order, at the time.time_ns
+    clock's millisecond, one entry per millisecond and snapshot; and a request's own list
+    recorded in the same millisecond is copied, never added to."""
+    snap = snapshots()[0]
+    recorder = _modes.Recorder(100_000)
+    start = time.time_ns() // 1_000_000
+    for i in range(5_000):
+        recorder.record_one(snap, f"u{i}", None, "f", RESULTS[0])
+    end = time.time_ns() // 1_000_000
+    entries = recorder.take(None)
+    times = [at for _, at, _ in entries]
+    assert times == sorted(set(times)) and start <= times[0] and times[-1] <= end
+    assert [key for _, _, lookups in entries for key, *_ in lookups] == [
+        f"u{i}" for i in range(5_000)
+    ]
+    assert len(entries) < 5_000  # some shared a millisecond
+    shared = 0
+    for _ in range(1_000):  # until a request and a lookup fall in the same millisecond
+        request: list[Answer] = [("r", None, "f", RESULTS[0])]
+        recorder.record(snap, time.time_ns() // 1_000_000, request)
+        recorder.record_one(snap, "one", None, "f", RESULTS[1])
+        entries = recorder.take(None)
+        assert request == [("r", None, "f", RESULTS[0])]
+        if len(entries) == 1:
+            assert entries[0][2] == [*request, ("one", None, "f", RESULTS[1])]
+            shared += 1
+    assert shared > 0
+
+
+def test_the_recorder_counts_what_has_no_room_and_refuses_wrong_types() -> None:
+    snap = snapshots()[0]
+    recorder = _modes.Recorder(2)
+    recorder.record_one(snap, "a", None, "f", RESULTS[0])
+    recorder.record(snap, T0, [GOOD, GOOD])  # no room for two
+    recorder.record_one(snap, "b", None, "f", RESULTS[0])
+    recorder.record_one(snap, "c", None, "f", RESULTS[0])
+    assert (recorder.size, recorder.overflow, recorder.capacity) == (2, 3, 2)
+    wrong: list[tuple[Any, ...]] = [(snap, T0, (GOOD,)), (snap, "now", [GOOD]), (snap, T0)]
+    for args in wrong:
+        with pytest.raises(TypeError):
+            recorder.record(*args)
+    odd: Any = recorder
+    with pytest.raises(TypeError):
+        odd.record_one(snap, "a")
+    with pytest.raises(TypeError):
+        odd.take("all")
+    with pytest.raises(OverflowError):
+        recorder.record(snap, 2**64, [GOOD])
+    assert recorder.size == 2 and len(recorder.take(None)) == 1
+
+
+def test_the_recorder_leaks_nothing_and_is_collected_in_a_cycle() -> None:
+    snap = snapshots()[0]
+    key, at = "".join(("leak", "-key")), T0 + 7
+    lookups: list[Answer] = [(key, None, "f", RESULTS[0])]
+
+    def run() -> None:
+        recorder = _modes.Recorder(10)
+        recorder.record(snap, at, lookups)
+        recorder.record(snap, at, lookups)
+        recorder.record_one(snap, key, None, "f", RESULTS[0])
+        recorder.take(1)
+        recorder.record(snap, at, lookups * 20)  # no room
+
+    run()
+    gc.collect()
+    before = [sys.getrefcount(o) for o in (snap, key, lookups)]
+    for _ in range(50):
+        run()
+    assert [sys.getrefcount(o) for o in (snap, key, lookups)] == before
+
+    class Holder:
+        recorder: Any = None
+
+    holder = Holder()
+    holder.recorder = _modes.Recorder(10)
+    holder.recorder.record(holder, T0, [GOOD])  # recorder -> entry -> holder -> recorder
+    alive = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert alive() is None

@@ -36,11 +36,11 @@ def snapshot() -> Snapshot:
 class Sink:
     def __init__(self, mode: Mode, observer_size: int = 100) -> None:
         self.sent: list[Impression] = []
-        self.modes = ImpressionModes(mode, self.sent.extend, observer_size)
+        self.modes = ImpressionModes(mode, observer_size)
         self.snap = snapshot()
 
     def lookup(self, key: str, at: int, flag: str = "f", result: Decision = ON) -> None:
-        self.modes.process(self.snap, at, [(key, None, flag, result)])
+        self.sent += self.modes.process(self.snap, at, [(key, None, flag, result)])
 
 
 def test_hour_start() -> None:
@@ -79,7 +79,7 @@ def test_optimized_hash_covers_treatment_label_and_change_number() -> None:
 
 def test_impression_fields() -> None:
     sink = Sink(Mode.DEBUG)
-    sink.modes.process(sink.snap, T0 + 1, [("u1", "acct-9", "f", ON)])
+    sink.sent += sink.modes.process(sink.snap, T0 + 1, [("u1", "acct-9", "f", ON)])
     assert sink.sent == [Impression("u1", "acct-9", "f", "on", "rule", 7, T0 + 1, None, 3)]
 
 
@@ -163,11 +163,13 @@ def test_recorder_keeps_requests_whole_and_counts_overflow() -> None:
     recorder.record(snap, T0, [("u0", None, "f", ON), ("u1", None, "f", ON)])
     recorder.record(snap, T0 + 1, [("u2", None, "f", ON), ("u3", None, "f", ON)])  # would be 4
     recorder.record(snap, T0 + 2, [("u4", None, "f", ON)])
-    assert [[lookup[0] for lookup in item[2]] for item in recorder.pending] == [
+    recorder.record(snap, T0 + 3, [])  # nothing to record: no entry
+    assert (recorder.size, recorder.overflow) == (3, 2)
+    assert [[lookup[0] for lookup in item[2]] for item in recorder.take(None)] == [
         ["u0", "u1"],
         ["u4"],
     ]
-    assert (recorder.size, recorder.overflow) == (3, 2)
+    assert (recorder.size, recorder.overflow, recorder.take(None)) == (0, 2, [])
 
 
 def test_recorder_shares_an_entry_per_snapshot_and_millisecond_without_changing_requests() -> None:
@@ -175,25 +177,26 @@ def test_recorder_shares_an_entry_per_snapshot_and_millisecond_without_changing_
     the recorder's own: the requests' lists stay as they were, and an entry already taken by
     the pipeline is never added to."""
     snap, other = snapshot(), snapshot()
-    recorder = Recorder()
+    recorder = Recorder(1_000)
     requests: list[list[Answer]] = [[(f"u{i}", None, "f", ON)] for i in range(6)]
     recorder.record(snap, T0, requests[0])
     recorder.record(snap, T0, requests[1])
     recorder.record(snap, T0, requests[2])
     recorder.record(other, T0, requests[3])  # another snapshot: an entry of its own
-    taken = recorder.pending.popleft()
+    [taken] = recorder.take(1)
     recorder.record(other, T0 + 1, requests[4])
     recorder.record(other, T0 + 1, requests[5])
-    assert [[lookup[0] for lookup in lookups] for _, _, lookups in (taken, *recorder.pending)] == [
+    pending = recorder.take(None)
+    assert [[lookup[0] for lookup in lookups] for _, _, lookups in (taken, *pending)] == [
         ["u0", "u1", "u2"],
         ["u3"],
         ["u4", "u5"],
     ]
     assert [len(request) for request in requests] == [1] * 6
-    assert recorder.pending[0][0] is other and recorder.size == 6
-    recorder.pending.clear()
+    assert pending[0][0] is other and recorder.size == 0
     recorder.record(other, T0 + 1, requests[0])  # the shared entry is gone: a new one
-    assert list(recorder.pending) == [(other, T0 + 1, requests[0])]
+    assert recorder.take(None) == [(other, T0 + 1, requests[0])]
+    assert [len(request) for request in requests] == [1] * 6
 
 
 def reference(
@@ -254,7 +257,7 @@ def test_bulk_processing_equals_one_lookup_at_a_time() -> None:
         sink = Sink(mode, observer_size=1_000)
         chunks = pick.randrange(1, 4)
         for start in range(chunks):
-            sink.modes.process_all(
+            sink.sent += sink.modes.process_all(
                 (sink.snap, at, lookups) for at, lookups in requests[start::chunks]
             )
         expected_sent, expected_counts, expected_unique = reference(

@@ -259,7 +259,7 @@ def test_full_spool_drops_are_counted_and_events_are_refused(tmp_path: Path) -> 
         await pipe.start()
         record(pipe, [f"user-{i:04d}" for i in range(300)])
         await until(lambda: ("impressions", "spool_full") in pipe.stats.dropped)
-        await until(lambda: not pipe.recorder.pending)
+        await until(lambda: pipe.recorder.size == 0)
         assert pipe.saturated()
         assert not pipe.add_event(Event("u1", "user", "buy", None, None, 1))
         await pipe.close(0.1)
@@ -276,7 +276,7 @@ def test_without_a_spool_a_full_memory_drops_and_counts() -> None:
         pipe = pipeline(free_port(), memory_bytes=600)
         await pipe.start()
         record(pipe, [f"user-{i:04d}" for i in range(100)])
-        await until(lambda: not pipe.recorder.pending)
+        await until(lambda: pipe.recorder.size == 0)
         await until(lambda: ("impressions", "memory_full") in pipe.stats.dropped)
         await pipe.close(0.1)
         queued = pipe.stats.queued["impressions"]
@@ -331,9 +331,10 @@ def test_a_batch_stored_while_it_was_spilled_is_not_sent_again(tmp_path: Path) -
 @pytest.mark.parametrize("spooled", [False, True], ids=["uploaded", "spooled first"])
 def test_one_unencodable_record_is_set_aside_alone(tmp_path: Path, spooled: bool) -> None:
     """The net for what passes the doors: a recorded key protobuf cannot carry (a lone
-    surrogate; the JSON lanes refuse one now) costs that record only, uploaded at once or
-    spooled first while the collector is down (the spool cannot encode it either). Before
-    the net, the whole batch around it was dropped as `unencodable` (or `spool_error`)."""
+    surrogate; the JSON lanes refuse one now) costs that record only, counted when its
+    impression is made, whether the rest is uploaded at once or spooled first while the
+    collector is down. Before the net, the whole batch around it was dropped as
+    `unencodable` (or `spool_error`)."""
 
     async def scenario() -> None:
         collector = ScriptedCollector([grpc.StatusCode.UNAVAILABLE] * 3 if spooled else [])
@@ -342,8 +343,8 @@ def test_one_unencodable_record_is_set_aside_alone(tmp_path: Path, spooled: bool
         await pipe.start()
         keys = [f"u{i}" for i in range(25)]
         record(pipe, [*keys[:12], "\udc80", *keys[12:]])
-        await until(lambda: sorted(collector.impressions) == sorted(keys), pipe=pipe)
-        await until(lambda: bool(pipe.stats.dropped), pipe=pipe)
+        await until(lambda: pipe.stats.sent.get("impressions") == 25, pipe=pipe)
+        assert sorted(collector.impressions) == sorted(keys)
         assert pipe.stats.dropped == {("impressions", "unencodable"): 1}
         assert pipe.stats.sent == {"impressions": 25}
         if spooled:

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.telemetry.batches import Batch
+from sidecar.telemetry.batches import Batch, BatchBuilder
 from sidecar.telemetry.impressions import Impression
 from sidecar.telemetry.spool import Spool, SpoolFull
 
 
 def batch(name: str) -> Batch:
-    return Batch(id=name, impressions=[Impression(name, None, "f", "on", "r", 1, 2, None, 3)])
+    builder = BatchBuilder(10, 1 << 20)
+    builder.add_impressions([Impression(name, None, "f", "on", "r", 1, 2, None, 3)])
+    builder.seal()
+    sealed = builder.sealed[0]
+    sealed.id = name
+    return sealed
 
 
 def test_fifo_across_a_restart(tmp_path: Path) -> None:

@@ -1,9 +1,13 @@
-"""One record that cannot be encoded is taken out of its batch alone; the rest encode."""
+"""A record that cannot be encoded is left out alone and counted; the rest are uploaded.
+Impressions are encoded when they are made (an unencodable one is counted there); counts,
+unique keys and events when their batch is spooled or sent (the bad ones are set aside)."""
 
 from __future__ import annotations
 
 import pytest
 from fader.pb.fader.v1 import telemetry_pb2 as pb
+from fader.rules.result import Decision
+from fader.snapshot.loader import build_snapshot
 
 from sidecar.telemetry.batches import (
     UNENCODABLE,
@@ -13,23 +17,19 @@ from sidecar.telemetry.batches import (
     remove_unencodable,
     to_request,
 )
-from sidecar.telemetry.impressions import Impression
-
-
-def _impression(key: str, time_ms: int = 1_700_000_000_000) -> Impression:
-    return Impression(key, None, "f", "on", "rule", 1, time_ms, None, 3)
+from sidecar.telemetry.impressions import now_ms
+from tests.fader.rules.builders import flag, snapshot_doc
+from tests.telemetry.test_pipeline import SNAP, ScriptedCollector, pipeline, run, serve, until
 
 
 def test_only_the_bad_records_are_set_aside() -> None:
-    good = [_impression(f"user-{i}") for i in range(3)]
-    lone_surrogate, too_late = _impression("\udc80"), _impression("late", time_ms=2**70)
     event = ("user-1", "user", "buy", 9.5, "", 1_700_000_000_000)
+    bad_event = ("\udc80", "user", "buy", None, "", 1_700_000_000_000)
     batch = Batch(
         id="b1",
-        impressions=[good[0], lone_surrogate, good[1], too_late, good[2]],
-        counts=[("f", 1_699_999_200_000, 4)],
-        unique_keys=[("f", ["user-1", "\ud800"])],
-        events=[event],
+        counts=[("f", 1_699_999_200_000, 4), ("\ud800", 1_699_999_200_000, 1)],
+        unique_keys=[("f", ["user-1", "\ud800"]), ("g", ["user-2"])],
+        events=[event, bad_event],
         size=1000,
     )
     for attempt in (encode, lambda b: to_request(b, "pod", "debug")):
@@ -37,17 +37,42 @@ def test_only_the_bad_records_are_set_aside() -> None:
             attempt(batch)
     bad = remove_unencodable(batch)
     assert bad.id == "b1"
-    assert bad.impressions == [lone_surrogate, too_late]
+    assert bad.counts == [("\ud800", 1_699_999_200_000, 1)]
     assert bad.unique_keys == [("f", ["user-1", "\ud800"])]
-    assert bad.records() == {"impressions": 2, "counts": 0, "unique_keys": 2, "events": 0}
-    assert batch.impressions == good and batch.events == [event] and batch.size == 1000
-    assert decode(encode(batch)).impressions == good
+    assert bad.events == [bad_event]
+    assert bad.records() == {"impressions": 0, "counts": 1, "unique_keys": 2, "events": 1}
+    assert batch.events == [event] and batch.unique_keys == [("g", ["user-2"])]
+    assert batch.size == 1000
+    assert decode(encode(batch)) == batch
     request = pb.UploadRequest.FromString(to_request(batch, "pod", "debug"))
-    assert [i.key for i in request.impressions] == ["user-0", "user-1", "user-2"]
-    assert len(request.counts) == 1 and len(request.events) == 1
+    assert [c.flag for c in request.counts] == ["f"] and len(request.events) == 1
 
 
 def test_a_clean_batch_loses_nothing() -> None:
-    batch = Batch(id="b2", impressions=[_impression("a"), _impression("b")])
+    batch = Batch(id="b2", counts=[("f", 0, 1)], events=[("a", "user", "buy", None, "", 5)])
     assert len(remove_unencodable(batch)) == 0
     assert len(batch) == 2
+
+
+def test_an_impression_that_cannot_be_encoded_is_counted_and_the_rest_sent() -> None:
+    """A key that is not valid Unicode (a lone surrogate) and a snapshot version out of
+    uint64 make impressions no upload can hold: each is counted as dropped, unencodable;
+    every other impression of the same requests arrives."""
+    huge = build_snapshot(snapshot_doc(flag("f"), version=5))
+    huge.version = 2**64  # no loader accepts it: set after
+
+    async def scenario() -> None:
+        collector = ScriptedCollector()
+        _, port = await serve(collector)
+        pipe = pipeline(port)
+        await pipe.start()
+        on = Decision("on", "rule", None, 7)
+        pipe.recorder.record(SNAP, now_ms(), [("a", None, "f", on), ("\udc80", None, "f", on)])
+        pipe.recorder.record(huge, now_ms(), [("b", None, "f", on)])
+        pipe.recorder.record(SNAP, now_ms() + 1, [("c", None, "f", on)])
+        await until(lambda: pipe.stats.sent.get("impressions") == 2, pipe=pipe)
+        assert collector.impressions == ["a", "c"]
+        assert pipe.stats.dropped == {("impressions", "unencodable"): 2}
+        assert pipe.stats.queued["impressions"] == 4
+
+    run(scenario)

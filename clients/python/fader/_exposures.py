@@ -49,11 +49,11 @@ class ExposureBuffer:
         if mode == self.mode:
             return
         self.seal()
-        self._modes = ImpressionModes(Mode(mode), self._made, observer_size) if mode else None
+        self._modes = ImpressionModes(Mode(mode), observer_size) if mode else None
 
     def process(self, requests: Iterable[Pending]) -> None:
         if self._modes is not None:
-            self._modes.process_all(requests)
+            self._impressions += self._modes.process_all(requests)
 
     def open_records(self) -> int:
         """Impressions made and not yet sealed into a batch."""
@@ -104,9 +104,6 @@ class ExposureBuffer:
         if self.queue and self.queue[0] is request:
             self.queue.popleft()
             self.queued_records -= records
-
-    def _made(self, impressions: list[Impression]) -> None:
-        self._impressions.extend(impressions)
 
     def _new_request(self) -> pb.RecordExposuresRequest:
         return pb.RecordExposuresRequest(batch_id=uuid.uuid4().hex, client_id=self.client_id)

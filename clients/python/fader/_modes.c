@@ -1,5 +1,5 @@
-/* fader._modes: the impression observer and the loop of
- * fader.impressions.ImpressionModes.process_all, in C.
+/* fader._modes: the recorder of lookups, the impression observer and the loop of
+ * fader.impressions.ImpressionModes.process_all / encode_all, in C.
  *
  * Why native: the modes run once per recorded evaluation, on the event loop that serves
  * requests. In Python they cost ~7,800 instructions a lookup (a 5-tuple hash, two observer
@@ -15,7 +15,8 @@
  *   number), valued by the latest time seen) gives the previous time; an out-of-order older
  *   time is reported as the impression's own; optimized counts every repeat and drops those
  *   seen in the same hour;
- * - each impression left is an `Impression` namedtuple appended to `made`.
+ * - each impression left is an `Impression` namedtuple appended to `made` (process_all), or
+ *   written as the wire bytes encode_impressions writes for that namedtuple (encode_all).
  *
  * The Python class (ImpressionModes) owns the state and passes it in: the Observer object,
  * the `counts` dict and the `made` list, which this module mutates and keeps nothing of.
@@ -30,6 +31,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define HOUR_MS 3600000LL
 
@@ -554,7 +556,643 @@ static PyType_Spec Observer_spec = {
     .slots = Observer_slots,
 };
 
+static int
+type_error(const char *what, PyObject *got)
+{
+    PyErr_Format(PyExc_TypeError, "%s, not %.100s", what, Py_TYPE(got)->tp_name);
+    return -1;
+}
+
+/* -- the recorder: the hot path's side of impressions -------------------------------------
+ *
+ * A request appends its evaluations, as one list, to the recorder and goes on; the pipeline
+ * takes them off the request path (`take`) and applies the modes. Requests answered in the
+ * same millisecond from the same snapshot share one entry: the fast lane and GetTreatment
+ * answer dozens of one-lookup requests a millisecond, and the modes pay a fixed cost per
+ * entry (its snapshot, its hour) besides the cost per lookup. What the modes compute only
+ * depends on each lookup, its snapshot and its time, in order, so sharing changes nothing
+ * they make. A list recorded as given is never changed: an entry grows only in a list the
+ * recorder made itself.
+ *
+ * Why C: the fast lane's requests are one lookup each, and recording one in Python (reading
+ * the clock, a list, a call, the sharing test, then taking it back out) cost more than
+ * applying the mode to it.
+ *
+ * Everything runs on the sidecar's event loop, so nothing here needs a lock. When
+ * `capacity` lookups are already waiting, a request's lookups are not recorded and are
+ * counted in `overflow` (the pipeline reports and logs them); a lookup is never blocked. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *entries; /* list of (snapshot, time ms, lookups), oldest first */
+    long long last_time; /* the last entry's time */
+    int owned;           /* the last entry's lookups list was made here */
+    Py_ssize_t capacity;
+    Py_ssize_t size;     /* lookups waiting */
+    Py_ssize_t overflow; /* lookups not recorded: there was no room */
+} Recorder;
+
+static PyObject *
+Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"capacity", NULL};
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n:Recorder", names, &capacity)) {
+        return NULL;
+    }
+    Recorder *self = (Recorder *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->entries = PyList_New(0);
+    if (self->entries == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->capacity = capacity < 0 ? 0 : capacity;
+    return (PyObject *)self;
+}
+
+static int
+Recorder_traverse(Recorder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self)); /* a heap type */
+    Py_VISIT(self->entries);
+    return 0;
+}
+
+static int
+Recorder_clear(Recorder *self)
+{
+    Py_CLEAR(self->entries);
+    return 0;
+}
+
+static void
+Recorder_dealloc(Recorder *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Recorder_clear(self);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+/* The last entry, if it is of `snap` at `time_ms` (borrowed), else NULL. */
+static PyObject *
+shared_entry(Recorder *self, PyObject *snap, long long time_ms)
+{
+    Py_ssize_t count = self->entries == NULL ? 0 : PyList_GET_SIZE(self->entries);
+    if (count == 0 || self->last_time != time_ms) {
+        return NULL;
+    }
+    PyObject *last = PyList_GET_ITEM(self->entries, count - 1);
+    return PyTuple_GET_ITEM(last, 0) == snap ? last : NULL;
+}
+
+/* Appends the entry (snap, time, lookups); `owned`: `lookups` was made here. */
+static int
+new_entry(Recorder *self, PyObject *snap, PyObject *time, long long time_ms, PyObject *lookups,
+          int owned)
+{
+    PyObject *entry = PyTuple_Pack(3, snap, time, lookups);
+    if (entry == NULL) {
+        return -1;
+    }
+    int status = PyList_Append(self->entries, entry);
+    Py_DECREF(entry);
+    if (status == 0) {
+        self->last_time = time_ms;
+        self->owned = owned;
+    }
+    return status;
+}
+
+/* Adds `lookups` (a list, `count` long) at (snap, time): to the last entry when it is of the
+ * same snapshot and millisecond, else as an entry of its own. `owned`: `lookups` was made
+ * here and may become an entry's list. */
+static int
+add_lookups(Recorder *self, PyObject *snap, PyObject *time, long long time_ms,
+            PyObject *lookups, int owned)
+{
+    Py_ssize_t count = PyList_GET_SIZE(lookups);
+    PyObject *last = shared_entry(self, snap, time_ms);
+    if (last == NULL) {
+        if (new_entry(self, snap, time, time_ms, lookups, owned) < 0) {
+            return -1;
+        }
+    }
+    else if (self->owned) {
+        PyObject *list = PyTuple_GET_ITEM(last, 2);
+        Py_ssize_t end = PyList_GET_SIZE(list);
+        if (PyList_SetSlice(list, end, end, lookups) < 0) {
+            return -1;
+        }
+    }
+    else { /* the last entry's list is a request's own: both go in a list made here */
+        PyObject *joined = PySequence_Concat(PyTuple_GET_ITEM(last, 2), lookups);
+        if (joined == NULL) {
+            return -1;
+        }
+        PyObject *entry = PyTuple_Pack(3, snap, PyTuple_GET_ITEM(last, 1), joined);
+        Py_DECREF(joined);
+        if (entry == NULL) {
+            return -1;
+        }
+        /* steals `entry`, drops the old one */
+        if (PyList_SetItem(self->entries, PyList_GET_SIZE(self->entries) - 1, entry) < 0) {
+            return -1;
+        }
+        self->owned = 1;
+    }
+    self->size += count;
+    return 0;
+}
+
+/* Room for `count` more lookups? If not, they are counted as overflow. */
+static int
+has_room(Recorder *self, Py_ssize_t count)
+{
+    if (self->entries == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the recorder was cleared");
+        return -1;
+    }
+    if (count > self->capacity - self->size) {
+        self->overflow += count;
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "record takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *snap = args[0], *time = args[1], *lookups = args[2];
+    if (!PyList_Check(lookups)) {
+        type_error("lookups must be a list", lookups);
+        return NULL;
+    }
+    if (!PyLong_Check(time)) {
+        type_error("a time must be an int (ms)", time);
+        return NULL;
+    }
+    long long time_ms = PyLong_AsLongLong(time);
+    if (time_ms == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(lookups);
+    int room = count == 0 ? 0 : has_room(self, count); /* nothing to record: no entry */
+    if (room < 0 || (room > 0 && add_lookups(self, snap, time, time_ms, lookups, 0) < 0)) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Now, in ms since the epoch: time.time_ns() // 1_000_000, the same clock. */
+static int
+now_ms(long long *out)
+{
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *out = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    return 0;
+}
+
+static PyObject *
+Recorder_record_one(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "record_one takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int room = has_room(self, 1);
+    if (room <= 0) {
+        return room < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    long long time_ms;
+    if (now_ms(&time_ms) < 0) {
+        return NULL;
+    }
+    PyObject *lookup = PyTuple_Pack(4, args[1], args[2], args[3], args[4]);
+    if (lookup == NULL) {
+        return NULL;
+    }
+    int status;
+    PyObject *last = shared_entry(self, args[0], time_ms);
+    if (last != NULL && self->owned) { /* the commonest case at full rate: one append */
+        status = PyList_Append(PyTuple_GET_ITEM(last, 2), lookup);
+        self->size += status == 0;
+    }
+    else {
+        PyObject *lookups = PyList_New(1);
+        PyObject *time = lookups == NULL ? NULL : PyLong_FromLongLong(time_ms);
+        if (time == NULL) {
+            Py_XDECREF(lookups);
+            Py_DECREF(lookup);
+            return NULL;
+        }
+        PyList_SET_ITEM(lookups, 0, Py_NewRef(lookup));
+        status = add_lookups(self, args[0], time, time_ms, lookups, 1);
+        Py_DECREF(time);
+        Py_DECREF(lookups);
+    }
+    Py_DECREF(lookup);
+    return status < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+Recorder_take(Recorder *self, PyObject *limit_arg)
+{
+    if (self->entries == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the recorder was cleared");
+        return NULL;
+    }
+    Py_ssize_t limit = PY_SSIZE_T_MAX;
+    if (limit_arg != Py_None) {
+        if (!PyLong_Check(limit_arg)) {
+            type_error("limit must be an int or None", limit_arg);
+            return NULL;
+        }
+        limit = PyLong_AsSsize_t(limit_arg);
+        if (limit == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    Py_ssize_t taken = 0, done = 0, count = PyList_GET_SIZE(self->entries);
+    while (taken < count && done < limit) {
+        PyObject *entry = PyList_GET_ITEM(self->entries, taken);
+        done += PyList_GET_SIZE(PyTuple_GET_ITEM(entry, 2));
+        taken++;
+    }
+    PyObject *result = PyList_GetSlice(self->entries, 0, taken);
+    if (result == NULL || PyList_SetSlice(self->entries, 0, taken, NULL) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    self->size -= done;
+    return result;
+}
+
+static PyMethodDef Recorder_methods[] = {
+    {"record", (PyCFunction)(void (*)(void))Recorder_record, METH_FASTCALL,
+     "record(snapshot, time_ms, lookups, /)\n--\n\n"
+     "Records a request's lookups (a list of (key, bucketing key, flag, result), never changed "
+     "afterwards) as evaluated on `snapshot` at `time_ms`."},
+    {"record_one", (PyCFunction)(void (*)(void))Recorder_record_one, METH_FASTCALL,
+     "record_one(snapshot, key, bucketing_key, flag, result, /)\n--\n\n"
+     "Records one lookup, evaluated on `snapshot` now."},
+    {"take", (PyCFunction)Recorder_take, METH_O,
+     "take(limit, /)\n--\n\n"
+     "The oldest entries, (snapshot, time ms, lookups), until they hold at least `limit` "
+     "lookups (None: all), no longer waiting."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Recorder_members[] = {
+    {"capacity", T_PYSSIZET, offsetof(Recorder, capacity), READONLY,
+     "lookups that may wait; past that, a request's lookups are counted in overflow"},
+    {"size", T_PYSSIZET, offsetof(Recorder, size), READONLY, "lookups waiting"},
+    {"overflow", T_PYSSIZET, offsetof(Recorder, overflow), READONLY,
+     "lookups not recorded because capacity were waiting"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Recorder_slots[] = {
+    {Py_tp_doc, "Recorder(capacity)\n--\n\n"
+                "The hot path's side of impressions: requests' lookups, waiting for the "
+                "modes, at most `capacity` of them."},
+    {Py_tp_new, Recorder_new},
+    {Py_tp_dealloc, Recorder_dealloc},
+    {Py_tp_traverse, Recorder_traverse},
+    {Py_tp_clear, Recorder_clear},
+    {Py_tp_methods, Recorder_methods},
+    {Py_tp_members, Recorder_members},
+    {0, NULL},
+};
+
+static PyType_Spec Recorder_spec = {
+    .name = "fader._modes.Recorder",
+    .basicsize = sizeof(Recorder),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Recorder_slots,
+};
+
+/* -- encoding: impressions as protobuf wire bytes ----------------------------------------
+ *
+ * Why: debug mode uploads every impression, and filling one fader.v1.Impression message per
+ * impression through the protobuf runtime (nine attribute sets) then serializing it cost
+ * more than the lookup. This writes the bytes `add_messages` + SerializeToString wrote, the
+ * same fields under the same rules (proto3: a field at its default is not written; the
+ * optional ones only when truthy), in field-number order as the runtime writes them; and
+ * refuses what the runtime refused, with the kinds of errors it raised (TypeError for a wrong
+ * type, ValueError for an int out of its field's range or a str that is not valid Unicode),
+ * so an upload's unencodable records are still found and set aside one by one. */
+
+/* The bytes written so far, in the bytes object that is returned: written in place and
+ * shrunk to its length at the end, rather than copied out of a scratch buffer (debug mode
+ * writes ~100 bytes a lookup, and each copy of them counts). */
+typedef struct {
+    PyObject *bytes; /* NULL until the first reserve */
+    char *data;
+    Py_ssize_t used;
+    Py_ssize_t size;
+} Buffer;
+
+static int
+buffer_reserve(Buffer *b, Py_ssize_t more)
+{
+    if (b->used + more <= b->size) {
+        return 0;
+    }
+    /* a call's entries are ~100 bytes an impression, up to ~1,000 of them: few doublings */
+    Py_ssize_t size = b->size < 32768 ? 32768 : b->size;
+    while (size < b->used + more) {
+        if (size > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        size *= 2;
+    }
+    if (b->bytes == NULL) {
+        b->bytes = PyBytes_FromStringAndSize(NULL, size);
+        if (b->bytes == NULL) {
+            return -1;
+        }
+    }
+    else if (_PyBytes_Resize(&b->bytes, size) < 0) {
+        return -1; /* b->bytes freed and NULL */
+    }
+    b->data = PyBytes_AS_STRING(b->bytes);
+    b->size = size;
+    return 0;
+}
+
+/* The bytes written (a new reference), the buffer emptied; NULL on an error. */
+static PyObject *
+buffer_finish(Buffer *b)
+{
+    PyObject *bytes = b->bytes;
+    Py_ssize_t used = b->used;
+    *b = (Buffer){NULL, NULL, 0, 0};
+    if (bytes == NULL) {
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    if (_PyBytes_Resize(&bytes, used) < 0) {
+        return NULL;
+    }
+    return bytes;
+}
+
+static void
+buffer_free(Buffer *b)
+{
+    Py_CLEAR(b->bytes);
+    *b = (Buffer){NULL, NULL, 0, 0};
+}
+
+/* 1 byte per 7 bits, at least 1: ceil(bits / 7) as (bits * 9 + 64) / 64, exact for 1..64
+ * bits, a multiply and a shift (the division cost more than the rest of a field) */
+static inline Py_ssize_t
+varint_size(uint64_t value)
+{
+    int bits = 64 - __builtin_clzll(value | 1);
+    return (bits * 9 + 64) >> 6;
+}
+
+/* Writes at `at` (room reserved by the caller), returns where it ended. A local pointer
+ * rather than the buffer's `used`: stores through a char * could alias it, so every byte
+ * would reload and store it. */
+static char *
+put_varint(char *at, uint64_t value)
+{
+    while (value >= 0x80) {
+        *at++ = (char)((value & 0x7F) | 0x80);
+        value >>= 7;
+    }
+    *at++ = (char)value;
+    return at;
+}
+
+/* One field's value, ready to write. */
+typedef struct {
+    const char *text; /* a string field: its UTF-8 bytes (NULL: an integer field) */
+    Py_ssize_t length;
+    uint64_t number;
+    int present;
+} Field;
+
+/* 1 if an optional field's value is falsy (`if value:` in add_messages left it unset), 0 if
+ * not, -1 on an error from its __bool__. */
+static int
+falsy(PyObject *value)
+{
+    if (value == Py_None) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(value)) {
+        return PyUnicode_GET_LENGTH(value) == 0;
+    }
+    int truth = PyObject_IsTrue(value);
+    return truth < 0 ? -1 : !truth;
+}
+
+static int
+string_field(PyObject *value, int optional, const char *name, Field *out)
+{
+    if (PyUnicode_CheckExact(value) && PyUnicode_IS_COMPACT_ASCII(value)) {
+        /* the common case (keys, flag names, treatments): ASCII is its own UTF-8, stored
+         * right after the object; "" is falsy, so left out, optional or not */
+        out->text = (const char *)PyUnicode_DATA(value);
+        out->length = PyUnicode_GET_LENGTH(value);
+        out->present = out->length > 0;
+        return 0;
+    }
+    out->present = 0;
+    if (optional) {
+        int skip = falsy(value);
+        if (skip != 0) {
+            return skip < 0 ? -1 : 0;
+        }
+    }
+    if (PyBytes_Check(value)) {
+        /* the runtime took UTF-8 bytes for a string field too (and refused others) */
+        PyObject *checked = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value),
+                                                 PyBytes_GET_SIZE(value), "strict");
+        if (checked == NULL) {
+            return -1; /* UnicodeDecodeError, a ValueError */
+        }
+        Py_DECREF(checked);
+        out->text = PyBytes_AS_STRING(value);
+        out->length = PyBytes_GET_SIZE(value);
+        out->present = out->length > 0;
+        return 0;
+    }
+    if (!PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "impression field %s must be a str, not %.100s", name,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    out->text = PyUnicode_AsUTF8AndSize(value, &out->length);
+    if (out->text == NULL) {
+        return -1; /* UnicodeEncodeError, a ValueError: a lone surrogate */
+    }
+    out->present = out->length > 0;
+    return 0;
+}
+
+static int
+out_of_range(const char *name, PyObject *value)
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "impression field %s: value out of range: %R", name, value);
+    return -1;
+}
+
+/* An int64 (or uint64) field; `optional`: not written when falsy. */
+static int
+int_field(PyObject *value, int optional, int is_unsigned, const char *name, Field *out)
+{
+    out->present = 0;
+    out->text = NULL;
+    /* an int is falsy when 0, which `present` below says without asking it */
+    if (optional && !PyLong_CheckExact(value)) {
+        int skip = falsy(value);
+        if (skip != 0) {
+            return skip < 0 ? -1 : 0;
+        }
+    }
+    if (!PyLong_Check(value) || PyBool_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "impression field %s must be an int, not %.100s", name,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    if (is_unsigned) {
+        unsigned long long number = PyLong_AsUnsignedLongLong(value);
+        if (number == (unsigned long long)-1 && PyErr_Occurred()) {
+            return out_of_range(name, value);
+        }
+        out->number = number;
+        out->present = number != 0;
+        return 0;
+    }
+    int overflow;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow) {
+        return out_of_range(name, value);
+    }
+    out->number = (uint64_t)number; /* a negative int64 is written in 10 bytes, as protobuf does */
+    out->present = number != 0;
+    return 0;
+}
+
+enum { IMPRESSION_FIELDS = 9 };
+
+/* The bytes field number `number` takes (0 when left out). */
+static inline Py_ssize_t
+field_size(const Field *f)
+{
+    if (!f->present) {
+        return 0;
+    }
+    return 1 + (f->text != NULL ? varint_size((uint64_t)f->length) + f->length
+                                : varint_size(f->number));
+}
+
+/* Writes field number `number` (1..15: a one-byte tag) at `at`, room reserved. */
+static inline char *
+put_field(char *at, int number, const Field *f)
+{
+    if (!f->present) {
+        return at;
+    }
+    if (f->text != NULL) {
+        *at++ = (char)(number << 3 | 2); /* length-delimited */
+        at = put_varint(at, (uint64_t)f->length);
+        memcpy(at, f->text, (size_t)f->length);
+        return at + f->length;
+    }
+    *at++ = (char)(number << 3); /* varint */
+    return put_varint(at, f->number);
+}
+
+/* Appends one impression, its fields ready, as an entry of the repeated field `tag`. */
+static int
+write_entry(Buffer *b, uint64_t tag, const Field fields[IMPRESSION_FIELDS])
+{
+    Py_ssize_t length = 0;
+    for (int i = 0; i < IMPRESSION_FIELDS; i++) {
+        length += field_size(&fields[i]);
+    }
+    if (buffer_reserve(b, varint_size(tag) + varint_size((uint64_t)length) + length) < 0) {
+        return -1;
+    }
+    char *at = put_varint(b->data + b->used, tag);
+    at = put_varint(at, (uint64_t)length);
+    for (int i = 0; i < IMPRESSION_FIELDS; i++) {
+        at = put_field(at, i + 1, &fields[i]);
+    }
+    b->used = at - b->data;
+    return 0;
+}
+
+/* Appends one Impression tuple as an entry of the repeated field `tag`. */
+static int
+encode_one(Buffer *b, uint64_t tag, PyObject *impression)
+{
+    if (!PyTuple_Check(impression) || PyTuple_GET_SIZE(impression) != IMPRESSION_FIELDS) {
+        return type_error("an impression must be a 9-tuple (Impression)", impression);
+    }
+    PyObject *const *items = &PyTuple_GET_ITEM(impression, 0);
+    /* in the tuple's order: key, bucketing key, flag, treatment, label, change number,
+     * time, previous time, snapshot version; field numbers 1, 2, ... 9 in that order */
+    Field fields[IMPRESSION_FIELDS];
+    if (string_field(items[0], 0, "key", &fields[0]) < 0 ||
+        string_field(items[1], 1, "bucketing_key", &fields[1]) < 0 ||
+        string_field(items[2], 0, "flag", &fields[2]) < 0 ||
+        string_field(items[3], 0, "treatment", &fields[3]) < 0 ||
+        string_field(items[4], 1, "label", &fields[4]) < 0 ||
+        int_field(items[5], 1, 0, "change_number", &fields[5]) < 0 ||
+        int_field(items[6], 0, 0, "time_ms", &fields[6]) < 0 ||
+        int_field(items[7], 1, 0, "previous_time_ms", &fields[7]) < 0 ||
+        int_field(items[8], 1, 1, "snapshot_version", &fields[8]) < 0) {
+        return -1;
+    }
+    return write_entry(b, tag, fields);
+}
+
+/* The field number of a repeated message field, as the tag of its entries. */
+static int
+entry_tag(PyObject *field_number, uint64_t *tag)
+{
+    Py_ssize_t number = PyLong_Check(field_number) ? PyLong_AsSsize_t(field_number) : -1;
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (number < 1 || number > 536870911) {
+        PyErr_SetString(PyExc_ValueError, "field_number must be an int in 1..2**29-1");
+        return -1;
+    }
+    *tag = (uint64_t)number << 3 | 2;
+    return 0;
+}
+
 typedef enum { MODE_OPTIMIZED, MODE_DEBUG, MODE_NONE } Mode;
+
+/* Fields 3-6 longer than this (long flag names and labels) are written field by field. */
+enum { MIDDLE_MAX = 256, MIDDLES = 4 };
 
 typedef struct {
     PyTypeObject *observer_type;
@@ -563,15 +1201,37 @@ typedef struct {
     destructor class_dealloc; /* the tp_dealloc of every class a `class` statement makes */
 } State;
 
+/* encode_all: fields 3 to 6 of an impression (flag, treatment, label, change number) as
+ * written, for the last few (flag, result) pairs encoded. Why: they depend on nothing else,
+ * and a request (a batch for one flag) repeats a few of them lookup after lookup (a rollout's
+ * two treatments); written once, each entry copies them in one go instead of converting and
+ * writing four fields. The result is compared by identity (a Decision is immutable, and held
+ * here so its address cannot be reused) and the flag by its text (requests decode names
+ * anew). Replaced in turn when full. */
+typedef struct {
+    PyObject *flag;
+    PyObject *result; /* NULL: an empty slot */
+    char bytes[MIDDLE_MAX];
+    Py_ssize_t length;
+} Middle;
+
 /* Everything one call works with. Object fields hold strong references. */
 typedef struct {
     Mode mode;
     Observer *observer;
+    PyObject *counts;
     PyObject *add_key;
     PyObject *disabled_in;
+    /* process_all: Impressions made as `impression` instances, appended to `made` */
     PyTypeObject *impression;
     int untrackable; /* its instances have no __dict__: only their items refer to others */
     PyObject *made;
+    /* encode_all: impressions written to `out` as entries of the repeated field `tag` */
+    uint64_t tag; /* 0: process_all */
+    Buffer out;
+    Middle middles[MIDDLES];
+    int next_middle; /* the slot replaced next */
+    Py_ssize_t unencodable;
     PyObject *zero;
     Tally tally;
     Py_ssize_t emitted;
@@ -579,16 +1239,11 @@ typedef struct {
     /* the current request's snapshot, and what it gives (cached while it repeats) */
     PyObject *snap;
     PyObject *version;
+    Field version_field; /* encode_all: the version, ready to write */
+    int version_unencodable;
     PyObject *disabled; /* NULL: no flag of the snapshot has impressions disabled */
     Remembered last_flag;
 } Run;
-
-static int
-type_error(const char *what, PyObject *got)
-{
-    PyErr_Format(PyExc_TypeError, "%s, not %.100s", what, Py_TYPE(got)->tp_name);
-    return -1;
-}
 
 static int
 as_time(PyObject *value, long long *out)
@@ -606,6 +1261,18 @@ as_time(PyObject *value, long long *out)
         return -1;
     }
     return 0;
+}
+
+/* 1 (the error cleared) if the error set is the encoder refusing a value (ValueError,
+ * TypeError), 0 if it is anything else, which stands. */
+static int
+refused_by_encoder(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+        return 0;
+    }
+    PyErr_Clear();
+    return 1;
 }
 
 /* Snapshot version and impressionsDisabled flags, asked again only when the snapshot
@@ -633,6 +1300,16 @@ use_snapshot(Run *run, PyObject *snap, PyObject *version_name)
     }
     if (PySet_GET_SIZE(disabled) == 0) {
         Py_CLEAR(disabled);
+    }
+    run->version_unencodable = 0;
+    if (run->tag != 0 &&
+        int_field(version, 1, 1, "snapshot_version", &run->version_field) < 0) {
+        if (!refused_by_encoder()) {
+            Py_XDECREF(disabled);
+            Py_DECREF(version);
+            return -1;
+        }
+        run->version_unencodable = 1; /* each of its impressions is counted as unencodable */
     }
     Py_INCREF(snap);
     Py_XSETREF(run->snap, snap);
@@ -686,6 +1363,104 @@ str_or_none(PyObject *value, const char *what)
     if (value != Py_None && !PyUnicode_Check(value)) {
         return type_error(what, value);
     }
+    return 0;
+}
+
+/* An impression the encoder refused (a str that is not valid Unicode, an int out of its
+ * field's range or of the wrong type: what encode_impressions refuses, and what the upload
+ * used to set aside as unencodable) is counted and skipped; any other error stands. */
+static int
+unencodable(Run *run)
+{
+    if (!refused_by_encoder()) {
+        return -1;
+    }
+    run->unencodable++;
+    return 0;
+}
+
+/* encode_all's emit: the impression written as an entry straight from its parts, the bytes
+ * encode_impressions writes for the Impression that process_all would have made. Why: no
+ * Impression object to make, keep, walk in batches and free (debug mode makes one per
+ * lookup, and those steps cost more than the lookup). `previous_ms` 0: none. */
+static int
+encode_lookup(Run *run, PyObject *const parts[7], PyObject *result, long long time_ms,
+              int64_t previous_ms)
+{
+    if (run->version_unencodable) {
+        run->unencodable++;
+        return 0;
+    }
+    Field fields[IMPRESSION_FIELDS];
+    if (string_field(parts[0], 0, "key", &fields[0]) < 0 ||
+        string_field(parts[1], 1, "bucketing_key", &fields[1]) < 0) {
+        return unencodable(run);
+    }
+    Middle *middle = NULL;
+    for (int i = 0; i < MIDDLES; i++) {
+        Middle *m = &run->middles[i];
+        if (m->result == result && same_str(m->flag, parts[2])) {
+            middle = m;
+            break;
+        }
+    }
+    int reuse = middle != NULL;
+    if (!reuse) {
+        if (string_field(parts[2], 0, "flag", &fields[2]) < 0 ||
+            string_field(parts[3], 0, "treatment", &fields[3]) < 0 ||
+            string_field(parts[4], 1, "label", &fields[4]) < 0 ||
+            int_field(parts[5], 1, 0, "change_number", &fields[5]) < 0) {
+            return unencodable(run);
+        }
+        Py_ssize_t length = 0;
+        for (int i = 2; i < 6; i++) {
+            length += field_size(&fields[i]);
+        }
+        if (length <= MIDDLE_MAX) {
+            middle = &run->middles[run->next_middle];
+            run->next_middle = (run->next_middle + 1) % MIDDLES;
+            char *at = middle->bytes;
+            for (int i = 2; i < 6; i++) {
+                at = put_field(at, i + 1, &fields[i]);
+            }
+            middle->length = length;
+            Py_XSETREF(middle->flag, Py_NewRef(parts[2]));
+            Py_XSETREF(middle->result, Py_NewRef(result));
+            reuse = 1;
+        }
+    }
+    if (PyLong_CheckExact(parts[6])) { /* the request's time, already read as `time_ms` */
+        fields[6] = (Field){.text = NULL, .number = (uint64_t)time_ms, .present = time_ms != 0};
+    }
+    else if (int_field(parts[6], 0, 0, "time_ms", &fields[6]) < 0) {
+        return unencodable(run);
+    }
+    fields[7] = (Field){.text = NULL, .number = (uint64_t)previous_ms, .present = previous_ms != 0};
+    fields[8] = run->version_field;
+    if (!reuse) {
+        if (write_entry(&run->out, run->tag, fields) < 0) {
+            return -1;
+        }
+        run->emitted++;
+        return 0;
+    }
+    Py_ssize_t length = field_size(&fields[0]) + field_size(&fields[1]) + middle->length +
+                        field_size(&fields[6]) + field_size(&fields[7]) + field_size(&fields[8]);
+    Buffer *b = &run->out;
+    if (buffer_reserve(b, varint_size(run->tag) + varint_size((uint64_t)length) + length) < 0) {
+        return -1;
+    }
+    char *at = put_varint(b->data + b->used, run->tag);
+    at = put_varint(at, (uint64_t)length);
+    at = put_field(at, 1, &fields[0]);
+    at = put_field(at, 2, &fields[1]);
+    memcpy(at, middle->bytes, (size_t)middle->length);
+    at += middle->length;
+    at = put_field(at, 7, &fields[6]);
+    at = put_field(at, 8, &fields[7]);
+    at = put_field(at, 9, &fields[8]);
+    b->used = at - b->data;
+    run->emitted++;
     return 0;
 }
 
@@ -791,6 +1566,10 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
             return 0;
         }
     }
+    if (run->tag != 0) {
+        PyObject *const parts[7] = {key, bucketing_key, flag, treatment, label, change, time_obj};
+        return encode_lookup(run, parts, result, time_ms, found ? previous_ms : 0);
+    }
     PyObject *previous = Py_None;
     if (found) {
         /* an out-of-order time came back as the impression's own: share its object */
@@ -873,6 +1652,8 @@ parse_mode(PyObject *mode, Mode *out)
     return 0;
 }
 
+/* The arguments process_all and encode_all share: mode, observer, counts, add_key,
+ * disabled_in. */
 static int
 start(Run *run, State *state, PyObject *const *args)
 {
@@ -890,6 +1671,17 @@ start(Run *run, State *state, PyObject *const *args)
         return type_error("add_key and disabled_in must be callable",
                           PyCallable_Check(args[4]) ? args[5] : args[4]);
     }
+    run->counts = Py_NewRef(args[3]);
+    run->add_key = Py_NewRef(args[4]);
+    run->disabled_in = Py_NewRef(args[5]);
+    run->zero = PyLong_FromLong(0);
+    return run->zero == NULL ? -1 : 0;
+}
+
+/* process_all's own arguments: the impression type and the list to append to. */
+static int
+start_objects(Run *run, State *state, PyObject *const *args)
+{
     if (!PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type)) {
         return type_error("impression must be a tuple subclass (a NamedTuple)", args[6]);
     }
@@ -905,13 +1697,10 @@ start(Run *run, State *state, PyObject *const *args)
     if (!PyList_Check(args[7])) {
         return type_error("made must be a list", args[7]);
     }
-    run->add_key = Py_NewRef(args[4]);
-    run->disabled_in = Py_NewRef(args[5]);
     run->impression = (PyTypeObject *)Py_NewRef(args[6]);
     run->untrackable = run->impression->tp_dictoffset == 0 && PyType_IS_GC(run->impression);
     run->made = Py_NewRef(args[7]);
-    run->zero = PyLong_FromLong(0);
-    return run->zero == NULL ? -1 : 0;
+    return 0;
 }
 
 static void
@@ -920,247 +1709,19 @@ finish(Run *run)
     Py_XDECREF((PyObject *)run->observer);
     Py_XDECREF(run->add_key);
     Py_XDECREF(run->disabled_in);
+    Py_XDECREF(run->counts);
     Py_XDECREF((PyObject *)run->impression);
     Py_XDECREF(run->made);
+    buffer_free(&run->out);
+    for (int i = 0; i < MIDDLES; i++) {
+        Py_XDECREF(run->middles[i].flag);
+        Py_XDECREF(run->middles[i].result);
+    }
     Py_XDECREF(run->zero);
     Py_XDECREF(run->snap);
     Py_XDECREF(run->version);
     Py_XDECREF(run->disabled);
     Py_XDECREF(run->last_flag.text);
-}
-
-/* -- encoding: impressions as protobuf wire bytes ----------------------------------------
- *
- * Why: debug mode uploads every impression, and filling one fader.v1.Impression message per
- * impression through the protobuf runtime (nine attribute sets) then serializing it cost
- * more than the lookup. This writes the bytes `add_messages` + SerializeToString wrote, the
- * same fields under the same rules (proto3: a field at its default is not written; the
- * optional ones only when truthy), in field-number order as the runtime writes them; and
- * refuses what the runtime refused, with the kinds of errors it raised (TypeError for a wrong
- * type, ValueError for an int out of its field's range or a str that is not valid Unicode),
- * so an upload's unencodable records are still found and set aside one by one. */
-
-typedef struct {
-    char *data;
-    Py_ssize_t used;
-    Py_ssize_t size;
-} Buffer;
-
-static int
-buffer_reserve(Buffer *b, Py_ssize_t more)
-{
-    if (b->used + more <= b->size) {
-        return 0;
-    }
-    Py_ssize_t size = b->size < 256 ? 256 : b->size;
-    while (size < b->used + more) {
-        if (size > PY_SSIZE_T_MAX / 2) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        size *= 2;
-    }
-    char *data = PyMem_Realloc(b->data, (size_t)size);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = data;
-    b->size = size;
-    return 0;
-}
-
-static Py_ssize_t
-varint_size(uint64_t value)
-{
-    Py_ssize_t size = 1;
-    while (value >= 0x80) {
-        value >>= 7;
-        size++;
-    }
-    return size;
-}
-
-/* Writes at `at` (room reserved by the caller), returns where it ended. A local pointer
- * rather than the buffer's `used`: stores through a char * could alias it, so every byte
- * would reload and store it. */
-static char *
-put_varint(char *at, uint64_t value)
-{
-    while (value >= 0x80) {
-        *at++ = (char)((value & 0x7F) | 0x80);
-        value >>= 7;
-    }
-    *at++ = (char)value;
-    return at;
-}
-
-/* One field's value, ready to write. */
-typedef struct {
-    const char *text; /* a string field: its UTF-8 bytes (NULL: an integer field) */
-    Py_ssize_t length;
-    uint64_t number;
-    int present;
-} Field;
-
-/* 1 if an optional field's value is falsy (`if value:` in add_messages left it unset), 0 if
- * not, -1 on an error from its __bool__. */
-static int
-falsy(PyObject *value)
-{
-    if (value == Py_None) {
-        return 1;
-    }
-    if (PyUnicode_CheckExact(value)) {
-        return PyUnicode_GET_LENGTH(value) == 0;
-    }
-    int truth = PyObject_IsTrue(value);
-    return truth < 0 ? -1 : !truth;
-}
-
-static int
-string_field(PyObject *value, int optional, const char *name, Field *out)
-{
-    out->present = 0;
-    if (optional) {
-        int skip = falsy(value);
-        if (skip != 0) {
-            return skip < 0 ? -1 : 0;
-        }
-    }
-    if (PyBytes_Check(value)) {
-        /* the runtime took UTF-8 bytes for a string field too (and refused others) */
-        PyObject *checked = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(value),
-                                                 PyBytes_GET_SIZE(value), "strict");
-        if (checked == NULL) {
-            return -1; /* UnicodeDecodeError, a ValueError */
-        }
-        Py_DECREF(checked);
-        out->text = PyBytes_AS_STRING(value);
-        out->length = PyBytes_GET_SIZE(value);
-        out->present = out->length > 0;
-        return 0;
-    }
-    if (!PyUnicode_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "impression field %s must be a str, not %.100s", name,
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    out->text = PyUnicode_AsUTF8AndSize(value, &out->length);
-    if (out->text == NULL) {
-        return -1; /* UnicodeEncodeError, a ValueError: a lone surrogate */
-    }
-    out->present = out->length > 0;
-    return 0;
-}
-
-static int
-out_of_range(const char *name, PyObject *value)
-{
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) {
-        return -1;
-    }
-    PyErr_Clear();
-    PyErr_Format(PyExc_ValueError, "impression field %s: value out of range: %R", name, value);
-    return -1;
-}
-
-/* An int64 (or uint64) field; `optional`: not written when falsy. */
-static int
-int_field(PyObject *value, int optional, int is_unsigned, const char *name, Field *out)
-{
-    out->present = 0;
-    out->text = NULL;
-    /* an int is falsy when 0, which `present` below says without asking it */
-    if (optional && !PyLong_CheckExact(value)) {
-        int skip = falsy(value);
-        if (skip != 0) {
-            return skip < 0 ? -1 : 0;
-        }
-    }
-    if (!PyLong_Check(value) || PyBool_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "impression field %s must be an int, not %.100s", name,
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    if (is_unsigned) {
-        unsigned long long number = PyLong_AsUnsignedLongLong(value);
-        if (number == (unsigned long long)-1 && PyErr_Occurred()) {
-            return out_of_range(name, value);
-        }
-        out->number = number;
-        out->present = number != 0;
-        return 0;
-    }
-    int overflow;
-    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (number == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (overflow) {
-        return out_of_range(name, value);
-    }
-    out->number = (uint64_t)number; /* a negative int64 is written in 10 bytes, as protobuf does */
-    out->present = number != 0;
-    return 0;
-}
-
-enum { IMPRESSION_FIELDS = 9 };
-
-/* Appends one impression as an entry of the repeated field `tag`. */
-static int
-encode_one(Buffer *b, uint64_t tag, PyObject *impression)
-{
-    if (!PyTuple_Check(impression) || PyTuple_GET_SIZE(impression) != IMPRESSION_FIELDS) {
-        return type_error("an impression must be a 9-tuple (Impression)", impression);
-    }
-    PyObject *const *items = &PyTuple_GET_ITEM(impression, 0);
-    /* in the tuple's order: key, bucketing key, flag, treatment, label, change number,
-     * time, previous time, snapshot version; field numbers 1, 2, ... 9 in that order */
-    Field fields[IMPRESSION_FIELDS];
-    if (string_field(items[0], 0, "key", &fields[0]) < 0 ||
-        string_field(items[1], 1, "bucketing_key", &fields[1]) < 0 ||
-        string_field(items[2], 0, "flag", &fields[2]) < 0 ||
-        string_field(items[3], 0, "treatment", &fields[3]) < 0 ||
-        string_field(items[4], 1, "label", &fields[4]) < 0 ||
-        int_field(items[5], 1, 0, "change_number", &fields[5]) < 0 ||
-        int_field(items[6], 0, 0, "time_ms", &fields[6]) < 0 ||
-        int_field(items[7], 1, 0, "previous_time_ms", &fields[7]) < 0 ||
-        int_field(items[8], 1, 1, "snapshot_version", &fields[8]) < 0) {
-        return -1;
-    }
-    Py_ssize_t length = 0;
-    for (int i = 0; i < IMPRESSION_FIELDS; i++) {
-        Field *f = &fields[i];
-        if (f->present) {
-            length += 1 + (f->text != NULL ? varint_size((uint64_t)f->length) + f->length
-                                           : varint_size(f->number));
-        }
-    }
-    if (buffer_reserve(b, varint_size(tag) + varint_size((uint64_t)length) + length) < 0) {
-        return -1;
-    }
-    char *at = put_varint(b->data + b->used, tag);
-    at = put_varint(at, (uint64_t)length);
-    for (int i = 0; i < IMPRESSION_FIELDS; i++) {
-        Field *f = &fields[i];
-        if (!f->present) {
-            continue;
-        }
-        uint64_t number = (uint64_t)i + 1;
-        if (f->text != NULL) {
-            at = put_varint(at, number << 3 | 2); /* length-delimited */
-            at = put_varint(at, (uint64_t)f->length);
-            memcpy(at, f->text, (size_t)f->length);
-            at += f->length;
-        }
-        else {
-            at = put_varint(at, number << 3); /* varint */
-            at = put_varint(at, f->number);
-        }
-    }
-    b->used = at - b->data;
-    return 0;
 }
 
 PyDoc_STRVAR(encode_impressions_doc,
@@ -1181,16 +1742,11 @@ encode_impressions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         type_error("impressions must be a list", args[0]);
         return NULL;
     }
-    Py_ssize_t field_number = PyLong_Check(args[1]) ? PyLong_AsSsize_t(args[1]) : -1;
-    if (field_number == -1 && PyErr_Occurred()) {
+    uint64_t tag;
+    if (entry_tag(args[1], &tag) < 0) {
         return NULL;
     }
-    if (field_number < 1 || field_number > 536870911) {
-        PyErr_SetString(PyExc_ValueError, "field_number must be an int in 1..2**29-1");
-        return NULL;
-    }
-    uint64_t tag = (uint64_t)field_number << 3 | 2;
-    Buffer b = {NULL, 0, 0};
+    Buffer b = {NULL, NULL, 0, 0};
     PyObject *list = args[0];
     /* an odd value's __bool__ is Python code, which could change the list: its size is read
      * again every time, and the impression being encoded is held */
@@ -1199,13 +1755,119 @@ encode_impressions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int status = encode_one(&b, tag, impression);
         Py_DECREF(impression);
         if (status < 0) {
-            PyMem_Free(b.data);
+            buffer_free(&b);
             return NULL;
         }
     }
-    PyObject *bytes = PyBytes_FromStringAndSize(b.data == NULL ? "" : b.data, b.used);
-    PyMem_Free(b.data);
-    return bytes;
+    return buffer_finish(&b);
+}
+
+/* Reads a varint of at most 10 bytes; NULL if it runs past `end` or is longer. */
+static const unsigned char *
+read_varint(const unsigned char *at, const unsigned char *end, uint64_t *value)
+{
+    uint64_t result = 0;
+    for (int shift = 0; shift < 70 && at < end; shift += 7) {
+        unsigned char byte = *at++;
+        result |= (uint64_t)(byte & 0x7F) << shift;
+        if (byte < 0x80) {
+            *value = result;
+            return at;
+        }
+    }
+    return NULL;
+}
+
+static int
+as_size(PyObject *value, const char *what, Py_ssize_t *out)
+{
+    if (!PyLong_Check(value)) {
+        return type_error(what, value);
+    }
+    *out = PyLong_AsSsize_t(value);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(cut_entries_doc,
+"cut_entries(entries, field_number, start, max_entries, max_bytes, /)\n"
+"--\n\n"
+"Walks the entries of the repeated field `field_number` in `entries` from byte `start`,\n"
+"and stops after `max_entries` of them, after the one that reaches `max_bytes` bytes, or\n"
+"at the end. Returns (end, taken). ValueError if it meets anything but such entries.");
+
+/* Why: a batch is cut where it reaches its limits, between two entries, and the entries'
+ * bytes are all that says where one ends. */
+static PyObject *
+cut_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "cut_entries takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    uint64_t tag;
+    Py_ssize_t start, max_entries, max_bytes;
+    if (entry_tag(args[1], &tag) < 0 || as_size(args[2], "start must be an int", &start) < 0 ||
+        as_size(args[3], "max_entries must be an int", &max_entries) < 0 ||
+        as_size(args[4], "max_bytes must be an int", &max_bytes) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 0 || start > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "start %zd is outside the %zd bytes", start, view.len);
+        return NULL;
+    }
+    const unsigned char *base = view.buf;
+    const unsigned char *at = base + start;
+    const unsigned char *end = base + view.len;
+    Py_ssize_t taken = 0;
+    while (at < end && taken < max_entries && (at - base) - start < max_bytes) {
+        uint64_t got, length;
+        const unsigned char *next = read_varint(at, end, &got);
+        if (next != NULL && got == tag) {
+            next = read_varint(next, end, &length);
+        }
+        if (next == NULL || got != tag || length > (uint64_t)(end - next)) {
+            Py_ssize_t where = at - base;
+            PyBuffer_Release(&view);
+            PyErr_Format(PyExc_ValueError, "no entry of field %d at byte %zd",
+                         (int)(tag >> 3), where);
+            return NULL;
+        }
+        at = next + length;
+        taken++;
+    }
+    Py_ssize_t stop = at - base;
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nn)", stop, taken);
+}
+
+/* Runs every request of the iterable `requests`, then merges the counts (on errors too, as
+ * the Python loop had counted everything before the bad lookup). -1: an exception is set. */
+static int
+run_all(Run *run, State *state, PyObject *requests)
+{
+    PyObject *iterator = PyObject_GetIter(requests);
+    if (iterator != NULL) {
+        PyObject *item;
+        while ((item = PyIter_Next(iterator)) != NULL) {
+            int status = request(run, state, item);
+            Py_DECREF(item);
+            if (status < 0) {
+                break;
+            }
+        }
+        Py_DECREF(iterator);
+    }
+    int failed = PyErr_Occurred() != NULL;
+    if (tally_merge(&run->tally, run->counts) < 0) {
+        failed = 1;
+    }
+    return failed ? -1 : 0;
 }
 
 PyDoc_STRVAR(process_all_doc,
@@ -1222,30 +1884,47 @@ process_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     State *state = PyModule_GetState(module);
     Run run = {0};
-    int status = start(&run, state, args);
-    PyObject *requests = status < 0 ? NULL : PyObject_GetIter(args[0]);
-    if (requests != NULL) {
-        PyObject *item;
-        while ((item = PyIter_Next(requests)) != NULL) {
-            status = request(&run, state, item);
-            Py_DECREF(item);
-            if (status < 0) {
-                break;
-            }
+    PyObject *result = NULL;
+    if (start(&run, state, args) == 0 && start_objects(&run, state, args) == 0 &&
+        run_all(&run, state, args[0]) == 0) {
+        result = Py_BuildValue("(nn)", run.emitted, run.deduplicated);
+    }
+    finish(&run);
+    return result;
+}
+
+PyDoc_STRVAR(encode_all_doc,
+"encode_all(requests, mode, observer, counts, add_key, disabled_in, field_number)\n"
+"--\n\n"
+"process_all, with the impressions written as entries of a repeated fader.v1.Impression\n"
+"field; returns (entries, emitted, deduplicated, unencodable).");
+
+static PyObject *
+encode_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "encode_all takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    State *state = PyModule_GetState(module);
+    Run run = {0};
+    PyObject *result = NULL;
+    if (start(&run, state, args) == 0 && entry_tag(args[6], &run.tag) == 0 &&
+        run_all(&run, state, args[0]) == 0) {
+        PyObject *entries = buffer_finish(&run.out);
+        if (entries != NULL) {
+            result = Py_BuildValue("(Nnnn)", entries, run.emitted, run.deduplicated,
+                                   run.unencodable);
         }
-        Py_DECREF(requests);
     }
-    int failed = PyErr_Occurred() != NULL;
-    if (tally_merge(&run.tally, args[3]) < 0) {
-        failed = 1;
-    }
-    PyObject *result = failed ? NULL : Py_BuildValue("(nn)", run.emitted, run.deduplicated);
     finish(&run);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"process_all", (PyCFunction)(void (*)(void))process_all, METH_FASTCALL, process_all_doc},
+    {"encode_all", (PyCFunction)(void (*)(void))encode_all, METH_FASTCALL, encode_all_doc},
+    {"cut_entries", (PyCFunction)(void (*)(void))cut_entries, METH_FASTCALL, cut_entries_doc},
     {"encode_impressions", (PyCFunction)(void (*)(void))encode_impressions, METH_FASTCALL,
      encode_impressions_doc},
     {NULL, NULL, 0, NULL},
@@ -1259,6 +1938,15 @@ exec_module(PyObject *module)
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &Observer_spec, NULL);
     if (state->observer_type == NULL ||
         PyModule_AddType(module, state->observer_type) < 0) {
+        return -1;
+    }
+    PyObject *recorder_type = PyType_FromModuleAndSpec(module, &Recorder_spec, NULL);
+    if (recorder_type == NULL) {
+        return -1;
+    }
+    int added = PyModule_AddType(module, (PyTypeObject *)recorder_type);
+    Py_DECREF(recorder_type);
+    if (added < 0) {
         return -1;
     }
     state->version_name = PyUnicode_InternFromString("version");

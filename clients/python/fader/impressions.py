@@ -28,7 +28,7 @@ in Split's Java SDK, the observer stores the latest time, so "first per hour" ho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -104,18 +104,23 @@ class UniqueKeys:
         return taken
 
 
-class ImpressionModes:
-    """Applies the configured mode to recorded lookups: impressions to send go to `emit`, a
-    list per call; counts and unique keys accumulate until taken."""
+class Encoded(NamedTuple):
+    """Impressions as wire bytes: `written` entries of a repeated fader.v1.Impression field,
+    and how many impressions could not be encoded (a str that is not valid Unicode, an int
+    out of its field's range), which are not among them."""
 
-    def __init__(
-        self,
-        mode: Mode,
-        emit: Callable[[list[Impression]], None],
-        observer_size: int = DEFAULT_OBSERVER_SIZE,
-    ) -> None:
+    entries: bytes
+    written: int
+    unencodable: int
+
+
+class ImpressionModes:
+    """Applies the configured mode to recorded lookups. The impressions to send come back
+    from each call, as Impressions (`process_all`) or as wire bytes (`encode_all`); counts
+    and unique keys accumulate until taken."""
+
+    def __init__(self, mode: Mode, observer_size: int = DEFAULT_OBSERVER_SIZE) -> None:
         self.mode = mode
-        self._emit = emit
         self._observer = Observer(observer_size)
         self.unique_keys = UniqueKeys(observer_size)
         self.counts: dict[tuple[str, int], int] = {}
@@ -124,10 +129,10 @@ class ImpressionModes:
         self._disabled_snap: Snapshot | None = None
         self._disabled: frozenset[str] = frozenset()
 
-    def process(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> None:
-        self.process_all(((snap, time_ms, lookups),))
+    def process(self, snap: Snapshot, time_ms: int, lookups: list[Answer]) -> list[Impression]:
+        return self.process_all(((snap, time_ms, lookups),))
 
-    def process_all(self, requests: Iterable[Pending]) -> None:
+    def process_all(self, requests: Iterable[Pending]) -> list[Impression]:
         """Applies the mode to recorded requests. It runs once per recorded evaluation, on
         the loop that serves requests, so the loop is C (`fader._modes`, the rules above,
         step for step): in Python it cost more than a batched lookup itself."""
@@ -142,10 +147,28 @@ class ImpressionModes:
             Impression,
             made,
         )
-        if made:
-            self._emit(made)
         self.emitted += emitted
         self.deduplicated += deduplicated
+        return made
+
+    def encode_all(self, requests: Iterable[Pending], field_number: int) -> Encoded:
+        """`process_all`, with the impressions written as entries of the repeated
+        fader.v1.Impression field `field_number`, byte for byte what encoding the
+        Impressions `process_all` makes would give, and no Impression made. Why: the
+        sidecar's upload only ever needs the bytes, and in debug mode (an impression per
+        lookup) making, batching and freeing the objects cost more than the lookup."""
+        entries, emitted, deduplicated, unencodable = _modes.encode_all(
+            requests,
+            self.mode,
+            self._observer,
+            self.counts,
+            self.unique_keys.add,
+            self._disabled_in,
+            field_number,
+        )
+        self.emitted += emitted
+        self.deduplicated += deduplicated
+        return Encoded(entries, emitted, unencodable)
 
     def _disabled_in(self, snap: Snapshot) -> frozenset[str]:
         """The flags of `snap` with impressionsDisabled, found once per snapshot."""
