@@ -810,3 +810,30 @@ def test_the_recorder_leaks_nothing_and_is_collected_in_a_cycle() -> None:
     del holder
     gc.collect()
     assert alive() is None
+
+
+def test_the_recorder_takes_exact_lists_only() -> None:
+    """A list subclass could run Python code (its __add__, __iter__, __del__) while the
+    recorder joins it with the entry it holds, and free that entry under it (the audit's
+    use-after-free): refused, and a list its caller changed afterwards cannot leave the
+    recorder's size off for good."""
+    snap = snapshots()[0]
+    recorder = _modes.Recorder(100)
+
+    class Sneaky(list[Any]):
+        def __add__(self, other: Any) -> Any:
+            recorder.take(None)
+            return [*self, *other]
+
+    recorder.record(snap, T0, [GOOD])
+    with pytest.raises(TypeError, match="lookups must be a list"):
+        recorder.record(snap, T0, Sneaky([GOOD]))
+    grown: list[Answer] = [GOOD]
+    recorder.record(snap, T0 + 1, grown)
+    grown += [GOOD] * 5  # against the contract, after recording
+    assert len(recorder.take(None)) == 2 and recorder.size == 0
+    shrunk: list[Answer] = [GOOD, GOOD, GOOD]
+    recorder.record(snap, T0 + 2, shrunk)
+    shrunk.clear()
+    recorder.take(None)
+    assert recorder.size == 0

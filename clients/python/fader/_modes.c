@@ -53,8 +53,9 @@
 
 enum { FIELDS = 5 };
 
-/* PyObject_Hash, without its call through the type for a str whose hash is already cached
- * (flags, treatments and labels are the snapshot's own strings: only keys are new). */
+/* PyObject_Hash, without its calls through the type for a str (flags, treatments and labels
+ * are the snapshot's own strings, their hashes cached; keys are new, and hashed here as str
+ * hashes itself, its data's bytes, which three calls deep cost a third more). */
 static inline Py_hash_t
 hash_of(PyObject *value)
 {
@@ -62,6 +63,10 @@ hash_of(PyObject *value)
         Py_hash_t cached = ((PyASCIIObject *)value)->hash;
         if (cached != -1) {
             return cached;
+        }
+        if (PyUnicode_IS_COMPACT(value)) {
+            return _Py_HashBytes(PyUnicode_DATA(value),
+                                 PyUnicode_GET_LENGTH(value) * PyUnicode_KIND(value));
         }
     }
     return PyObject_Hash(value);
@@ -98,6 +103,7 @@ typedef struct {
 
 typedef struct {
     Bucket *buckets;   /* first-seen order */
+    Py_ssize_t last;   /* the bucket counted last, + 1 (0: none): lookups repeat it */
     Py_ssize_t used;
     Py_ssize_t *slots; /* open addressing: index + 1 into buckets, 0 = empty */
     Py_ssize_t mask;   /* slots has mask + 1 entries, a power of two */
@@ -180,6 +186,13 @@ remembered_hash(Remembered *last, PyObject *text)
 static int
 tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
 {
+    if (tally->last != 0) {
+        Bucket *b = &tally->buckets[tally->last - 1];
+        if (b->hour == hour && b->flag_hash == flag_hash && same_str(b->flag, flag)) {
+            b->count++;
+            return 0;
+        }
+    }
     /* at most half full: probes stay short, and there is room for the bucket array */
     if (tally->slots == NULL || (tally->used + 1) * 2 > tally->mask + 1) {
         if (tally_grow(tally) < 0) {
@@ -195,6 +208,7 @@ tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
         Bucket *b = &tally->buckets[index - 1];
         if (b->hour == hour && b->flag_hash == flag_hash && same_str(b->flag, flag)) {
             b->count++;
+            tally->last = index;
             return 0;
         }
         at = (at + 1) & (Py_uhash_t)tally->mask;
@@ -207,6 +221,7 @@ tally_add(Tally *tally, PyObject *flag, Py_hash_t flag_hash, long long hour)
     b->count = 1;
     tally->used++;
     tally->slots[at] = tally->used;
+    tally->last = tally->used;
     return 0;
 }
 
@@ -699,11 +714,15 @@ add_lookups(Recorder *self, PyObject *snap, PyObject *time, long long time_ms,
         if (entry == NULL) {
             return -1;
         }
-        /* steals `entry`, drops the old one */
-        if (PyList_SetItem(self->entries, PyList_GET_SIZE(self->entries) - 1, entry) < 0) {
-            return -1;
-        }
+        /* the state whole before the old entry is dropped, which frees what only it held
+         * (its time, its list) */
+        Py_ssize_t at = PyList_GET_SIZE(self->entries) - 1;
+        PyObject *old = PyList_GET_ITEM(self->entries, at);
+        PyList_SET_ITEM(self->entries, at, entry);
         self->owned = 1;
+        self->size += count;
+        Py_DECREF(old);
+        return 0;
     }
     self->size += count;
     return 0;
@@ -732,7 +751,10 @@ Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *snap = args[0], *time = args[1], *lookups = args[2];
-    if (!PyList_Check(lookups)) {
+    /* exactly a list: a subclass's __add__ or __iter__ would run Python code (which could
+     * take the entry add_lookups holds borrowed) inside PySequence_Concat and
+     * PyList_SetSlice */
+    if (!PyList_CheckExact(lookups)) {
         type_error("lookups must be a list", lookups);
         return NULL;
     }
@@ -836,7 +858,9 @@ Recorder_take(Recorder *self, PyObject *limit_arg)
         Py_XDECREF(result);
         return NULL;
     }
-    self->size -= done;
+    /* a recorded list its caller changed afterwards must not leave `size` off for good (the
+     * pipeline drains while it is not 0) */
+    self->size = PyList_GET_SIZE(self->entries) == 0 || done > self->size ? 0 : self->size - done;
     return result;
 }
 
@@ -927,7 +951,8 @@ buffer_reserve(Buffer *b, Py_ssize_t more)
         }
     }
     else if (_PyBytes_Resize(&b->bytes, size) < 0) {
-        return -1; /* b->bytes freed and NULL */
+        *b = (Buffer){NULL, NULL, 0, 0}; /* b->bytes freed and NULL: nothing to write into */
+        return -1;
     }
     b->data = PyBytes_AS_STRING(b->bytes);
     b->size = size;
@@ -1100,7 +1125,7 @@ int_field(PyObject *value, int optional, int is_unsigned, const char *name, Fiel
 
 enum { IMPRESSION_FIELDS = 9 };
 
-/* The bytes field number `number` takes (0 when left out). */
+/* The bytes a field takes, its tag included (0 when it is left out). */
 static inline Py_ssize_t
 field_size(const Field *f)
 {
