@@ -28,7 +28,7 @@ in Split's Java SDK, the observer stores the latest time, so "first per hour" ho
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -62,6 +62,9 @@ class Impression(NamedTuple):
     snapshot_version: int
 
 
+# The C loops' callbacks: a key for mode none, and a snapshot's impressionsDisabled flags.
+AddKey = Callable[[str, str, int], None]
+DisabledIn = Callable[[Snapshot], frozenset[str]]
 # One evaluation as the hot path leaves it: (key, bucketing key, flag, result).
 Answer = tuple[str, str | None, str, Decision]
 # One request's evaluations: (snapshot, time ms, lookups).
@@ -137,16 +140,7 @@ class ImpressionModes:
         the loop that serves requests, so the loop is C (`fader._modes`, the rules above,
         step for step): in Python it cost more than a batched lookup itself."""
         made: list[Impression] = []
-        emitted, deduplicated = _modes.process_all(
-            requests,
-            self.mode,
-            self._observer,
-            self.counts,
-            self.unique_keys.add,
-            self._disabled_in,
-            Impression,
-            made,
-        )
+        emitted, deduplicated = _modes.process_all(requests, *self._state(), Impression, made)
         self.emitted += emitted
         self.deduplicated += deduplicated
         return made
@@ -158,17 +152,15 @@ class ImpressionModes:
         sidecar's upload only ever needs the bytes, and in debug mode (an impression per
         lookup) making, batching and freeing the objects cost more than the lookup."""
         entries, emitted, deduplicated, unencodable = _modes.encode_all(
-            requests,
-            self.mode,
-            self._observer,
-            self.counts,
-            self.unique_keys.add,
-            self._disabled_in,
-            field_number,
+            requests, *self._state(), field_number
         )
         self.emitted += emitted
         self.deduplicated += deduplicated
         return Encoded(entries, emitted, unencodable)
+
+    def _state(self) -> tuple[str, Observer, dict[tuple[str, int], int], AddKey, DisabledIn]:
+        """What both C loops take after the requests: the mode, and the state they change."""
+        return self.mode, self._observer, self.counts, self.unique_keys.add, self._disabled_in
 
     def _disabled_in(self, snap: Snapshot) -> frozenset[str]:
         """The flags of `snap` with impressionsDisabled, found once per snapshot."""
