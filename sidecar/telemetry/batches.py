@@ -21,7 +21,8 @@ from fader.pb.fader.v1 import telemetry_pb2 as pb
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Impression
 
-KINDS = ("impressions", "counts", "unique_keys", "events")
+# the kinds a batch keeps as lists of tuples (its impressions are wire bytes)
+LISTED = ("counts", "unique_keys", "events")
 # Per-record framing, roughly what protobuf adds around the strings of one record.
 RECORD_OVERHEAD = 32
 IMPRESSIONS_FIELD = pb.UploadRequest.IMPRESSIONS_FIELD_NUMBER
@@ -169,7 +170,7 @@ def remove_unencodable(batch: Batch) -> Batch:
     encodes each record alone. Impressions are encoded before they join a batch, so they
     are never among them."""
     bad = Batch(id=batch.id, source=batch.source, mode=batch.mode)
-    for kind in KINDS[1:]:
+    for kind in LISTED:
         records: list[Any] = getattr(batch, kind)
         rejected = [record for record in records if not _encodable(kind, record)]
         if rejected:
