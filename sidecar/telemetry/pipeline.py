@@ -231,10 +231,10 @@ class Pipeline:
 
     def _drain_recorder(self, limit: int | None) -> None:
         taken = self.recorder.take(limit)
-        done = sum(len(lookups) for _, _, lookups in taken)
         try:
             encoded = self._modes.encode_all(taken, IMPRESSIONS_FIELD)
         except Exception:  # a bug must not stop telemetry; say what it cost, at most
+            done = sum(len(lookups) for _, _, lookups in taken)
             self.stats.drop({"impressions": done}, "processing_error")
             log.exception("telemetry: processing failed; up to %d impression(s) lost", done)
         else:

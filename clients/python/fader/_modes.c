@@ -810,7 +810,9 @@ Recorder_record_one(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *last = shared_entry(self, args[0], time_ms);
     if (last != NULL && self->owned) { /* the commonest case at full rate: one append */
         status = PyList_Append(PyTuple_GET_ITEM(last, 2), lookup);
-        self->size += status == 0;
+        if (status == 0) {
+            self->size++;
+        }
     }
     else {
         PyObject *lookups = PyList_New(1);
