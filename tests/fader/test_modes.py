@@ -665,6 +665,90 @@ def test_encode_all_writes_what_encoding_process_alls_impressions_gives(seed: in
             assert objects.unique_keys.take() == encoding.unique_keys.take()
 
 
+class Millis(int):
+    """A time that is an int, not a plain one."""
+
+
+class IntSub(int):
+    """An int subclass with its own truth and hash."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 5
+
+
+# What a (flag, result) slot does not remember: str and int subclasses (their hash and truth
+# are theirs to say, each time), bools, fields 3 to 6 longer than a slot holds.
+UNREMEMBERED = [
+    Decision(OddHash("on"), "rule", None, 7),
+    Decision("on", OddHash("rule"), None, 7),
+    Decision("on", "rule", None, IntSub(9)),
+    Decision("on", "rule", None, True),
+    Decision("on", "r" * 300, None, 7),
+]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_what_no_slot_remembers_gives_what_the_python_loop_gives(seed: int) -> None:
+    """Lookups whose result no slot remembers, mixed with those it does, and request times
+    that are not plain ints (their entries' time written field by field): the same observer
+    keys, impressions and counts as the Python loop, and the objects' entries."""
+    pick = random.Random(seed)
+    snaps = snapshots()
+    for _ in range(30):
+        mode = pick.choice((Mode.OPTIMIZED, Mode.DEBUG))
+        requests: list[Any] = []
+        for _ in range(pick.randrange(1, 6)):
+            lookups = [
+                (
+                    "".join(("u", str(pick.randrange(5)))),
+                    None,
+                    pick.choice(("f", "alpha")),
+                    pick.choice(RESULTS[:3] + UNREMEMBERED),
+                )
+                for _ in range(pick.randrange(1, 9))
+            ]
+            time_ms = T0 + pick.randrange(3)
+            when = Millis(time_ms) if pick.random() < 0.3 else time_ms
+            requests.append((pick.choice(snaps), when, lookups))
+        twins = Twins(mode, 100)
+        twins.process_all(requests)
+        twins.assert_same()
+        objects, encoding = ImpressionModes(mode, 100), ImpressionModes(mode, 100)
+        made = objects.process_all(iter(requests))
+        encoded = encoding.encode_all(iter(requests), UPLOAD_IMPRESSIONS)
+        assert (encoded.entries, encoded.unencodable) == expected_entries(made)
+
+
+class Counted(str):
+    calls = 0
+
+    def __hash__(self) -> int:
+        Counted.calls += 1
+        return 7
+
+
+def test_a_subclass_is_asked_its_hash_at_every_lookup_as_the_python_loop_asked() -> None:
+    """A slot remembers the hashes of plain strs and ints only: a subclass's __hash__ may
+    answer differently each time, so it is asked lookup by lookup, in both loops."""
+    snap = snapshots()[0]
+    result = Decision(Counted("on"), "rule", None, 7)
+    lookups: list[Any] = [(f"u{i}", None, "f", result) for i in range(5)]
+    for encode in (False, True):
+        Counted.calls = 0
+        modes = ImpressionModes(Mode.DEBUG, 100)
+        if encode:
+            assert modes.encode_all([(snap, T0, lookups)], UPLOAD_IMPRESSIONS).written == 5
+        else:
+            assert len(modes.process_all([(snap, T0, lookups)])) == 5
+        assert Counted.calls == 5
+    Counted.calls = 0
+    oracle_process_all(ImpressionModes(Mode.DEBUG, 100), OracleObserver(100), [(snap, T0, lookups)])
+    assert Counted.calls == 5
+
+
 # -- the recorder -------------------------------------------------------------------------------
 
 
@@ -810,6 +894,43 @@ def test_the_recorder_leaks_nothing_and_is_collected_in_a_cycle() -> None:
     del holder
     gc.collect()
     assert alive() is None
+
+
+def test_recorded_lookups_of_plain_values_are_left_out_of_the_garbage_collector() -> None:
+    """A recorded lookup waits for the pipeline's next turn: one of strs, None and a
+    Decision of plain values is untracked (it can be in no cycle, and each collection would
+    walk it); one that could be in a cycle stays tracked, and a cycle through it is still
+    collected."""
+    snap = snapshots()[0]
+    recorder = _modes.Recorder(100)
+    plain: Answer = ("".join(("u", "1")), None, "f", RESULTS[0])
+    keyed: Answer = ("u2", "bk", "f", RESULTS[2])
+    assert gc.is_tracked(plain) and gc.is_tracked(keyed)  # a Decision is a tuple subclass
+    recorder.record(snap, T0, [plain, keyed])
+    assert not gc.is_tracked(plain) and not gc.is_tracked(keyed)
+
+    class Loose(tuple[Any, ...]):
+        """A result with a __dict__: it could hold a path back to its lookup."""
+
+    loose: Any = Loose(("on", "rule", None, 7))
+    holding: Any = ("u3", None, "f", loose)
+    listing: Any = ("u4", None, "f", ("on", "rule", None, [1]))
+    recorder.record(snap, T0, [holding, listing])
+    assert gc.is_tracked(holding) and gc.is_tracked(listing)
+    loose.back = holding  # lookup -> result -> its __dict__ -> lookup
+
+    class Marker:
+        pass
+
+    loose.marker = Marker()
+    alive = weakref.ref(loose.marker)
+    recorder.take(None)
+    del loose, holding
+    gc.collect()
+    assert alive() is None
+    recorder.record_one(snap, "u5", None, "f", RESULTS[1])
+    ((_, _, (made,)),) = recorder.take(None)
+    assert made == ("u5", None, "f", RESULTS[1]) and not gc.is_tracked(made)
 
 
 def test_the_recorder_takes_exact_lists_only() -> None:

@@ -285,16 +285,25 @@ tally_merge(Tally *tally, PyObject *counts)
  * LRU of `capacity` guarantees), and forgotten after at most 2 x `capacity`.
  *
  * Why C tables rather than two dicts: a dict costs an int object per lookup, two probes
- * that compare int objects, and ~100 bytes per hash; a table of (hash, time) pairs costs
- * one probe and 17-68 bytes per hash. Open addressing without deletion (a generation is
- * only ever dropped whole), at most half full. */
+ * that compare int objects, and ~100 bytes per hash; a table of (hash, time) slots costs
+ * one probe and 32-64 bytes per hash. A probe reads one slot, hash and time together: one
+ * cache line, where a table outgrown by its keys (a few thousand are enough) cost a miss per
+ * array. Open addressing without deletion (a generation is only ever dropped whole), at
+ * most half full. Hash 0 marks an empty slot, so a generation holding hash 0 keeps it aside. */
 typedef struct {
-    int64_t *digests;
-    int64_t *times;
-    uint8_t *used;
-    Py_ssize_t mask; /* size - 1, a power of two; -1 before the first insertion */
-    Py_ssize_t count;
+    int64_t digest; /* 0: an empty slot */
+    int64_t time;
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    Py_ssize_t mask;  /* size - 1, a power of two; -1 before the first insertion */
+    Py_ssize_t count; /* hashes held, hash 0 included */
+    int has_zero;     /* hash 0 is held, with zero_time */
+    int64_t zero_time;
 } Generation;
+
+static const Generation NO_GENERATION = {NULL, -1, 0, 0, 0};
 
 typedef struct {
     PyObject_HEAD
@@ -306,13 +315,8 @@ typedef struct {
 static void
 generation_free(Generation *g)
 {
-    PyMem_Free(g->digests);
-    PyMem_Free(g->times);
-    PyMem_Free(g->used);
-    g->digests = g->times = NULL;
-    g->used = NULL;
-    g->mask = -1;
-    g->count = 0;
+    PyMem_Free(g->slots);
+    *g = NO_GENERATION;
 }
 
 /* hashes are well mixed already, but the low bits alone would make long runs for hashes
@@ -323,99 +327,93 @@ slot_of(const Generation *g, int64_t digest)
     return (Py_ssize_t)(((uint64_t)digest * 11400714819323198485ULL) >> 17) & g->mask;
 }
 
-/* The slot holding `digest`, or the empty slot where it would go. */
-static Py_ssize_t
+/* The slot holding `digest` (not 0), or the empty slot where it would go. */
+static Slot *
 generation_probe(const Generation *g, int64_t digest)
 {
     Py_ssize_t at = slot_of(g, digest);
-    while (g->used[at] && g->digests[at] != digest) {
+    while (g->slots[at].digest != 0 && g->slots[at].digest != digest) {
         at = (at + 1) & g->mask;
     }
-    return at;
+    return &g->slots[at];
 }
 
 static int
 generation_find(const Generation *g, int64_t digest, int64_t *time)
 {
-    if (g->count == 0) {
+    if (digest == 0) {
+        *time = g->zero_time;
+        return g->has_zero;
+    }
+    if (g->slots == NULL) {
         return 0;
     }
-    Py_ssize_t at = generation_probe(g, digest);
-    if (!g->used[at]) {
-        return 0;
-    }
-    *time = g->times[at];
-    return 1;
+    const Slot *slot = generation_probe(g, digest);
+    *time = slot->time;
+    return slot->digest != 0;
 }
 
 static int
 generation_resize(Generation *g, Py_ssize_t size)
 {
-    Generation bigger = {
-        PyMem_Malloc((size_t)size * sizeof(int64_t)),
-        PyMem_Malloc((size_t)size * sizeof(int64_t)),
-        PyMem_Calloc((size_t)size, 1),
-        size - 1,
-        g->count,
-    };
-    if (bigger.digests == NULL || bigger.times == NULL || bigger.used == NULL) {
-        generation_free(&bigger);
+    Slot *slots = PyMem_Calloc((size_t)size, sizeof(Slot));
+    if (slots == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    Generation bigger = {slots, size - 1, g->count, g->has_zero, g->zero_time};
     for (Py_ssize_t i = 0; i <= g->mask; i++) {
-        if (g->used[i]) {
-            Py_ssize_t at = generation_probe(&bigger, g->digests[i]);
-            bigger.used[at] = 1;
-            bigger.digests[at] = g->digests[i];
-            bigger.times[at] = g->times[i];
+        if (g->slots[i].digest != 0) {
+            *generation_probe(&bigger, g->slots[i].digest) = g->slots[i];
         }
     }
-    generation_free(g);
+    PyMem_Free(g->slots);
     *g = bigger;
-    return 0;
-}
-
-static int
-generation_put(Generation *g, int64_t digest, int64_t time)
-{
-    if ((g->count + 1) * 2 > g->mask + 1) {
-        if (generation_resize(g, g->mask < 0 ? 16 : (g->mask + 1) * 2) < 0) {
-            return -1;
-        }
-    }
-    Py_ssize_t at = generation_probe(g, digest);
-    if (!g->used[at]) {
-        g->used[at] = 1;
-        g->digests[at] = digest;
-        g->count++;
-    }
-    g->times[at] = time;
     return 0;
 }
 
 /* The previous time `digest` was seen (returns 1, in *previous) or 0 if not remembered,
  * storing the later of the two. Like Split's Java SDK, an out-of-order older time is
- * returned as the earlier of the two, so no previous time is after the impression. */
+ * returned as the earlier of the two, so no previous time is after the impression.
+ * Young is probed once: room for one more is made first, so the slot a miss ends on is where
+ * the digest goes (a find then a put probed twice). */
 static int
 observer_test_and_set(Observer *self, int64_t digest, int64_t time, int64_t *previous)
 {
-    int in_young = generation_find(&self->young, digest, previous);
-    int found = in_young || generation_find(&self->old, digest, previous);
-    int status = 0;
-    if (!found || time > *previous) {
-        status = generation_put(&self->young, digest, time);
+    Generation *young = &self->young;
+    int64_t *stored;
+    int held;
+    if (digest == 0) {
+        held = young->has_zero;
+        stored = &young->zero_time;
+        young->has_zero = 1;
     }
-    else if (!in_young) {
-        status = generation_put(&self->young, digest, *previous); /* remembered for longer */
+    else {
+        if ((young->count + 1) * 2 > young->mask + 1 &&
+            generation_resize(young, young->mask < 0 ? 16 : (young->mask + 1) * 2) < 0) {
+            return -1;
+        }
+        Slot *slot = generation_probe(young, digest);
+        held = slot->digest != 0;
+        stored = &slot->time;
+        slot->digest = digest;
     }
-    if (status < 0) {
-        return -1;
+    int found = held;
+    if (held) {
+        *previous = *stored;
+        if (time > *previous) {
+            *stored = time;
+        }
     }
-    if (self->young.count >= self->capacity) {
+    else {
+        found = generation_find(&self->old, digest, previous);
+        *stored = found && *previous > time ? *previous : time; /* the later */
+        young->count++;
+    }
+    if (young->count >= self->capacity) {
         generation_free(&self->old);
-        self->old = self->young;
-        self->young = (Generation){NULL, NULL, NULL, -1, 0};
+        self->old = *young;
+        *young = NO_GENERATION;
     }
     if (found && *previous > time) {
         *previous = time;
@@ -456,7 +454,7 @@ Observer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         return NULL;
     }
-    self->young = self->old = (Generation){NULL, NULL, NULL, -1, 0};
+    self->young = self->old = NO_GENERATION;
     self->capacity = capacity < 1 ? 1 : capacity;
     return (PyObject *)self;
 }
@@ -492,19 +490,27 @@ Observer_test_and_set(Observer *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLongLong(previous);
 }
 
+static int
+dict_put(PyObject *dict, int64_t digest, int64_t time)
+{
+    PyObject *key = PyLong_FromLongLong(digest);
+    PyObject *value = PyLong_FromLongLong(time);
+    int status = key == NULL || value == NULL ? -1 : PyDict_SetItem(dict, key, value);
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return status;
+}
+
 static PyObject *
 generation_dict(const Generation *g)
 {
     PyObject *dict = PyDict_New();
+    if (dict != NULL && g->has_zero && dict_put(dict, 0, g->zero_time) < 0) {
+        Py_CLEAR(dict);
+    }
     for (Py_ssize_t i = 0; dict != NULL && i <= g->mask; i++) {
-        if (g->used[i]) {
-            PyObject *digest = PyLong_FromLongLong(g->digests[i]);
-            PyObject *time = PyLong_FromLongLong(g->times[i]);
-            if (digest == NULL || time == NULL || PyDict_SetItem(dict, digest, time) < 0) {
-                Py_CLEAR(dict);
-            }
-            Py_XDECREF(digest);
-            Py_XDECREF(time);
+        if (g->slots[i].digest != 0 && dict_put(dict, g->slots[i].digest, g->slots[i].time) < 0) {
+            Py_CLEAR(dict);
         }
     }
     return dict;
@@ -526,9 +532,12 @@ Observer_len(Observer *self)
 {
     Py_ssize_t total = self->young.count;
     int64_t ignored;
+    if (self->old.has_zero && !self->young.has_zero) {
+        total++;
+    }
     for (Py_ssize_t i = 0; i <= self->old.mask; i++) {
-        if (self->old.used[i] &&
-            !generation_find(&self->young, self->old.digests[i], &ignored)) {
+        int64_t digest = self->old.slots[i].digest;
+        if (digest != 0 && !generation_find(&self->young, digest, &ignored)) {
             total++;
         }
     }
@@ -743,6 +752,41 @@ has_room(Recorder *self, Py_ssize_t count)
     return 1;
 }
 
+/* Can hold no reference to anything: nothing reachable from it can lead back to it. */
+static int
+atomic(PyObject *value)
+{
+    return value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+           PyBool_Check(value);
+}
+
+/* A recorded lookup is kept until the pipeline's next turn, past the garbage collector's
+ * next collections, which would walk it each time: CPython untracks a tuple of atomic items
+ * itself, but a lookup holds a Decision, a tuple subclass, which it never untracks (these
+ * walks were ~3 % of a batched lookup's CPU time with impressions on). A lookup of strs and
+ * None and a result of atomic items with no __dict__ can be in no reference cycle: it is
+ * untracked here, and freed by its count as before. */
+static void
+untrack(PyObject *lookup)
+{
+    if (!PyTuple_CheckExact(lookup) || PyTuple_GET_SIZE(lookup) != 4 ||
+        !PyObject_GC_IsTracked(lookup)) {
+        return;
+    }
+    PyObject *result = PyTuple_GET_ITEM(lookup, 3);
+    if (!atomic(PyTuple_GET_ITEM(lookup, 0)) || !atomic(PyTuple_GET_ITEM(lookup, 1)) ||
+        !atomic(PyTuple_GET_ITEM(lookup, 2)) || !PyTuple_Check(result) ||
+        Py_TYPE(result)->tp_dictoffset != 0) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(result); i++) {
+        if (!atomic(PyTuple_GET_ITEM(result, i))) {
+            return;
+        }
+    }
+    PyObject_GC_UnTrack(lookup);
+}
+
 static PyObject *
 Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -770,6 +814,11 @@ Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     int room = count == 0 ? 0 : has_room(self, count); /* nothing to record: no entry */
     if (room < 0 || (room > 0 && add_lookups(self, snap, time, time_ms, lookups, 0) < 0)) {
         return NULL;
+    }
+    if (room > 0) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            untrack(PyList_GET_ITEM(lookups, i));
+        }
     }
     Py_RETURN_NONE;
 }
@@ -806,6 +855,7 @@ Recorder_record_one(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     if (lookup == NULL) {
         return NULL;
     }
+    untrack(lookup);
     int status;
     PyObject *last = shared_entry(self, args[0], time_ms);
     if (last != NULL && self->owned) { /* the commonest case at full rate: one append */
@@ -1221,6 +1271,21 @@ typedef enum { MODE_OPTIMIZED, MODE_DEBUG, MODE_NONE } Mode;
 /* Fields 3-6 longer than this (long flag names and labels) are written field by field. */
 enum { MIDDLE_MAX = 256, MIDDLES = 4 };
 
+/* Bytes kept ready (fields 3 to 6, 7, 9) are copied in whole chunks of this size, which the
+ * compiler inlines as two moves, rather than by a call to memcpy per part (three a lookup,
+ * which cost more than the copying). So their arrays hold a chunk more than they use, and
+ * an entry reserves a chunk more than it writes. */
+enum { COPY_CHUNK = 16 };
+
+static inline char *
+copy_chunks(char *at, const char *from, Py_ssize_t length)
+{
+    for (Py_ssize_t done = 0; done < length; done += COPY_CHUNK) {
+        memcpy(at + done, from + done, COPY_CHUNK);
+    }
+    return at + length;
+}
+
 typedef struct {
     PyTypeObject *observer_type;
     PyObject *version_name;
@@ -1228,18 +1293,24 @@ typedef struct {
     destructor class_dealloc; /* the tp_dealloc of every class a `class` statement makes */
 } State;
 
-/* encode_all: fields 3 to 6 of an impression (flag, treatment, label, change number) as
- * written, for the last few (flag, result) pairs encoded. Why: they depend on nothing else,
- * and a request (a batch for one flag) repeats a few of them lookup after lookup (a rollout's
- * two treatments); written once, each entry copies them in one go instead of converting and
- * writing four fields. The result is compared by identity (a Decision is immutable, and held
- * here so its address cannot be reused) and the flag by its text (requests decode names
- * anew). Replaced in turn when full. */
+/* What a (flag, result) pair gives every lookup that gets it, for the last few pairs seen:
+ * its share of the observer's key (the hashes of treatment, label and `change or 0`) and, in
+ * encode_all, fields 3 to 6 of its impressions (flag, treatment, label, change number) as
+ * written. Why: they depend on nothing else, and a request (a batch for one flag) repeats a
+ * few pairs lookup after lookup (a rollout's two treatments); worked out once, each lookup
+ * hashes only its key and each entry copies the four fields in one go. The result is
+ * compared by identity (a Decision is immutable, and held here so its address cannot be
+ * reused) and the flag by its text (requests decode names anew). Only plain strs and ints
+ * are remembered, whose hashes and truth cannot change. Replaced in turn when full. */
+enum { MIDDLE_UNWRITTEN = -1, MIDDLE_TOO_LONG = -2 };
+
 typedef struct {
     PyObject *flag;
     PyObject *result; /* NULL: an empty slot */
-    char bytes[MIDDLE_MAX];
-    Py_ssize_t length;
+    PyObject *change; /* the result's change number, `or 0` */
+    Py_hash_t lanes[3];
+    Py_ssize_t length; /* of `bytes`, or MIDDLE_UNWRITTEN, or MIDDLE_TOO_LONG */
+    char bytes[MIDDLE_MAX + COPY_CHUNK];
 } Middle;
 
 /* Everything one call works with. Object fields hold strong references. */
@@ -1268,6 +1339,12 @@ typedef struct {
     PyObject *version;
     Field version_field; /* encode_all: the version, ready to write */
     int version_unencodable;
+    /* encode_all: fields 7 (the request's time) and 9 (the version) as written; a time
+     * length of -1: not a plain int, converted lookup by lookup */
+    char time_bytes[COPY_CHUNK];
+    Py_ssize_t time_length;
+    char version_bytes[COPY_CHUNK];
+    Py_ssize_t version_length;
     PyObject *disabled; /* NULL: no flag of the snapshot has impressions disabled */
     Remembered last_flag;
 } Run;
@@ -1338,19 +1415,15 @@ use_snapshot(Run *run, PyObject *snap, PyObject *version_name)
         }
         run->version_unencodable = 1; /* each of its impressions is counted as unencodable */
     }
+    else if (run->tag != 0) {
+        run->version_length = put_field(run->version_bytes, 9, &run->version_field) -
+                              run->version_bytes;
+    }
     Py_INCREF(snap);
     Py_XSETREF(run->snap, snap);
     Py_XSETREF(run->version, version);
     Py_XSETREF(run->disabled, disabled);
     return 0;
-}
-
-/* Can hold no reference to anything: nothing reachable from it can lead back to it. */
-static int
-atomic(PyObject *value)
-{
-    return value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
-           PyBool_Check(value);
 }
 
 static int
@@ -1406,13 +1479,113 @@ unencodable(Run *run)
     return 0;
 }
 
+/* The slot of (flag, result), or NULL. */
+static Middle *
+middle_of(Run *run, PyObject *flag, PyObject *result)
+{
+    for (int i = 0; i < MIDDLES; i++) {
+        Middle *m = &run->middles[i];
+        if (m->result == result && same_str(m->flag, flag)) {
+            return m;
+        }
+    }
+    return NULL;
+}
+
+/* Takes the next slot for (flag, result) and sets *out to it, when its treatment, label and
+ * change number are plain strs, ints or None (*out NULL when not: their hashes and truth are
+ * then asked lookup by lookup, as the Python loop asked them). */
+static int
+remember_middle(Run *run, PyObject *flag, PyObject *result, Middle **out)
+{
+    PyObject *treatment = PyTuple_GET_ITEM(result, 0);
+    PyObject *label = PyTuple_GET_ITEM(result, 1);
+    PyObject *change = PyTuple_GET_ITEM(result, 3);
+    *out = NULL;
+    if (!PyUnicode_CheckExact(treatment) || (label != Py_None && !PyUnicode_CheckExact(label)) ||
+        (change != Py_None && !PyLong_CheckExact(change))) {
+        return 0;
+    }
+    int nonzero = change != Py_None && PyObject_IsTrue(change); /* a plain int: no error */
+    if (!nonzero) {
+        change = run->zero; /* `change or 0` */
+    }
+    Py_hash_t lanes[3] = {hash_of(treatment), hash_of(label), hash_of(change)};
+    if (lanes[0] == -1 || lanes[1] == -1 || lanes[2] == -1) {
+        return -1;
+    }
+    Middle *m = &run->middles[run->next_middle];
+    run->next_middle = (run->next_middle + 1) % MIDDLES;
+    /* the slot whole before what it held is let go */
+    PyObject *old[3] = {m->flag, m->result, m->change};
+    m->flag = Py_NewRef(flag);
+    m->result = Py_NewRef(result);
+    m->change = Py_NewRef(change);
+    memcpy(m->lanes, lanes, sizeof lanes);
+    m->length = MIDDLE_UNWRITTEN;
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(old[i]);
+    }
+    *out = m;
+    return 0;
+}
+
+/* Writes fields 3 to 6 into the slot's bytes (-1: one of them is unencodable, an error set). */
+static int
+write_middle(Middle *m, PyObject *const parts[7])
+{
+    Field fields[4];
+    if (string_field(parts[2], 0, "flag", &fields[0]) < 0 ||
+        string_field(parts[3], 0, "treatment", &fields[1]) < 0 ||
+        string_field(parts[4], 1, "label", &fields[2]) < 0 ||
+        int_field(parts[5], 1, 0, "change_number", &fields[3]) < 0) {
+        return -1;
+    }
+    Py_ssize_t length = 0;
+    for (int i = 0; i < 4; i++) {
+        length += field_size(&fields[i]);
+    }
+    if (length > MIDDLE_MAX) {
+        m->length = MIDDLE_TOO_LONG;
+        return 0;
+    }
+    char *at = m->bytes;
+    for (int i = 0; i < 4; i++) {
+        at = put_field(at, i + 3, &fields[i]);
+    }
+    m->length = length;
+    return 0;
+}
+
+/* An impression whose fields are converted one by one: its (flag, result) has no slot, or
+ * fields 3 to 6 too long for one, or its time is not a plain int. */
+static int
+encode_fields(Run *run, PyObject *const parts[7], Field fields[IMPRESSION_FIELDS],
+              int64_t previous_ms)
+{
+    if (string_field(parts[2], 0, "flag", &fields[2]) < 0 ||
+        string_field(parts[3], 0, "treatment", &fields[3]) < 0 ||
+        string_field(parts[4], 1, "label", &fields[4]) < 0 ||
+        int_field(parts[5], 1, 0, "change_number", &fields[5]) < 0 ||
+        int_field(parts[6], 0, 0, "time_ms", &fields[6]) < 0) {
+        return unencodable(run);
+    }
+    fields[7] = (Field){.text = NULL, .number = (uint64_t)previous_ms, .present = previous_ms != 0};
+    fields[8] = run->version_field;
+    if (write_entry(&run->out, run->tag, fields) < 0) {
+        return -1;
+    }
+    run->emitted++;
+    return 0;
+}
+
 /* encode_all's emit: the impression written as an entry straight from its parts, the bytes
  * encode_impressions writes for the Impression that process_all would have made. Why: no
  * Impression object to make, keep, walk in batches and free (debug mode makes one per
- * lookup, and those steps cost more than the lookup). `previous_ms` 0: none. */
+ * lookup, and those steps cost more than the lookup). `middle`: the slot of its (flag,
+ * result), or NULL; `previous_ms` 0: none. */
 static int
-encode_lookup(Run *run, PyObject *const parts[7], PyObject *result, long long time_ms,
-              int64_t previous_ms)
+encode_lookup(Run *run, PyObject *const parts[7], Middle *middle, int64_t previous_ms)
 {
     if (run->version_unencodable) {
         run->unencodable++;
@@ -1423,69 +1596,28 @@ encode_lookup(Run *run, PyObject *const parts[7], PyObject *result, long long ti
         string_field(parts[1], 1, "bucketing_key", &fields[1]) < 0) {
         return unencodable(run);
     }
-    Middle *middle = NULL;
-    for (int i = 0; i < MIDDLES; i++) {
-        Middle *m = &run->middles[i];
-        if (m->result == result && same_str(m->flag, parts[2])) {
-            middle = m;
-            break;
-        }
-    }
-    int reuse = middle != NULL;
-    if (!reuse) {
-        if (string_field(parts[2], 0, "flag", &fields[2]) < 0 ||
-            string_field(parts[3], 0, "treatment", &fields[3]) < 0 ||
-            string_field(parts[4], 1, "label", &fields[4]) < 0 ||
-            int_field(parts[5], 1, 0, "change_number", &fields[5]) < 0) {
-            return unencodable(run);
-        }
-        Py_ssize_t length = 0;
-        for (int i = 2; i < 6; i++) {
-            length += field_size(&fields[i]);
-        }
-        if (length <= MIDDLE_MAX) {
-            middle = &run->middles[run->next_middle];
-            run->next_middle = (run->next_middle + 1) % MIDDLES;
-            char *at = middle->bytes;
-            for (int i = 2; i < 6; i++) {
-                at = put_field(at, i + 1, &fields[i]);
-            }
-            middle->length = length;
-            Py_XSETREF(middle->flag, Py_NewRef(parts[2]));
-            Py_XSETREF(middle->result, Py_NewRef(result));
-            reuse = 1;
-        }
-    }
-    if (PyLong_CheckExact(parts[6])) { /* the request's time, already read as `time_ms` */
-        fields[6] = (Field){.text = NULL, .number = (uint64_t)time_ms, .present = time_ms != 0};
-    }
-    else if (int_field(parts[6], 0, 0, "time_ms", &fields[6]) < 0) {
+    if (middle != NULL && middle->length == MIDDLE_UNWRITTEN && write_middle(middle, parts) < 0) {
         return unencodable(run);
     }
-    fields[7] = (Field){.text = NULL, .number = (uint64_t)previous_ms, .present = previous_ms != 0};
-    fields[8] = run->version_field;
-    if (!reuse) {
-        if (write_entry(&run->out, run->tag, fields) < 0) {
-            return -1;
-        }
-        run->emitted++;
-        return 0;
+    if (middle == NULL || middle->length < 0 || run->time_length < 0) {
+        return encode_fields(run, parts, fields, previous_ms);
     }
+    Field previous = {.text = NULL, .number = (uint64_t)previous_ms, .present = previous_ms != 0};
     Py_ssize_t length = field_size(&fields[0]) + field_size(&fields[1]) + middle->length +
-                        field_size(&fields[6]) + field_size(&fields[7]) + field_size(&fields[8]);
+                        run->time_length + field_size(&previous) + run->version_length;
     Buffer *b = &run->out;
-    if (buffer_reserve(b, varint_size(run->tag) + varint_size((uint64_t)length) + length) < 0) {
+    Py_ssize_t room = varint_size(run->tag) + varint_size((uint64_t)length) + length;
+    if (buffer_reserve(b, room + COPY_CHUNK) < 0) {
         return -1;
     }
     char *at = put_varint(b->data + b->used, run->tag);
     at = put_varint(at, (uint64_t)length);
     at = put_field(at, 1, &fields[0]);
     at = put_field(at, 2, &fields[1]);
-    memcpy(at, middle->bytes, (size_t)middle->length);
-    at += middle->length;
-    at = put_field(at, 7, &fields[6]);
-    at = put_field(at, 8, &fields[7]);
-    at = put_field(at, 9, &fields[8]);
+    at = copy_chunks(at, middle->bytes, middle->length);
+    at = copy_chunks(at, run->time_bytes, run->time_length);
+    at = put_field(at, 8, &previous);
+    at = copy_chunks(at, run->version_bytes, run->version_length);
     b->used = at - b->data;
     run->emitted++;
     return 0;
@@ -1556,7 +1688,14 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
             return done == NULL ? -1 : 0;
         }
     }
-    if (change == Py_None) {
+    Middle *middle = middle_of(run, flag, result);
+    if (middle == NULL && remember_middle(run, flag, result, &middle) < 0) {
+        return -1;
+    }
+    if (middle != NULL) {
+        change = middle->change;
+    }
+    else if (change == Py_None) {
         change = run->zero; /* `change or 0` */
     }
     else {
@@ -1570,12 +1709,20 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     }
     /* hash((key, flag, treatment, label, change)), one item at a time: a str subclass's
      * __hash__ may raise, and no hash may be asked with an exception set */
-    PyObject *const items[FIELDS] = {key, flag, treatment, label, change};
-    Py_hash_t lanes[FIELDS];
-    for (int i = 0; i < FIELDS; i++) {
-        lanes[i] = i == 1 ? flag_hash : hash_of(items[i]);
-        if (lanes[i] == -1) {
-            return -1;
+    Py_hash_t lanes[FIELDS] = {hash_of(key), flag_hash};
+    if (lanes[0] == -1) {
+        return -1;
+    }
+    if (middle != NULL) {
+        memcpy(&lanes[2], middle->lanes, sizeof middle->lanes);
+    }
+    else {
+        PyObject *const items[FIELDS] = {key, flag, treatment, label, change};
+        for (int i = 2; i < FIELDS; i++) {
+            lanes[i] = hash_of(items[i]);
+            if (lanes[i] == -1) {
+                return -1;
+            }
         }
     }
     Py_hash_t hash = tuple_hash(lanes);
@@ -1595,7 +1742,7 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     }
     if (run->tag != 0) {
         PyObject *const parts[7] = {key, bucketing_key, flag, treatment, label, change, time_obj};
-        return encode_lookup(run, parts, result, time_ms, found ? previous_ms : 0);
+        return encode_lookup(run, parts, middle, found ? previous_ms : 0);
     }
     PyObject *previous = Py_None;
     if (found) {
@@ -1637,6 +1784,13 @@ request(Run *run, State *state, PyObject *item)
         return -1;
     }
     long long hour = time_ms - offset;
+    if (run->tag != 0) {
+        run->time_length = -1;
+        if (PyLong_CheckExact(time_obj)) {
+            Field time = {.text = NULL, .number = (uint64_t)time_ms, .present = time_ms != 0};
+            run->time_length = put_field(run->time_bytes, 7, &time) - run->time_bytes;
+        }
+    }
     if (use_snapshot(run, PyTuple_GET_ITEM(item, 0), state->version_name) < 0) {
         return -1;
     }
@@ -1743,6 +1897,7 @@ finish(Run *run)
     for (int i = 0; i < MIDDLES; i++) {
         Py_XDECREF(run->middles[i].flag);
         Py_XDECREF(run->middles[i].result);
+        Py_XDECREF(run->middles[i].change);
     }
     Py_XDECREF(run->zero);
     Py_XDECREF(run->snap);
