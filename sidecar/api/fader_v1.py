@@ -117,20 +117,23 @@ class Lookups:
         out as lookup tuples, their attributes built from the entries `AttributeEntries`
         remembers by their bytes. An item the reader cannot settle alone (a key or name out
         of bounds, an entry not remembered, too many attributes) is listed in `pending` and
-        goes through `_checked`, whose checks say what is wrong."""
+        goes through `_checked`, whose checks say what is wrong. Items past the limit are
+        read and counted, not kept: a request is refused for their number without holding
+        them all."""
         started = perf_counter()
         try:
-            read, pending = read_batch(
+            read, pending, items = read_batch(
                 data,
                 self._attribute_entries.known,
                 MAX_KEY_LENGTH,
                 MAX_NAME_LENGTH,
                 self._policy.max_attributes,
+                self._max_items,
             )
         except WireError as err:
             raise BadRequest(f"{UNDECODABLE}{err}") from None
         snap = self._evaluator.snapshot()
-        check_items(len(read), self._max_items, "items")
+        check_items(items, self._max_items, "items")
         try:
             for index in pending:  # in item order: the first refused item is the one named
                 read[index] = self._checked(index, *read[index])

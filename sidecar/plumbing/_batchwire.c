@@ -51,6 +51,10 @@ typedef struct {
 typedef struct {
     PyObject *known; /* dict: entry bytes -> (name, value) */
     Py_ssize_t max_key, max_name, max_attributes;
+    /* Items past max_items are read (the request must still decode) and counted, not kept:
+     * a 4 MiB request of 2 M empty items otherwise held 2 M lookups (~230 MB) only to be
+     * refused for their number. */
+    Py_ssize_t max_items, items;
     CachedFlag flags[FLAG_CACHE];
     int flag_count;
 } Reader;
@@ -354,12 +358,13 @@ static PyObject *lookup_of(Reader *reader, Item *item, int *pending) {
     return lookup;
 }
 
-/* One item: read, then appended as a lookup (and its index to `pending` if it needs Python). */
+/* One item: read, then appended as a lookup (and its index to `pending` if it needs Python),
+ * unless the request has more items than it may. */
 static int add_item(Reader *reader, const uint8_t *p, const uint8_t *end,
                     const uint8_t *data_end, int depth, PyObject *lookups, PyObject *pending) {
     Item item = {NULL, NULL, NULL, NULL};
     int status = read_item(reader, p, end, data_end, depth, &item);
-    if (status != READ_OK) {
+    if (status != READ_OK || ++reader->items > reader->max_items) {
         item_clear(&item);
         return status;
     }
@@ -423,9 +428,9 @@ static int as_limit(PyObject *value, Py_ssize_t *out) {
 
 static PyObject *read_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 5) {
+    if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
-                        "read_batch(data, known, max_key, max_name, max_attributes)");
+                        "read_batch(data, known, max_key, max_name, max_attributes, max_items)");
         return NULL;
     }
     if (!PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
@@ -434,7 +439,8 @@ static PyObject *read_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
     }
     Reader reader = {.known = args[1], .flag_count = 0};
     if (as_limit(args[2], &reader.max_key) < 0 || as_limit(args[3], &reader.max_name) < 0 ||
-        as_limit(args[4], &reader.max_attributes) < 0) {
+        as_limit(args[4], &reader.max_attributes) < 0 ||
+        as_limit(args[5], &reader.max_items) < 0) {
         return NULL;
     }
     PyObject *lookups = PyList_New(0);
@@ -445,7 +451,7 @@ static PyObject *read_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(args[0]);
         int status = read_request(&reader, p, p + PyBytes_GET_SIZE(args[0]), lookups, pending);
         if (status == READ_OK) {
-            result = PyTuple_Pack(2, lookups, pending);
+            result = Py_BuildValue("(OOn)", lookups, pending, reader.items);
         } else if (status == READ_CORRUPT) {
             PyErr_SetString(WireError, "Wire format was corrupt");
         } else if (status == READ_BAD_UTF8) {
@@ -663,10 +669,12 @@ static PyObject *join_entries(PyObject *module, PyObject *const *args, Py_ssize_
 
 static PyMethodDef methods[] = {
     {"read_batch", (PyCFunction)(void (*)(void))read_batch, METH_FASTCALL,
-     "read_batch(data, known, max_key, max_name, max_attributes) -> (lookups, pending)\n\n"
+     "read_batch(data, known, max_key, max_name, max_attributes, max_items)\n"
+     "    -> (lookups, pending, items)\n\n"
      "The lookups of an EvaluateBatchRequest's items; `pending` lists the items Python must\n"
-     "check (their attributes are then their entries' bytes). Raises WireError, with upb's\n"
-     "reason, for bytes that are not such a request."},
+     "check (their attributes are then their entries' bytes); `items` counts them all, and\n"
+     "only the first `max_items` are kept. Raises WireError, with upb's reason, for bytes\n"
+     "that are not such a request."},
     {"tally", (PyCFunction)(void (*)(void))tally, METH_FASTCALL,
      "tally(counts, answers) -> None\n\n"
      "counts[(flag, decision)] += 1 for each (key, bucketing_key, flag, decision) answer."},

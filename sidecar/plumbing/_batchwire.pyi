@@ -19,8 +19,9 @@ def read_batch(
     max_key: int,
     max_name: int,
     max_attributes: int,
+    max_items: int,
     /,
-) -> tuple[list[Read], list[int]]: ...
+) -> tuple[list[Read], list[int], int]: ...
 def tally(counts: dict[tuple[str, Decision], int], answers: Iterable[Answer], /) -> None: ...
 def join_entries(
     entries: dict[tuple[str, Decision], bytes],

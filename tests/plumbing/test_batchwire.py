@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import random
 import sys
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -92,12 +93,12 @@ def native_reading(data: bytes) -> list[Read] | str:
     """What the reader reads with nothing remembered and no limits: every item with entries
     is pending and carries them, as does every item with an empty key or flag."""
     try:
-        read, pending = read_batch(data, {}, UNLIMITED, UNLIMITED, UNLIMITED)
+        read, pending, items = read_batch(data, {}, UNLIMITED, UNLIMITED, UNLIMITED, UNLIMITED)
     except WireError as err:
         return f"{UNDECODABLE}{err}"
     expected = [i for i, (key, _, name, entries) in enumerate(read) if not key or not name]
     expected = sorted(set(expected) | {i for i, item in enumerate(read) if item[3] is not None})
-    assert pending == expected
+    assert pending == expected and items == len(read)
     return read  # type: ignore[return-value]  # no remembered entries: no dict
 
 
@@ -286,21 +287,41 @@ def test_edge_cases_read_as_upb_reads_them(data: bytes) -> None:
     assert_same_reading(data)
 
 
+def test_items_past_the_limit_are_counted_not_kept() -> None:
+    """A request with more items than allowed is refused for their number: the reader still
+    reads every item (one that does not decode is refused as such, first) but keeps only the
+    allowed ones, so 200,000 empty items cost the memory of three."""
+    one = delimited(1, delimited(1, b"k") + delimited(2, b"f"))
+    read, pending, items = read_batch(one * 5, {}, 9, 9, 9, 3)
+    assert (read, pending, items) == ([("k", None, "f", None)] * 3, [], 5)
+    with pytest.raises(WireError):
+        read_batch(one * 5 + delimited(1, delimited(1, b"\xff")), {}, 9, 9, 9, 3)
+    many = delimited(1, b"") * 200_000
+    tracemalloc.start()
+    try:
+        read, pending, items = read_batch(many, {}, 9, 9, 9, 3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (len(read), pending, items) == (3, [0, 1, 2], 200_000)
+    assert peak < 100_000, peak  # ~20 MB when every item was kept
+
+
 def test_the_reader_refuses_what_is_not_its_to_read() -> None:
     with pytest.raises(TypeError):
-        read_batch(bytearray(b""), {}, 1, 1, 1)  # type: ignore[arg-type]
+        read_batch(bytearray(b""), {}, 1, 1, 1, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        read_batch(b"", [], 1, 1, 1)  # type: ignore[arg-type]
+        read_batch(b"", [], 1, 1, 1, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         read_batch(b"")  # type: ignore[call-arg]
     with pytest.raises(OverflowError):
-        read_batch(b"", {}, 2**70, 1, 1)
+        read_batch(b"", {}, 2**70, 1, 1, 1)
     item = delimited(
         1, delimited(1, b"k") + delimited(2, b"f") + attribute_entry("a", pb.AttributeValue())
     )
     entry = attribute_entry("a", pb.AttributeValue())[2:]
     with pytest.raises(TypeError):
-        read_batch(item, {entry: "not a pair"}, 9, 9, 9)  # type: ignore[dict-item]
+        read_batch(item, {entry: "not a pair"}, 9, 9, 9, 9)  # type: ignore[dict-item]
 
 
 def test_remembered_entries_and_limits_decide_what_is_pending() -> None:
@@ -326,16 +347,16 @@ def test_remembered_entries_and_limits_decide_what_is_pending() -> None:
             item("k", [plan, free, plan]),  # one distinct name
         ]
     )
-    read, pending = read_batch(data, known, 5, 6, 1)
+    read, pending, _ = read_batch(data, known, 5, 6, 1, 9)
     assert pending == [2, 3, 4, 5]
     assert read[0] == ("k", None, "f", {"plan": "pro"})
     assert read[1] == ("é" * 5, None, "f", None)
     assert read[2] == ("k", None, "f", (plan, b"\x0a\x01x"))
     assert read[3] == ("k", "b" * 6, "f", None)
     assert read[6] == ("k", None, "f", {"plan": "pro"})
-    _, pending = read_batch(data, known, 5, 6, 0)  # too many attributes: Python refuses them
+    _, pending, _ = read_batch(data, known, 5, 6, 0, 9)  # too many attributes: Python refuses them
     assert pending == [0, 2, 3, 4, 5, 6]
-    shared, _ = read_batch(item("a", []) + item("b", []), {}, 5, 6, 1)
+    shared, _, _ = read_batch(item("a", []) + item("b", []), {}, 5, 6, 1, 9)
     assert shared[0][2] is shared[1][2]
 
 
@@ -538,11 +559,11 @@ def test_nothing_is_leaked_or_freed_early() -> None:
     objects = (name, value, entry, good, decision, flag_name, part)
 
     def run() -> None:
-        read_batch(good * 3, known, 9, 9, 9)
-        read_batch(good, {}, 9, 9, 9)  # pending: the entries' tuple
+        read_batch(good * 3, known, 9, 9, 9, 9)
+        read_batch(good, {}, 9, 9, 9, 9)  # pending: the entries' tuple
         for bad in (good * 2 + b"\x0a\x05", good + delimited(1, delimited(1, b"\xff"))):
             with pytest.raises(WireError):
-                read_batch(bad, known, 9, 9, 9)
+                read_batch(bad, known, 9, 9, 9, 9)
         tally({}, answers)
         join_entries({(flag_name, decision): part}, answers, lambda pair: part)
         with pytest.raises(TypeError):

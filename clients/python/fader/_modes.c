@@ -765,26 +765,29 @@ atomic(PyObject *value)
  * itself, but a lookup holds a Decision, a tuple subclass, which it never untracks (these
  * walks were ~3 % of a batched lookup's CPU time with impressions on). A lookup of strs and
  * None and a result of atomic items with no __dict__ can be in no reference cycle: it is
- * untracked here, and freed by its count as before. */
+ * untracked here, and freed by its count as before. `*plain`: the last result found plain
+ * (lookups share their flag's prebuilt results), or NULL; borrowed, compared only. */
 static void
-untrack(PyObject *lookup)
+untrack(PyObject *lookup, PyObject **plain)
 {
     if (!PyTuple_CheckExact(lookup) || PyTuple_GET_SIZE(lookup) != 4 ||
-        !PyObject_GC_IsTracked(lookup)) {
+        !atomic(PyTuple_GET_ITEM(lookup, 0)) || !atomic(PyTuple_GET_ITEM(lookup, 1)) ||
+        !atomic(PyTuple_GET_ITEM(lookup, 2))) {
         return;
     }
     PyObject *result = PyTuple_GET_ITEM(lookup, 3);
-    if (!atomic(PyTuple_GET_ITEM(lookup, 0)) || !atomic(PyTuple_GET_ITEM(lookup, 1)) ||
-        !atomic(PyTuple_GET_ITEM(lookup, 2)) || !PyTuple_Check(result) ||
-        Py_TYPE(result)->tp_dictoffset != 0) {
-        return;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(result); i++) {
-        if (!atomic(PyTuple_GET_ITEM(result, i))) {
+    if (result != *plain) {
+        if (!PyTuple_Check(result) || Py_TYPE(result)->tp_dictoffset != 0) {
             return;
         }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(result); i++) {
+            if (!atomic(PyTuple_GET_ITEM(result, i))) {
+                return;
+            }
+        }
+        *plain = result;
     }
-    PyObject_GC_UnTrack(lookup);
+    PyObject_GC_UnTrack(lookup); /* nothing if untracked already */
 }
 
 static PyObject *
@@ -816,8 +819,9 @@ Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (room > 0) {
+        PyObject *plain = NULL; /* the lookups are held by the list: their results live on */
         for (Py_ssize_t i = 0; i < count; i++) {
-            untrack(PyList_GET_ITEM(lookups, i));
+            untrack(PyList_GET_ITEM(lookups, i), &plain);
         }
     }
     Py_RETURN_NONE;
@@ -855,7 +859,8 @@ Recorder_record_one(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     if (lookup == NULL) {
         return NULL;
     }
-    untrack(lookup);
+    PyObject *plain = NULL;
+    untrack(lookup, &plain);
     int status;
     PyObject *last = shared_entry(self, args[0], time_ms);
     if (last != NULL && self->owned) { /* the commonest case at full rate: one append */
