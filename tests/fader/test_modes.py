@@ -369,6 +369,45 @@ def test_a_callback_that_shrinks_the_lookups_does_not_crash() -> None:
     assert (result, seen, made) == ((0, 0), ["u1"], [])
 
 
+def test_lookups_a_callback_replaces_are_read_as_they_are_now() -> None:
+    """The loop looks a few lookups ahead (their keys' hashes, their observer slots): when
+    add_key replaces the lookups after the one it was called for, the loop applies the new
+    ones, as the Python loop's `for` does. Each replaced lookup's key differs, so a hash
+    found ahead for the old one would file it under the wrong observer key."""
+    snap = snapshots()[0]
+    result = Decision("on", "rule", None, 7)
+
+    def requests() -> tuple[list[Any], Any]:
+        lookups: list[Any] = [("u1", None, "quiet", result)]  # quiet: impressions disabled
+        lookups += [(f"k{i}", None, "f", result) for i in range(40)]
+        lookups += [("u2", None, "quiet", result)]
+        lookups += [(f"k{i}", None, "f", result) for i in range(9)]
+
+        def add_key(name: str, key: str, time_ms: int) -> None:
+            for i, (old, *rest) in enumerate(lookups):
+                if old.startswith("k"):
+                    lookups[i] = (old.replace("k", "n"), *rest)
+            gc.collect()  # the replaced lookups are freed: their addresses may come back
+
+        return [(snap, T0, lookups)], add_key
+
+    for mode in (Mode.DEBUG, Mode.OPTIMIZED):
+        native = ImpressionModes(mode, 1_000)
+        native_requests, add_key = requests()
+        made: list[Impression] = []
+        _modes.process_all(
+            native_requests, mode.value, native._observer, native.counts, add_key,
+            native._disabled_in, Impression, made,
+        )  # fmt: skip
+        oracle = ImpressionModes(mode, 1_000)
+        oracle_requests, add_key = requests()
+        oracle.unique_keys.add = add_key  # type: ignore[method-assign]
+        observer = OracleObserver(1_000)
+        expected = oracle_process_all(oracle, observer, oracle_requests)
+        assert made == expected and {i.key for i in made} == {f"n{i}" for i in range(40)}
+        assert native._observer.generations() == (observer.young, observer.old)
+
+
 def test_nothing_the_requests_hold_is_leaked() -> None:
     """Every reference the loop takes is given back: after the state is dropped, the
     objects of the requests have the reference counts they had before."""
