@@ -408,6 +408,43 @@ def test_lookups_a_callback_replaces_are_read_as_they_are_now() -> None:
         assert native._observer.generations() == (observer.young, observer.old)
 
 
+def test_a_lookup_let_go_between_look_aheads_may_empty_the_list() -> None:
+    """Lookups looked at ahead are held until the loop is past them; letting them go may run
+    Python code (here a key's __del__ that empties the list being read): the loop reads the
+    list's size again after that, and stops. In a subprocess: the suite survives a crash."""
+    code = """if True:
+        from fader import _modes
+        from fader._modes import Observer
+
+        class Snap:
+            version = 3
+            flags = {}
+
+        lookups = []
+
+        class Dying(str):
+            def __del__(self):
+                lookups.clear()
+
+        result = ("on", "rule", None, 7)
+
+        def add_key(name, key, time_ms):
+            lookups[5] = ("u5", None, "f", result)  # the ahead holds the last Dying lookup
+
+        lookups += [("u0", None, "quiet", result)]
+        lookups += [(Dying("u") if i == 5 else f"u{i}", None, "f", result) for i in range(1, 40)]
+        made = []
+        _modes.process_all(
+            [(Snap(), 0, lookups)], "debug", Observer(100), {}, add_key,
+            lambda snap: frozenset({"quiet"}), tuple, made,
+        )
+        assert lookups == [] and len(made) == 15, (len(lookups), len(made))
+        print("stopped")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "stopped\n", "")
+
+
 def test_nothing_the_requests_hold_is_leaked() -> None:
     """Every reference the loop takes is given back: after the state is dropped, the
     objects of the requests have the reference counts they had before."""

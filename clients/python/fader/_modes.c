@@ -820,7 +820,7 @@ Recorder_record(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (room > 0) {
         PyObject *plain = NULL; /* the lookups are held by the list: their results live on */
-        for (Py_ssize_t i = 0; i < count; i++) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lookups); i++) {
             untrack(PyList_GET_ITEM(lookups, i), &plain);
         }
     }
@@ -1659,17 +1659,11 @@ ahead_clear(Ahead *ahead)
     ahead->count = 0;
 }
 
-/* The hash of a plain str as str computes it, or -1 for anything else. */
+/* The hash of a plain str (hash_of runs no Python code for one), or -1 for anything else. */
 static Py_hash_t
 plain_hash(PyObject *text)
 {
-    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_COMPACT(text)) {
-        return -1;
-    }
-    Py_hash_t cached = ((PyASCIIObject *)text)->hash;
-    return cached != -1 ? cached
-                        : _Py_HashBytes(PyUnicode_DATA(text),
-                                        PyUnicode_GET_LENGTH(text) * PyUnicode_KIND(text));
+    return PyUnicode_CheckExact(text) && PyUnicode_IS_COMPACT(text) ? hash_of(text) : -1;
 }
 
 /* A flag's hash when it costs nothing: cached in it, or that of the last flag if it is the
@@ -1696,11 +1690,11 @@ prefetch_slot(const Generation *g, int64_t digest)
     }
 }
 
-/* Looks at lookups[from:from + AHEAD]: nothing here runs Python code or changes the state. */
+/* Looks at lookups[from:from + AHEAD] into an empty `ahead`: nothing here runs Python code
+ * or changes the state. */
 static void
 look_ahead(Run *run, PyObject *lookups, Py_ssize_t from, Ahead *ahead)
 {
-    ahead_clear(ahead);
     if (run->mode == MODE_NONE) {
         return;
     }
@@ -1815,8 +1809,11 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     }
     /* hash((key, flag, treatment, label, change)), one item at a time: a str subclass's
      * __hash__ may raise, and no hash may be asked with an exception set */
-    Py_hash_t hash = known->digest;
-    if (!known->known) {
+    Py_hash_t hash;
+    if (known->known) {
+        hash = known->digest;
+    }
+    else {
         Py_hash_t lanes[FIELDS] = {known->key_hash != -1 ? known->key_hash : hash_of(key),
                                    flag_hash};
         if (lanes[0] == -1) {
@@ -1913,11 +1910,17 @@ request(Run *run, State *state, PyObject *item)
     static const Known unknown = {.key_hash = -1, .known = 0};
     Ahead ahead = {.count = 0};
     int status = 0;
-    Py_ssize_t at = AHEAD;
-    for (Py_ssize_t i = 0; status == 0 && i < PySequence_Fast_GET_SIZE(lookups); i++, at++) {
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; status == 0; i++, at++) {
         if (at == AHEAD) {
-            look_ahead(run, lookups, i, &ahead);
+            ahead_clear(&ahead); /* may free lookups a callback replaced: Python code */
             at = 0;
+        }
+        if (i >= PySequence_Fast_GET_SIZE(lookups)) {
+            break;
+        }
+        if (at == 0) {
+            look_ahead(run, lookups, i, &ahead);
         }
         PyObject *answer = Py_NewRef(PySequence_Fast_GET_ITEM(lookups, i));
         /* what was found ahead, if it is still the same lookup there (held: its address is
