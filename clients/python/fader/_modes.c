@@ -1230,6 +1230,21 @@ write_entry(Buffer *b, uint64_t tag, const Field fields[IMPRESSION_FIELDS])
     return 0;
 }
 
+/* Fields 3 to 6 (flag, treatment, label, change number) from an impression's values in the
+ * tuple's order (items 2 to 5), into `out[0..3]`; -1, an error set, for one the encoder
+ * refuses. */
+static int
+middle_fields(PyObject *const *items, Field out[4])
+{
+    if (string_field(items[2], 0, "flag", &out[0]) < 0 ||
+        string_field(items[3], 0, "treatment", &out[1]) < 0 ||
+        string_field(items[4], 1, "label", &out[2]) < 0 ||
+        int_field(items[5], 1, 0, "change_number", &out[3]) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 /* Appends one Impression tuple as an entry of the repeated field `tag`. */
 static int
 encode_one(Buffer *b, uint64_t tag, PyObject *impression)
@@ -1243,10 +1258,7 @@ encode_one(Buffer *b, uint64_t tag, PyObject *impression)
     Field fields[IMPRESSION_FIELDS];
     if (string_field(items[0], 0, "key", &fields[0]) < 0 ||
         string_field(items[1], 1, "bucketing_key", &fields[1]) < 0 ||
-        string_field(items[2], 0, "flag", &fields[2]) < 0 ||
-        string_field(items[3], 0, "treatment", &fields[3]) < 0 ||
-        string_field(items[4], 1, "label", &fields[4]) < 0 ||
-        int_field(items[5], 1, 0, "change_number", &fields[5]) < 0 ||
+        middle_fields(items, &fields[2]) < 0 ||
         int_field(items[6], 0, 0, "time_ms", &fields[6]) < 0 ||
         int_field(items[7], 1, 0, "previous_time_ms", &fields[7]) < 0 ||
         int_field(items[8], 1, 1, "snapshot_version", &fields[8]) < 0) {
@@ -1540,10 +1552,7 @@ static int
 write_middle(Middle *m, PyObject *const parts[7])
 {
     Field fields[4];
-    if (string_field(parts[2], 0, "flag", &fields[0]) < 0 ||
-        string_field(parts[3], 0, "treatment", &fields[1]) < 0 ||
-        string_field(parts[4], 1, "label", &fields[2]) < 0 ||
-        int_field(parts[5], 1, 0, "change_number", &fields[3]) < 0) {
+    if (middle_fields(parts, fields) < 0) {
         return -1;
     }
     Py_ssize_t length = 0;
@@ -1568,10 +1577,7 @@ static int
 encode_fields(Run *run, PyObject *const parts[7], Field fields[IMPRESSION_FIELDS],
               int64_t previous_ms)
 {
-    if (string_field(parts[2], 0, "flag", &fields[2]) < 0 ||
-        string_field(parts[3], 0, "treatment", &fields[3]) < 0 ||
-        string_field(parts[4], 1, "label", &fields[4]) < 0 ||
-        int_field(parts[5], 1, 0, "change_number", &fields[5]) < 0 ||
+    if (middle_fields(parts, &fields[2]) < 0 ||
         int_field(parts[6], 0, 0, "time_ms", &fields[6]) < 0) {
         return unencodable(run);
     }
