@@ -369,9 +369,10 @@ async def count_instructions(workdir: Path) -> dict[tuple[str, str], Counted]:
                     idle_per_second=rate,
                 )
                 counted[workload, mode] = cell
+                idling = f"{cell.idle_per_second:>9,.0f}/s idle over {busy_seconds:.1f} s"
                 print(
                     f"{workload:18} {mode:9} {cell.raw:>10,.0f} instructions/lookup, "
-                    f"{cell.net:>8,.0f} net of {rate:>9,.0f}/s idle over {busy_seconds:.1f} s"
+                    f"{cell.net:>8,.0f} net of {idling}"
                 )
     finally:
         await grpc_server.stop(0)
