@@ -11,8 +11,10 @@ the collector's own cost is not the sidecar's). This process is the load generat
 uvloop, closed loop: GetTreatment at 8 calls in flight, EvaluateBatch of 100 lookups at 8 in
 flight, and the fast lane at 64 in flight. Every request uses a new key from a pool of 50,000
 (so ``optimized`` sends each key's first impression and counts the rest, as in production
-with returning users). Each round starts three fresh server processes and measures the modes
-in rotating order; each cell reports its median round. The summary gives two ratios per
+with returning users). Each round starts three fresh server processes and measures every
+workload in ``--windows`` windows per mode (5 by default), the modes taking turns, so that a
+drift in the machine's speed falls on the three alike; a cell sums its windows, and reports
+its median round. The summary gives two ratios per
 mode: lookups/s, and the server's CPU time per lookup (user + system, from /proc) off ÷ on,
 the throughput ratio of a CPU-bound server, which the machine's load moves much less.
 
@@ -203,21 +205,49 @@ IN_FLIGHT = {"GetTreatment N=8": 8, "EvaluateBatch N=8": 8, "fast lane N=64": 64
 LOOKUPS_PER_CALL = {"GetTreatment N=8": 1, "EvaluateBatch N=8": BATCH, "fast lane N=64": 1}
 
 
-async def measure(
-    server: Server, workload: str, call: Callable[[], Awaitable[Any]], args: argparse.Namespace
-) -> Cell:
+# Each cell's --seconds are measured in this many windows, taken in turn with the other
+# modes' (off, optimized, debug, then optimized, debug, off, ...): the machine's speed drifts
+# over tens of seconds here (other jobs share it), and a mode measured in one stretch of 3 s
+# carried that drift into its ratio to the others.
+WINDOWS = 5
+# Calls kept going before each window after a cell's first (which takes --warmup): the
+# server was busy a moment ago, only the in-flight calls need to start again.
+WINDOW_WARMUP = 0.1
+
+
+@dataclass
+class Tally:
+    """What a cell's windows measured, summed."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def cell(self, workload: str, mode: str) -> Cell:
+        lookups = self.calls * LOOKUPS_PER_CALL[workload]
+        return Cell(
+            workload,
+            mode,
+            round(self.calls / self.seconds, 1),
+            round(lookups / self.seconds, 1),
+            round(self.cpu_seconds / max(lookups, 1) * 1e6, 2),
+        )
+
+
+async def measure_window(
+    server: Server,
+    workload: str,
+    call: Callable[[], Awaitable[Any]],
+    warmup: float,
+    seconds: float,
+    tally: Tally,
+) -> None:
     latencies, elapsed, cpu = await processes.closed_loop(
-        call, IN_FLIGHT[workload], args.warmup, args.seconds, server.cpu_seconds
+        call, IN_FLIGHT[workload], warmup, seconds, server.cpu_seconds
     )
-    calls = len(latencies)
-    lookups = calls * LOOKUPS_PER_CALL[workload]
-    return Cell(
-        workload,
-        server.mode,
-        round(calls / elapsed, 1),
-        round(lookups / elapsed, 1),
-        round(cpu / max(lookups, 1) * 1e6, 2),
-    )
+    tally.calls += len(latencies)
+    tally.seconds += elapsed
+    tally.cpu_seconds += cpu
 
 
 async def run_all(
@@ -258,16 +288,26 @@ async def run_round(
     rounds: dict[tuple[str, str], list[Cell]],
 ) -> None:
     """One round on three fresh server processes, so that one process's luck (its memory
-    layout, which core it lands on) does not decide a mode's median."""
+    layout, which core it lands on) does not decide a mode's median. Each workload is
+    measured in `args.windows` windows per mode, the modes taking turns."""
     servers = {mode: Server(mode, workdir, collector) for mode in MODES}
     clients = {mode: workloads(workdir, mode) for mode in MODES}
     try:
-        order = MODES[number % 3 :] + MODES[: number % 3]
         for workload in IN_FLIGHT:
-            for mode in order:
-                call = clients[mode][0][workload]
-                cell = await measure(servers[mode], workload, call, args)
-                rounds.setdefault((workload, mode), []).append(cell)
+            tallies = {mode: Tally() for mode in MODES}
+            for window in range(args.windows):
+                turn = (number + window) % 3
+                for mode in MODES[turn:] + MODES[:turn]:
+                    await measure_window(
+                        servers[mode],
+                        workload,
+                        clients[mode][0][workload],
+                        args.warmup if window == 0 else WINDOW_WARMUP,
+                        args.seconds / args.windows,
+                        tallies[mode],
+                    )
+            for mode, tally in tallies.items():
+                rounds.setdefault((workload, mode), []).append(tally.cell(workload, mode))
     finally:
         for _, close in clients.values():
             await close()
@@ -438,11 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument(
+        "--windows", type=int, default=WINDOWS, help="windows per cell, modes taking turns"
+    )
+    parser.add_argument(
         "--instructions", action="store_true", help="count server instructions (valgrind)"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds = 1, 1.0
+        args.rounds, args.seconds, args.windows = 1, 1.0, 1
     workdir = Path(tempfile.mkdtemp(prefix="fader-imp-bench-"))
     try:
         if args.instructions:

@@ -18,6 +18,7 @@ from fader.rules.result import Decision
 from fader.snapshot.loader import build_snapshot
 
 from sidecar.plumbing.backoff import Backoff
+from sidecar.telemetry import pipeline as pipeline_module
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Mode, now_ms
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
@@ -352,5 +353,42 @@ def test_one_unencodable_record_is_set_aside_alone(tmp_path: Path, spooled: bool
         await pipe.close(1.0)
         await server.stop(0)
         collector.arrivals.assert_each_batch_once()
+
+    run(scenario)
+
+
+def test_the_process_task_wakes_often_only_under_load() -> None:
+    """Recorded lookups are processed every BUSY_SECONDS while a turn finds at least
+    BUSY_LOOKUPS waiting (read back 50 ms later they were out of the CPU's caches, and cost
+    a batched lookup more than its impression did); otherwise the next pause is
+    IDLE_SECONDS, so an idle or lightly used sidecar wakes 20 times a second, not 200."""
+
+    async def scenario() -> None:
+        collector = ScriptedCollector()
+        server, port = await serve(collector)
+        pipe = pipeline(port, batch_records=100_000)
+        pauses: list[float] = []
+        turns = asyncio.Queue[None]()
+
+        async def recorded_sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            turns.put_nowait(None)
+            await asyncio.sleep(0.001)
+
+        pipe._sleep = recorded_sleep
+        await pipe.start()
+        busy = pipeline_module.BUSY_LOOKUPS
+        # lookups waiting as each turn begins: none, too few, enough (three times), none
+        for waiting in (0, 0, busy - 1, busy, busy, busy, 0, 0):
+            await turns.get()
+            record(pipe, [f"u{n}" for n in range(waiting)])
+        await turns.get()
+        await pipe.close(1.0)
+        await server.stop(0)
+        fast, slow = pipeline_module.BUSY_SECONDS, pipeline_module.IDLE_SECONDS
+        assert fast < slow
+        # a pause is chosen as a turn begins: by what waited when the previous pause ended
+        assert pauses[:9] == [slow] * 4 + [fast] * 3 + [slow] * 2, pauses
+        assert pipe.recorder.size == 0
 
     run(scenario)
