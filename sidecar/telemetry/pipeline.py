@@ -61,12 +61,12 @@ log = logging.getLogger(__name__)
 # lookups are turned into impressions while still in the CPU's caches: 5 ms is ~1,500
 # batched lookups at 300,000 a second, a few hundred KB. After 50 ms they were megabytes,
 # out of L2: reading them back, and the memory they held meanwhile, cost a batched lookup
-# three times as much as at 5 ms (perf: benchmarks/RESULTS.md). Otherwise 50 ms, so that
-# an idle or lightly used sidecar wakes 20 times a second: fewer than `BUSY_LOOKUPS`
-# waiting after a long pause (10,000 lookups a second) fit in the caches anyway.
+# three times as much as at 5 ms (perf: benchmarks/RESULTS.md). "Under load" is lookups
+# arriving at `BUSY_RATE` a second or more over the last pause; below that, 50 ms of them
+# fit in the caches anyway, and an idle or lightly used sidecar wakes 20 times a second.
 BUSY_SECONDS = 0.005
 IDLE_SECONDS = 0.05
-BUSY_LOOKUPS = 500
+BUSY_RATE = 10_000
 # Lookups turned into impressions before the loop is offered to requests again (~2 ms).
 CHUNK = 1_000
 UPLOAD_BACKOFF = Backoff(initial=0.5, maximum=30.0)
@@ -230,7 +230,8 @@ class Pipeline:
         pause = IDLE_SECONDS
         while True:
             await self._sleep(pause)
-            pause = BUSY_SECONDS if self.recorder.size >= BUSY_LOOKUPS else IDLE_SECONDS
+            busy = self.recorder.size >= BUSY_RATE * pause
+            pause = BUSY_SECONDS if busy else IDLE_SECONDS
             try:
                 await self._drain_recorder_async()
                 if time.monotonic() - self._last_flush >= self.settings.flush_interval:

@@ -358,10 +358,11 @@ def test_one_unencodable_record_is_set_aside_alone(tmp_path: Path, spooled: bool
 
 
 def test_the_process_task_wakes_often_only_under_load() -> None:
-    """Recorded lookups are processed every BUSY_SECONDS while a turn finds at least
-    BUSY_LOOKUPS waiting (read back 50 ms later they were out of the CPU's caches, and cost
-    a batched lookup more than its impression did); otherwise the next pause is
-    IDLE_SECONDS, so an idle or lightly used sidecar wakes 20 times a second, not 200."""
+    """Recorded lookups are processed every BUSY_SECONDS while they arrive at BUSY_RATE a
+    second or more (read back 50 ms later they were out of the CPU's caches, and cost a
+    batched lookup more than at 5 ms); below that rate the next pause is IDLE_SECONDS, so
+    an idle or lightly used sidecar wakes 20 times a second, not 200. The rate is judged
+    over the pause just ended, so a load does not flip the cadence at every turn."""
 
     async def scenario() -> None:
         collector = ScriptedCollector()
@@ -377,16 +378,27 @@ def test_the_process_task_wakes_often_only_under_load() -> None:
 
         pipe._sleep = recorded_sleep
         await pipe.start()
-        busy = pipeline_module.BUSY_LOOKUPS
-        # lookups waiting as each turn begins: none, too few, enough (three times), none
-        for waiting in (0, 0, busy - 1, busy, busy, busy, 0, 0):
+        fast, slow = pipeline_module.BUSY_SECONDS, pipeline_module.IDLE_SECONDS
+        after_slow = round(pipeline_module.BUSY_RATE * slow)
+        after_fast = round(pipeline_module.BUSY_RATE * fast)
+        assert after_fast < after_slow
+        # lookups recorded during each pause: none, too few, enough, enough for a short
+        # pause (twice), too few for a short pause, none
+        for waiting in (
+            0,
+            0,
+            after_slow - 1,
+            after_slow,
+            after_fast,
+            after_fast,
+            after_fast - 1,
+            0,
+        ):
             await turns.get()
             record(pipe, [f"u{n}" for n in range(waiting)])
         await turns.get()
         await pipe.close(1.0)
         await server.stop(0)
-        fast, slow = pipeline_module.BUSY_SECONDS, pipeline_module.IDLE_SECONDS
-        assert fast < slow
         # a pause is chosen as a turn begins: by what waited when the previous pause ended
         assert pauses[:9] == [slow] * 4 + [fast] * 3 + [slow] * 2, pauses
         assert pipe.recorder.size == 0
