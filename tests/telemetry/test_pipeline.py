@@ -382,8 +382,8 @@ def test_the_process_task_wakes_often_only_under_load() -> None:
         after_slow = round(pipeline_module.BUSY_RATE * slow)
         after_fast = round(pipeline_module.BUSY_RATE * fast)
         assert after_fast < after_slow
-        # lookups recorded during each pause: none, too few, enough, enough for a short
-        # pause (twice), too few for a short pause, none
+        # lookups recorded during each pause: none (twice), too few, enough, enough for a
+        # short pause (twice), too few for a short pause, none
         for waiting in (
             0,
             0,
