@@ -825,6 +825,28 @@ def test_a_subclass_is_asked_its_hash_at_every_lookup_as_the_python_loop_asked()
     assert Counted.calls == 5
 
 
+class Untruthful(int):
+    """A change number whose truth cannot be told."""
+
+    def __bool__(self) -> bool:
+        raise ArithmeticError("no truth here")
+
+
+@pytest.mark.parametrize("encode", [False, True], ids=["objects", "entries"])
+def test_a_change_number_whose_truth_raises_raises_from_both_loops(encode: bool) -> None:
+    """`change or 0` asks the change number's __bool__, as the Python loop did, and its
+    error reaches the caller (an error lost there would leave an exception set behind a
+    result that says all went well)."""
+    lookups: list[Answer] = [("u1", None, "f", Decision("on", "r", None, Untruthful(7)))]
+    requests: list[Pending] = [(snapshots()[0], T0, lookups)]
+    modes = ImpressionModes(Mode.DEBUG, 100)
+    with pytest.raises(ArithmeticError, match="no truth here"):
+        if encode:
+            modes.encode_all(requests, UPLOAD_IMPRESSIONS)
+        else:
+            modes.process_all(requests)
+
+
 # -- the recorder -------------------------------------------------------------------------------
 
 

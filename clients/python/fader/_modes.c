@@ -1496,6 +1496,19 @@ unencodable(Run *run)
     return 0;
 }
 
+/* `change or 0` into *out (borrowed), as the observer's key holds it; -1 (an error set) if
+ * an odd value's __bool__ raises. */
+static int
+change_or_zero(Run *run, PyObject *change, PyObject **out)
+{
+    int nonzero = change == Py_None ? 0 : PyObject_IsTrue(change);
+    if (nonzero < 0) {
+        return -1;
+    }
+    *out = nonzero ? change : run->zero;
+    return 0;
+}
+
 /* The slot of (flag, result), or NULL. */
 static Middle *
 middle_of(Run *run, PyObject *flag, PyObject *result)
@@ -1523,9 +1536,8 @@ remember_middle(Run *run, PyObject *flag, PyObject *result, Middle **out)
         (change != Py_None && !PyLong_CheckExact(change))) {
         return 0;
     }
-    int nonzero = change != Py_None && PyObject_IsTrue(change); /* a plain int: no error */
-    if (!nonzero) {
-        change = run->zero; /* `change or 0` */
+    if (change_or_zero(run, change, &change) < 0) { /* a plain int: it cannot fail */
+        return -1;
     }
     Py_hash_t lanes[3] = {hash_of(treatment), hash_of(label), hash_of(change)};
     if (lanes[0] == -1 || lanes[1] == -1 || lanes[2] == -1) {
@@ -1801,17 +1813,8 @@ lookup(Run *run, State *state, PyObject *answer, PyObject *time_obj, long long t
     if (middle != NULL) {
         change = middle->change;
     }
-    else if (change == Py_None) {
-        change = run->zero; /* `change or 0` */
-    }
-    else {
-        int nonzero = PyObject_IsTrue(change);
-        if (nonzero < 0) {
-            return -1;
-        }
-        if (!nonzero) {
-            change = run->zero;
-        }
+    else if (change_or_zero(run, change, &change) < 0) {
+        return -1;
     }
     /* hash((key, flag, treatment, label, change)), one item at a time: a str subclass's
      * __hash__ may raise, and no hash may be asked with an exception set */
