@@ -14,10 +14,12 @@ flight, and the fast lane at 64 in flight. Every request uses a new key from a p
 (so ``optimized`` sends each key's first impression and counts the rest, as in production
 with returning users). Each round starts three fresh server processes and measures every
 workload in ``--windows`` windows per mode (5 by default), the modes taking turns, so that a
-drift in the machine's speed falls on the three alike; a cell sums its windows, and reports
-its median round. The summary gives two ratios per mode: lookups/s, and the server's CPU
-time per lookup (user + system, from /proc) off ÷ on, the throughput ratio of a CPU-bound
-server, which the machine's load moves much less.
+drift in the machine's speed falls on the three alike; a cell sums its windows, and a line
+per cell gives its median round. The summary gives two ratios per mode, each round's taken
+against the `off` of the same round (measured in the same turns), then their median and
+range over the rounds: lookups/s on ÷ off, and the server's CPU time per lookup (user +
+system, from /proc) off ÷ on, the throughput ratio of a CPU-bound server, which the
+machine's load moves much less.
 
 ``--instructions`` counts instead of timing (needs valgrind; about 2 minutes): each server
 runs under callgrind with counting off, takes warm-up calls (every key of a pool of 1,000
@@ -285,9 +287,42 @@ async def measure_window(
     tally.cpu_seconds += cpu
 
 
-async def run_all(
-    args: argparse.Namespace, workdir: Path
-) -> tuple[list[Cell], dict[str, int], dict[tuple[str, str], float]]:
+@dataclass(frozen=True)
+class Paired:
+    """A mode against `off` over the rounds: each round's ratio taken on its own (the two
+    were measured in the same windows' turns), then their median and range."""
+
+    median: float
+    low: float
+    high: float
+
+    @staticmethod
+    def of(ratios: list[float]) -> Paired:
+        ordered = sorted(ratios)
+        return Paired(ordered[len(ordered) // 2], ordered[0], ordered[-1])
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ({self.low:.2f}-{self.high:.2f})"
+
+
+def paired(
+    rounds: dict[tuple[str, str], list[Cell]], workload: str, mode: str
+) -> tuple[Paired, Paired, float]:
+    """Lookups/s on ÷ off, server CPU per lookup off ÷ on, and the median extra CPU (µs) a
+    lookup costs with `mode` on, each from the rounds' pairs."""
+    pairs = list(zip(rounds[workload, "off"], rounds[workload, mode], strict=True))
+    lookups = [on.lookups_per_s / max(off.lookups_per_s, 1e-9) for off, on in pairs]
+    cpu = [
+        off.server_cpu_us_per_lookup / max(on.server_cpu_us_per_lookup, 1e-9) for off, on in pairs
+    ]
+    extra = sorted(on.server_cpu_us_per_lookup - off.server_cpu_us_per_lookup for off, on in pairs)
+    return Paired.of(lookups), Paired.of(cpu), extra[len(extra) // 2]
+
+
+Ratios = dict[tuple[str, str], tuple[Paired, Paired, float]]
+
+
+async def run_all(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, int], Ratios]:
     collector, grpc_server, address = await start_collector()
     rounds: dict[tuple[str, str], list[Cell]] = {}
     try:
@@ -296,20 +331,14 @@ async def run_all(
     finally:
         await grpc_server.stop(0)
     collector.settle()
-    cells = []
-    cpu_ratios = {}
+    ratios: Ratios = {}
     for workload in IN_FLIGHT:
         for mode in MODES:
             measured = sorted(rounds[workload, mode], key=lambda c: c.lookups_per_s)
-            median = measured[len(measured) // 2]
-            print(format_cell(median), flush=True)
-            cells.append(median)
-            paired = sorted(
-                off.server_cpu_us_per_lookup / max(on.server_cpu_us_per_lookup, 1e-9)
-                for off, on in zip(rounds[workload, "off"], rounds[workload, mode], strict=True)
-            )
-            cpu_ratios[workload, mode] = paired[len(paired) // 2]
-    return cells, collector.impressions, cpu_ratios
+            print(format_cell(measured[len(measured) // 2]), flush=True)
+            if mode != "off":
+                ratios[workload, mode] = paired(rounds, workload, mode)
+    return collector.impressions, ratios
 
 
 async def run_round(
@@ -345,8 +374,9 @@ async def run_round(
     finally:
         for _, close in clients.values():
             await close()
-        for server in servers.values():
-            server.stop()
+        # in threads: the collector, on this loop, must still answer a server that is
+        # sending its last batch while another one exits
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers.values()))
 
 
 def format_cell(c: Cell) -> str:
@@ -356,23 +386,19 @@ def format_cell(c: Cell) -> str:
     )
 
 
-def summary(
-    cells: list[Cell], received: dict[str, int], cpu_ratios: dict[tuple[str, str], float]
-) -> list[str]:
-    index = {(c.workload, c.mode): c for c in cells}
-    lines = ["", "lookups/s with impressions ÷ off (target: overhead < 10 %, ratio > 0.90):"]
+def summary(received: dict[str, int], ratios: Ratios) -> list[str]:
+    lines = [
+        "",
+        "with impressions on, against off: the median of the rounds' paired ratios (their range)",
+        "target: overhead < 10 %, ratio > 0.90",
+    ]
     for workload in IN_FLIGHT:
-        off = index[(workload, "off")]
-        parts = []
+        lines.append(f"  {workload}")
         for mode in ("optimized", "debug"):
-            cell = index[(workload, mode)]
-            cpu = cell.server_cpu_us_per_lookup - off.server_cpu_us_per_lookup
-            parts.append(f"{mode} {cell.lookups_per_s / off.lookups_per_s:.2f} (+{cpu:.2f} µs CPU)")
-        lines.append(f"  {workload:18} " + "   ".join(parts))
-    lines.append("server CPU per lookup, off ÷ on (median of the rounds' paired ratios):")
-    for workload in IN_FLIGHT:
-        parts = [f"{mode} {cpu_ratios[workload, mode]:.2f}" for mode in ("optimized", "debug")]
-        lines.append(f"  {workload:18} " + "   ".join(parts))
+            lookups, cpu, extra = ratios[workload, mode]
+            lines.append(
+                f"    {mode:9}  lookups/s {lookups}   server CPU per lookup {cpu}, {extra:+.2f} µs"
+            )
     lines.append(
         "impressions received by the collector: "
         + ", ".join(f"{mode} {count:,}" for mode, count in sorted(received.items()))
@@ -520,10 +546,10 @@ def main(argv: list[str] | None = None) -> int:
             counted = uvloop.run(count_instructions(workdir))
             print("\n".join(instruction_summary(counted)))
             return 0
-        cells, received, cpu_ratios = uvloop.run(run_all(args, workdir))
+        received, ratios = uvloop.run(run_all(args, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print("\n".join(summary(cells, received, cpu_ratios)))
+    print("\n".join(summary(received, ratios)))
     return 0
 
 
