@@ -4,10 +4,15 @@ Lookups answered in process are recorded as the sidecar records its own (`fader.
 here the impressions mode the sidecar announced is applied to them with the sidecar's own
 code (`fader.impressions.ImpressionModes`: optimized, debug or none, the same observer), and
 what an upload would carry (impressions, counts per flag and hour, unique keys) is cut into
-batches of at most `BATCH_RECORDS` records, each with an id that stays the same across
+batches of at most `BATCH_RECORDS` impressions, each with an id that stays the same across
 retries. Batches wait in `queue` until the sidecar has them; at most `max_records` records
 wait, and past that the oldest batch is dropped and counted (the sidecar has been gone for
 long, and memory must stay bounded).
+
+Impressions are written as wire bytes when they are made (`ImpressionModes.encode_all`, in
+C), and a batch is the RecordExposuresRequest's bytes: in debug mode (an impression per
+lookup) an Impression object, then a protobuf message, per impression cost the application
+more than the lookup itself.
 """
 
 from __future__ import annotations
@@ -15,15 +20,25 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
-from fader.impressions import Impression, ImpressionModes, Mode, Pending, add_messages
+from fader.impressions import ImpressionModes, Mode, Pending
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 log = logging.getLogger("fader")
 
 BATCH_RECORDS = 5_000
 MAX_QUEUED_RECORDS = 200_000
+# the repeated Impression field the entries are written as
+IMPRESSIONS_FIELD = pb.RecordExposuresRequest.IMPRESSIONS_FIELD_NUMBER
+
+
+class Batch(NamedTuple):
+    """One RecordExposuresRequest, as the bytes sent, and how many records it holds."""
+
+    data: bytes
+    records: int
 
 
 class ExposureBuffer:
@@ -32,12 +47,15 @@ class ExposureBuffer:
     def __init__(self, client_id: str, max_records: int = MAX_QUEUED_RECORDS) -> None:
         self.client_id = client_id
         self.max_records = max_records
-        self.queue: deque[pb.RecordExposuresRequest] = deque()
+        self.queue: deque[Batch] = deque()
         self.queued_records = 0
         self.sent_records = 0
         self.dropped_records = 0
         self._modes: ImpressionModes | None = None
-        self._impressions: list[Impression] = []
+        # impressions made and not yet sealed: (wire entries, how many), at most
+        # BATCH_RECORDS in each
+        self._entries: list[tuple[bytes, int]] = []
+        self._open = 0
 
     @property
     def mode(self) -> str:
@@ -52,68 +70,73 @@ class ExposureBuffer:
         self._modes = ImpressionModes(Mode(mode), observer_size) if mode else None
 
     def process(self, requests: Iterable[Pending]) -> None:
-        if self._modes is not None:
-            self._impressions += self._modes.process_all(requests)
+        """Applies the mode, `BATCH_RECORDS` lookups at a time, so that no call makes more
+        impressions than a batch holds."""
+        modes = self._modes
+        if modes is None:
+            return
+        for chunk in chunks(requests, BATCH_RECORDS):
+            encoded = modes.encode_all(chunk, IMPRESSIONS_FIELD)
+            if encoded.written:
+                self._entries.append((encoded.entries, encoded.written))
+                self._open += encoded.written
+            if encoded.unencodable:
+                self.dropped_records += encoded.unencodable
+                log.error(
+                    "fader: %d impression(s) dropped: they cannot be encoded", encoded.unencodable
+                )
 
     def open_records(self) -> int:
         """Impressions made and not yet sealed into a batch."""
-        return len(self._impressions)
+        return self._open
 
     def seal(self) -> None:
         """Cuts everything gathered so far into batches at the end of the queue."""
         modes = self._modes
-        impressions, self._impressions = self._impressions, []
+        entries, self._entries, self._open = self._entries, [], 0
         counts = modes.take_counts() if modes is not None else []
         unique = modes.unique_keys.take() if modes is not None else []
-        if not (impressions or counts or unique):
+        if not (entries or counts or unique):
             return
-        request = self._new_request()
-        records = 0
-        for start in range(0, len(impressions), BATCH_RECORDS):
-            if records:
-                self._enqueue(request, records)
-                request, records = self._new_request(), 0
-            made = impressions[start : start + BATCH_RECORDS]
-            add_messages(request.impressions, made)
-            records += len(made)
+        batch = _OpenBatch()
+        for made, written in entries:
+            if batch.records + written > BATCH_RECORDS and batch.records:
+                self._enqueue(batch.sealed(self.client_id))
+                batch = _OpenBatch()
+            batch.parts.append(made)
+            batch.records += written
         for flag, hour, count in counts:
-            request.counts.add(flag=flag, hour_ms=hour, count=count)
-            records += 1
+            batch.rest.counts.add(flag=flag, hour_ms=hour, count=count)
+            batch.records += 1
         for flag, keys in unique:
             for start in range(0, len(keys), BATCH_RECORDS):
                 chunk = keys[start : start + BATCH_RECORDS]
-                if records + len(chunk) > BATCH_RECORDS and records:
-                    self._enqueue(request, records)
-                    request, records = self._new_request(), 0
-                request.unique_keys.add(flag=flag, keys=chunk)
-                records += len(chunk)
-        self._enqueue(request, records)
+                if batch.records + len(chunk) > BATCH_RECORDS and batch.records:
+                    self._enqueue(batch.sealed(self.client_id))
+                    batch = _OpenBatch()
+                batch.rest.unique_keys.add(flag=flag, keys=chunk)
+                batch.records += len(chunk)
+        self._enqueue(batch.sealed(self.client_id))
 
-    def sent(self, request: pb.RecordExposuresRequest) -> None:
-        """The sidecar has `request` (the oldest batch, unless it was dropped meanwhile)."""
-        records = _records(request)
-        self.sent_records += records
-        if self.queue and self.queue[0] is request:
+    def sent(self, batch: Batch) -> None:
+        """The sidecar has `batch` (the oldest, unless it was dropped meanwhile)."""
+        self.sent_records += batch.records
+        if self.queue and self.queue[0] is batch:
             self.queue.popleft()
-            self.queued_records -= records
+            self.queued_records -= batch.records
 
-    def refused(self, request: pb.RecordExposuresRequest) -> None:
-        """The sidecar refused `request` for good (it is malformed): dropped, counted."""
-        records = _records(request)
-        self.dropped_records += records
-        if self.queue and self.queue[0] is request:
+    def refused(self, batch: Batch) -> None:
+        """The sidecar refused `batch` for good (it is malformed): dropped, counted."""
+        self.dropped_records += batch.records
+        if self.queue and self.queue[0] is batch:
             self.queue.popleft()
-            self.queued_records -= records
+            self.queued_records -= batch.records
 
-    def _new_request(self) -> pb.RecordExposuresRequest:
-        return pb.RecordExposuresRequest(batch_id=uuid.uuid4().hex, client_id=self.client_id)
-
-    def _enqueue(self, request: pb.RecordExposuresRequest, records: int) -> None:
-        self.queue.append(request)
-        self.queued_records += records
+    def _enqueue(self, batch: Batch) -> None:
+        self.queue.append(batch)
+        self.queued_records += batch.records
         while self.queued_records > self.max_records and len(self.queue) > 1:
-            oldest = self.queue.popleft()
-            lost = _records(oldest)
+            lost = self.queue.popleft().records
             self.queued_records -= lost
             self.dropped_records += lost
             log.warning(
@@ -124,9 +147,40 @@ class ExposureBuffer:
             )
 
 
-def _records(request: pb.RecordExposuresRequest) -> int:
-    return (
-        len(request.impressions)
-        + len(request.counts)
-        + sum(len(row.keys) for row in request.unique_keys)
-    )
+class _OpenBatch:
+    """A batch being filled: its impressions as wire entries, its counts and unique keys in
+    a message of their own."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.rest = pb.RecordExposuresRequest()
+        self.records = 0
+
+    def sealed(self, client_id: str) -> Batch:
+        """The request's bytes: its fields numbered below the impressions', the entries,
+        then those above, the order protobuf writes fields in, so the bytes are what
+        serializing the whole message would give."""
+        head = pb.RecordExposuresRequest(batch_id=uuid.uuid4().hex, client_id=client_id)
+        data = b"".join((head.SerializeToString(), *self.parts, self.rest.SerializeToString()))
+        return Batch(data, self.records)
+
+
+def chunks(requests: Iterable[Pending], limit: int) -> Iterator[list[Pending]]:
+    """`requests` in lists of at most `limit` lookups, a request's lookups split where a list
+    is full: the modes depend on each lookup, its snapshot and its time, in order, so
+    splitting changes nothing they make."""
+    chunk: list[Pending] = []
+    room = limit
+    for snap, time_ms, lookups in requests:
+        start = 0
+        while len(lookups) - start > room:
+            if room:
+                chunk.append((snap, time_ms, lookups[start : start + room]))
+                start += room
+            yield chunk
+            chunk, room = [], limit
+        if start < len(lookups):
+            chunk.append((snap, time_ms, lookups[start:] if start else lookups))
+            room -= len(lookups) - start
+    if chunk:
+        yield chunk

@@ -54,6 +54,8 @@ DRAIN_SECONDS = 0.1
 FLUSH_SECONDS = 1.0
 SEND_TIMEOUT = 5.0
 RETRY_INITIAL, RETRY_MAX = 0.1, 1.0
+_SERVICE = pb.DESCRIPTOR.services_by_name["EvaluationService"]
+RECORD_EXPOSURES = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['RecordExposures'].name}"
 # A retired snapshot's recorded lookups are collected this many more times before it is
 # forgotten: a lookup that took it just before the swap still gets its impression.
 RETIRED_DRAINS = 3
@@ -134,6 +136,10 @@ class InProcess:
         options = [*channel_options(target), ("grpc.max_receive_message_length", -1)]
         self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.EvaluationServiceStub(self._channel)
+        # batches are sent as the bytes ExposureBuffer wrote: no serializer on the call
+        self._record_exposures = self._channel.unary_unary(
+            RECORD_EXPOSURES, response_deserializer=pb.RecordExposuresResponse.FromString
+        )
         self._threads = [
             threading.Thread(target=self._watch, name="fader-snapshots", daemon=True),
             threading.Thread(target=self._export, name="fader-exposures", daemon=True),
@@ -256,21 +262,21 @@ class InProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            request = buffer.queue[0]
+            batch = buffer.queue[0]
             try:
-                self._stub.RecordExposures(
-                    request, timeout=min(left, SEND_TIMEOUT), wait_for_ready=wait
+                self._record_exposures(
+                    batch.data, timeout=min(left, SEND_TIMEOUT), wait_for_ready=wait
                 )
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("fader: the sidecar refused an exposures batch: %s", err.details())
                     with self._lock:
-                        buffer.refused(request)
+                        buffer.refused(batch)
                     continue
                 log.debug("fader: exposures not sent (%s); retrying later", err.code())
                 return
             with self._lock:
-                buffer.sent(request)
+                buffer.sent(batch)
 
     def status(self) -> Status:
         local, buffer = self.local, self._buffer
