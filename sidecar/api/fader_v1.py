@@ -20,7 +20,6 @@ from time import perf_counter
 from typing import TypeVar, cast
 
 import grpc
-from fader.impressions import Impression
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
@@ -32,6 +31,7 @@ from sidecar.core import Core
 from sidecar.core.attributes import AttributePolicy
 from sidecar.core.evaluator import Lookup
 from sidecar.core.events import make_event
+from sidecar.core.exposures import ClientBatch
 from sidecar.core.refusals import BadRequest, Refusal
 from sidecar.core.requests import (
     MAX_KEY_LENGTH,
@@ -42,8 +42,8 @@ from sidecar.core.requests import (
     optional_key,
     select_flags,
 )
-from sidecar.plumbing._batchwire import WireError, join_entries, read_batch
-from sidecar.telemetry.batches import CountRow, UniqueRow
+from sidecar.plumbing._batchwire import WireError, join_entries, read_batch, read_exposures
+from sidecar.telemetry.batches import IMPRESSIONS_FIELD
 from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import Answer
 
@@ -63,6 +63,7 @@ UNDECODABLE = (
     "the request does not decode: Error parsing message with type "
     f"'{pb.EvaluateBatchRequest.DESCRIPTOR.full_name}': "
 )
+RECORD_IMPRESSIONS_FIELD = pb.RecordExposuresRequest.IMPRESSIONS_FIELD_NUMBER
 SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 
 
@@ -281,7 +282,7 @@ class EvaluationService:
     """The grpc.aio servicer: lookups, Track, WatchChanges; refusals become statuses."""
 
     # Methods registered without protobuf (de)serializers: they take and answer bytes.
-    wire_methods = frozenset({"EvaluateBatch"})
+    wire_methods = frozenset({"EvaluateBatch", "RecordExposures"})
 
     def __init__(self, core: Core, feed: ChangeFeed) -> None:
         self._lookups = Lookups(core)
@@ -353,15 +354,14 @@ class EvaluationService:
         except Refusal as err:
             await abort(context, err)
 
-    async def RecordExposures(
-        self, request: pb.RecordExposuresRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RecordExposuresResponse:
+    async def RecordExposures(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Bytes in, bytes out (see `wire_methods`): the impressions are checked on their
+        bytes and passed on to the upload as they came (`exposures_from_wire`)."""
         try:
-            impressions, counts, unique_keys = exposures_from_request(request)
-            duplicate = self._core.exposures.put(request.batch_id, impressions, counts, unique_keys)
+            duplicate = self._core.exposures.put(exposures_from_wire(request))
         except Refusal as err:
             await abort(context, err)
-        return pb.RecordExposuresResponse(duplicate=duplicate)
+        return pb.RecordExposuresResponse(duplicate=duplicate).SerializeToString()
 
 
 def change_message(change: Change) -> pb.WatchChangesResponse:
@@ -398,31 +398,39 @@ def snapshot_messages(
         )
 
 
-def exposures_from_request(
-    request: pb.RecordExposuresRequest,
-) -> tuple[list[Impression], list[CountRow], list[UniqueRow]]:
-    """The batch's records in the pipeline's own form (checked by the core)."""
-    make = tuple.__new__
-    impressions = [
-        make(
-            Impression,
-            (
-                i.key,
-                i.bucketing_key or None,
-                i.flag,
-                i.treatment,
-                i.label or None,
-                i.change_number,
-                i.time_ms,
-                i.previous_time_ms or None,
-                i.snapshot_version,
-            ),
+def exposures_from_wire(data: bytes) -> ClientBatch:
+    """A RecordExposuresRequest's bytes as the core takes a client's batch. The impressions
+    are read natively (`read_exposures`, sidecar/plumbing/_batchwire.c): checked on their
+    bytes, and kept as the wire entries they came as, under the upload's field number, so
+    that none is made into an object, checked in Python and encoded again (that cost the
+    sidecar more per impression than the client's lookup). The rest of the request (batch
+    id, counts, unique keys: few records) is parsed by upb."""
+    try:
+        entries, count, problem, rest = read_exposures(
+            data, RECORD_IMPRESSIONS_FIELD, IMPRESSIONS_FIELD, MAX_KEY_LENGTH, MAX_NAME_LENGTH
         )
-        for i in request.impressions
-    ]
-    counts = [(c.flag, c.hour_ms, c.count) for c in request.counts]
-    unique_keys = [(u.flag, list(u.keys)) for u in request.unique_keys]
-    return impressions, counts, unique_keys
+        request = pb.RecordExposuresRequest.FromString(rest)
+    except (WireError, DecodeError):
+        raise _undecodable(data) from None
+    return ClientBatch(
+        batch_id=request.batch_id,
+        entries=entries,
+        impressions=count,
+        counts=[(c.flag, c.hour_ms, c.count) for c in request.counts],
+        unique_keys=[(u.flag, list(u.keys)) for u in request.unique_keys],
+        impression_problem=problem,
+    )
+
+
+def _undecodable(data: bytes) -> BadRequest:
+    """upb's reason for a RecordExposuresRequest it cannot parse, as when gRPC parsed the
+    whole request: the reader and the parse of the rest each stop at their own first
+    fault, which need not be the first one upb meets."""
+    try:
+        pb.RecordExposuresRequest.FromString(data)
+    except DecodeError as err:
+        return BadRequest(f"the request does not decode: {err}")
+    return BadRequest("the request does not decode")  # the reader refused what upb takes
 
 
 async def _answer(

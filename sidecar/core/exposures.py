@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
-
-from fader.impressions import Impression
+from dataclasses import dataclass
 
 from sidecar.core.refusals import BadRequest, QueueFull
 from sidecar.core.requests import check_key, check_name
@@ -27,6 +25,21 @@ log = logging.getLogger(__name__)
 
 RECENT_BATCHES = 10_000
 MAX_BATCH_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ClientBatch:
+    """A client's batch as the pipeline takes it: its impressions as upload entries (wire
+    bytes of the repeated fader.v1.Impression field, `impressions` of them), its counts and
+    unique keys as rows. The impressions were checked where they were read, on their bytes:
+    `impression_problem` says what is wrong with the first one refused, or is None."""
+
+    batch_id: str
+    entries: bytes
+    impressions: int
+    counts: list[CountRow]
+    unique_keys: list[UniqueRow]
+    impression_problem: str | None = None
 
 
 class Exposures:
@@ -47,62 +60,46 @@ class Exposures:
     def observer_size(self) -> int:
         return self._pipeline.settings.observer_size if self._pipeline is not None else 0
 
-    def put(
-        self,
-        batch_id: str,
-        impressions: list[Impression],
-        counts: list[CountRow],
-        unique_keys: list[UniqueRow],
-    ) -> bool:
+    def put(self, batch: ClientBatch) -> bool:
         """Adds a client's batch; True when it had been added before (nothing added again).
 
         Raises BadRequest naming the first bad record (nothing added), or QueueFull when the
         pipeline has no room (nothing added; the client keeps the batch and retries).
         """
-        check_batch(batch_id, impressions, counts, unique_keys, self._max_records)
-        if batch_id in self._recent:
-            self._recent.move_to_end(batch_id)
+        check_batch(batch, self._max_records)
+        if batch.batch_id in self._recent:
+            self._recent.move_to_end(batch.batch_id)
             return True
         if self._pipeline is None:
             if not self._warned:
                 self._warned = True
                 log.warning("client exposures are dropped: no --collector or --control-plane")
-        elif not self._pipeline.add_made(impressions, counts, unique_keys):
+        elif not self._pipeline.add_made(
+            batch.entries, batch.impressions, batch.counts, batch.unique_keys
+        ):
             raise QueueFull("no room for exposures: the collector is unreachable, the spool full")
-        self._recent[batch_id] = None
+        self._recent[batch.batch_id] = None
         if len(self._recent) > RECENT_BATCHES:
             self._recent.popitem(last=False)
         return False
 
 
-def check_batch(
-    batch_id: str,
-    impressions: Sequence[Impression],
-    counts: Sequence[CountRow],
-    unique_keys: Sequence[UniqueRow],
-    max_records: int,
-) -> None:
+def check_batch(batch: ClientBatch, max_records: int) -> None:
     """Every field an upload needs, in range; BadRequest names the first one that is not."""
-    if not batch_id or len(batch_id) > MAX_BATCH_ID_LENGTH:
+    if not batch.batch_id or len(batch.batch_id) > MAX_BATCH_ID_LENGTH:
         raise BadRequest(f"batch_id: 1 to {MAX_BATCH_ID_LENGTH} characters")
-    records = len(impressions) + len(counts) + sum(len(keys) for _, keys in unique_keys)
+    records = (
+        batch.impressions + len(batch.counts) + sum(len(keys) for _, keys in batch.unique_keys)
+    )
     if records > max_records:
         raise BadRequest(f"{records} records in one batch, at most {max_records} allowed")
-    for index, imp in enumerate(impressions):
-        where = f"impressions[{index}]"
-        check_key(imp.key, f"{where}.key")
-        if imp.bucketing_key is not None:
-            check_key(imp.bucketing_key, f"{where}.bucketing_key")
-        check_name(imp.flag, f"{where}.flag")
-        if not imp.treatment:
-            raise BadRequest(f"{where}.treatment: must not be empty")
-        if imp.time_ms <= 0:
-            raise BadRequest(f"{where}.time_ms: must be positive")
-    for index, (flag, hour_ms, count) in enumerate(counts):
+    if batch.impression_problem is not None:
+        raise BadRequest(batch.impression_problem)
+    for index, (flag, hour_ms, count) in enumerate(batch.counts):
         check_name(flag, f"counts[{index}].flag")
         if hour_ms < 0 or count <= 0:
             raise BadRequest(f"counts[{index}]: hour_ms must not be negative, count positive")
-    for index, (flag, keys) in enumerate(unique_keys):
+    for index, (flag, keys) in enumerate(batch.unique_keys):
         check_name(flag, f"unique_keys[{index}].flag")
         for position, key in enumerate(keys):
             check_key(key, f"unique_keys[{index}].keys[{position}]")

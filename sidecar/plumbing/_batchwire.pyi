@@ -29,3 +29,6 @@ def join_entries(
     missing: Callable[[tuple[str, Decision]], bytes],
     /,
 ) -> bytes: ...
+def read_exposures(
+    data: bytes, from_field: int, to_field: int, max_key: int, max_name: int, /
+) -> tuple[bytes, int, str | None, bytes]: ...

@@ -46,7 +46,6 @@ from sidecar.telemetry.events import Event
 from sidecar.telemetry.impressions import (
     DEFAULT_OBSERVER_SIZE,
     DEFAULT_RECORDER_CAPACITY,
-    Impression,
     ImpressionModes,
     Mode,
     Recorder,
@@ -179,21 +178,22 @@ class Pipeline:
         return True
 
     def add_made(
-        self, impressions: list[Impression], counts: list[CountRow], unique_keys: list[UniqueRow]
+        self, entries: bytes, impressions: int, counts: list[CountRow], unique_keys: list[UniqueRow]
     ) -> bool:
         """Accepts impressions, counts and unique keys made outside this pipeline's modes
         (a client's in-process lookups, already passed through the mode it was told); they
-        are batched, spooled and uploaded like the sidecar's own. False when there is no
-        room anywhere: nothing was added. The impressions must encode (they were decoded
-        from protobuf): one that does not raises one of UNENCODABLE, nothing added."""
+        are batched, spooled and uploaded like the sidecar's own. The impressions are wire
+        entries of the upload's field (`IMPRESSIONS_FIELD`), `impressions` of them, as the
+        modes write the sidecar's own. False when there is no room anywhere: nothing was
+        added."""
         if self.saturated():
             return False
         builder = self._builder
-        builder.add_impressions(impressions)
+        builder.add_entries(entries, impressions)
         builder.add_counts(counts)
         builder.add_unique_keys(unique_keys)
         made = {
-            "impressions": len(impressions),
+            "impressions": impressions,
             "counts": len(counts),
             "unique_keys": sum(len(keys) for _, keys in unique_keys),
         }

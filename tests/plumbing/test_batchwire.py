@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from fader.pb.fader.v1 import evaluation_pb2 as pb
+from fader.pb.fader.v1 import telemetry_pb2
 from fader.rules.result import Decision
 from fader.snapshot.loader import build_snapshot
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -35,12 +36,25 @@ from sidecar.api.fader_v1 import (
     _entry,
     _refusal,
     _varint,
+    exposures_from_wire,
 )
 from sidecar.core.refusals import BadRequest
-from sidecar.core.requests import check_items, check_key, check_name
+from sidecar.core.requests import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    check_items,
+    check_key,
+    check_name,
+)
 from sidecar.delivery.store import Store
 from sidecar.limits import RequestLimits
-from sidecar.plumbing._batchwire import WireError, join_entries, read_batch, tally
+from sidecar.plumbing._batchwire import (
+    WireError,
+    join_entries,
+    read_batch,
+    read_exposures,
+    tally,
+)
 from tests.core.builders import core_for
 from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
@@ -577,6 +591,208 @@ def test_nothing_is_leaked_or_freed_early() -> None:
         run()
     gc.collect()
     assert [sys.getrefcount(o) for o in objects] == before
+    blocks = sys.getallocatedblocks()
+    for _ in range(500):
+        run()
+    gc.collect()
+    assert sys.getallocatedblocks() - blocks < 200
+
+
+# ---------------------------------------------------------------- a client's exposures
+
+
+def python_exposures(data: bytes) -> tuple[list[Any], str | None, Any] | str:
+    """What the sidecar made of a RecordExposuresRequest before `read_exposures`: upb's
+    message (or its refusal), and the first impression check_batch's rules refuse; with
+    the impressions and the request's other records (as rows) apart."""
+    try:
+        request = pb.RecordExposuresRequest.FromString(data)
+    except DecodeError as err:
+        return f"the request does not decode: {err}"
+    problem = None
+    for index, imp in enumerate(request.impressions):
+        where = f"impressions[{index}]"
+        try:
+            check_key(imp.key, f"{where}.key")
+            if imp.bucketing_key:
+                check_key(imp.bucketing_key, f"{where}.bucketing_key")
+            check_name(imp.flag, f"{where}.flag")
+            if not imp.treatment:
+                raise BadRequest(f"{where}.treatment: must not be empty")
+            if imp.time_ms <= 0:
+                raise BadRequest(f"{where}.time_ms: must be positive")
+        except BadRequest as err:
+            problem = str(err)
+            break
+    counts = [(c.flag, c.hour_ms, c.count) for c in request.counts]
+    unique = [(u.flag, list(u.keys)) for u in request.unique_keys]
+    return list(request.impressions), problem, (request.batch_id, counts, unique)
+
+
+def native_exposures(data: bytes) -> tuple[list[Any], str | None, Any] | str:
+    """`exposures_from_wire`'s reading: its entries, under the upload's field number, parse
+    as the impressions that came; the rest are the request's other records."""
+    try:
+        batch = exposures_from_wire(data)
+    except BadRequest as err:
+        return str(err)
+    impressions = list(telemetry_pb2.UploadRequest.FromString(batch.entries).impressions)
+    assert len(impressions) == batch.impressions
+    rest = (batch.batch_id, batch.counts, batch.unique_keys)
+    return impressions, batch.impression_problem, rest
+
+
+def assert_same_exposures(data: bytes) -> None:
+    assert native_exposures(data) == python_exposures(data), data
+
+
+def impression_fields(rng: random.Random) -> bytes:
+    """An Impression's body: every field, at the edges of the checks, in any order, some
+    twice, some with another wire type, and unknown fields."""
+    texts = [*TEXTS, "a" * MAX_KEY_LENGTH, "é" * (MAX_KEY_LENGTH + 1), "f" * (MAX_NAME_LENGTH + 1)]
+    parts: list[bytes] = []
+    for number in rng.sample(range(1, 10), rng.randrange(10)):
+        if number <= 5:
+            parts.append(delimited(number, rng.choice(texts).encode()))
+        else:
+            value = rng.choice([0, 1, 2**40, -1, -(2**63), 2**63 - 1, rng.getrandbits(64)])
+            parts.append(tag(number, 0) + varint(value % 2**64, rng.randrange(2)))
+    for _ in range(rng.randrange(3)):
+        choice = rng.randrange(4)
+        if choice == 0:
+            parts.insert(rng.randrange(len(parts) + 1), unknown_field(rng))
+        elif choice == 1:  # a known number with another wire type: skipped as unknown
+            parts.append(tag(rng.randrange(1, 10), rng.choice([0, 1, 5])) + b"\x01" * 8)
+        elif choice == 2:
+            parts.append(delimited(rng.randrange(1, 6), rng.choice(TEXTS).encode()))
+        else:
+            parts.append(tag(7, 0) + varint(rng.randrange(1, 10)))  # the last time wins
+    return b"".join(parts)
+
+
+def valid_impression(rng: random.Random) -> bytes:
+    return telemetry_pb2.Impression(
+        key=f"user-{rng.randrange(100)}",
+        flag="f",
+        treatment="on",
+        time_ms=rng.randrange(1, 2**40),
+        previous_time_ms=rng.randrange(2),
+    ).SerializeToString()
+
+
+def exposures_request(rng: random.Random) -> bytes:
+    parts: list[bytes] = []
+    for _ in range(rng.randrange(8)):
+        choice = rng.randrange(10)
+        if choice < 3:
+            parts.append(delimited(3, valid_impression(rng)))
+        elif choice < 6:
+            parts.append(delimited(3, impression_fields(rng)))
+        elif choice == 6:
+            parts.append(delimited(rng.randrange(1, 3), rng.choice(TEXTS).encode()))
+        elif choice == 7:
+            count = telemetry_pb2.ImpressionCount(flag="f", hour_ms=0, count=rng.randrange(3))
+            parts.append(delimited(4, count.SerializeToString()))
+        elif choice == 8:
+            parts.append(tag(3, rng.choice([0, 5])) + b"\x01\x02\x03\x04")
+        else:
+            parts.append(unknown_field(rng))
+    return b"".join(parts)
+
+
+def test_random_and_mutated_exposures_read_as_upb_and_the_python_checks_did() -> None:
+    rng = random.Random(20261203)
+    for _ in range(20_000):
+        data = exposures_request(rng)
+        assert_same_exposures(data)
+        for damaged in mutations(data, rng):
+            assert_same_exposures(damaged)
+        bad = rng.choice(BAD_UTF8)
+        assert_same_exposures(data + delimited(3, delimited(rng.randrange(1, 6), bad)))
+
+
+EXPOSURE_EDGES = {
+    "empty request": b"",
+    "one good impression": delimited(
+        3, delimited(1, b"k") + delimited(3, b"f") + delimited(4, b"on") + tag(7, 0) + b"\x01"
+    ),
+    "an impression running past the request": b"\x1a\x05\x0a\x01k",
+    "impressions as a varint": tag(3, 0) + b"\x01",
+    "impressions as a group": group(3, tag(5, 0) + b"\x01"),
+    "a negative time": delimited(
+        3,
+        delimited(1, b"k")
+        + delimited(3, b"f")
+        + delimited(4, b"on")
+        + tag(7, 0)
+        + varint(2**64 - 5),
+    ),
+    "a key of MAX_KEY_LENGTH characters, twice as many bytes": delimited(
+        3,
+        delimited(1, "é".encode() * MAX_KEY_LENGTH)
+        + delimited(3, b"f")
+        + delimited(4, b"t")
+        + tag(7, 0)
+        + b"\x01",
+    ),
+    "an empty bucketing key": delimited(
+        3,
+        delimited(1, b"k")
+        + delimited(2, b"")
+        + delimited(3, b"f")
+        + delimited(4, b"t")
+        + tag(7, 0)
+        + b"\x01",
+    ),
+    "bad UTF-8 in a label": delimited(3, delimited(5, b"\xff")),
+    "bad UTF-8 in an unknown field of an impression": delimited(3, delimited(10, b"\xff")),
+    "100 nested groups in an impression": delimited(3, group(15, b"", depth=100)),
+    "99 nested groups in an impression": delimited(3, group(15, b"", depth=99)),
+    "counts that do not decode": delimited(4, b"\x0a\x05"),
+    "a padded impressions tag": varint(3 << 3 | 2, padding=2) + varint(0),
+}
+
+
+@pytest.mark.parametrize("data", EXPOSURE_EDGES.values(), ids=EXPOSURE_EDGES.keys())
+def test_exposure_edge_cases_read_as_upb_and_the_python_checks_did(data: bytes) -> None:
+    assert_same_exposures(data)
+
+
+def test_impressions_are_passed_on_as_they_came_under_the_upload_field() -> None:
+    """Canonical entries come out byte for byte, only their tag changed, and the upload they
+    join then holds exactly what the client made."""
+    made = [
+        telemetry_pb2.Impression(key=f"k{i}", flag="f", treatment="on", time_ms=i + 1)
+        for i in range(3)
+    ]
+    request = pb.RecordExposuresRequest(batch_id="b", impressions=made)
+    request.counts.add(flag="f", hour_ms=0, count=2)
+    entries, count, problem, rest = read_exposures(request.SerializeToString(), 3, 4, 9, 9)
+    assert (count, problem) == (3, None)
+    assert entries == telemetry_pb2.UploadRequest(impressions=made).SerializeToString()
+    assert (
+        rest == pb.RecordExposuresRequest(batch_id="b", counts=request.counts).SerializeToString()
+    )
+    with pytest.raises(ValueError, match="1 to 15"):
+        read_exposures(b"", 3, 16, 9, 9)
+    with pytest.raises(TypeError):
+        read_exposures(bytearray(), 3, 4, 9, 9)  # type: ignore[arg-type]
+
+
+def test_reading_exposures_leaks_nothing() -> None:
+    good = delimited(3, valid_impression(random.Random(1)))
+    refused = delimited(3, delimited(1, b""))
+    undecodable = good + b"\x1a\x05"
+
+    def run() -> None:
+        read_exposures(good * 3 + delimited(1, b"b"), 3, 4, 9, 9)
+        read_exposures(refused * 2, 3, 4, 9, 9)
+        read_exposures(delimited(3, delimited(1, "é".encode())), 3, 4, 9, 9)
+        with pytest.raises(WireError):
+            read_exposures(undecodable, 3, 4, 9, 9)
+
+    run()
+    gc.collect()
     blocks = sys.getallocatedblocks()
     for _ in range(500):
         run()
