@@ -212,7 +212,8 @@ def test_a_snapshot_in_use_is_not_released() -> None:
 
     Mutant this catches, every run: a reaper whose reference-count threshold is off by one
     (it would take apart a snapshot that one request still reads)."""
-    store = Store(Reaper(poll_seconds=0.002))
+    reaper = Reaper(poll_seconds=0.002)
+    store = Store(reaper)
     store.swap(_snap(1, "old"))
     in_flight = store.current
     assert in_flight is not None
@@ -225,5 +226,9 @@ def test_a_snapshot_in_use_is_not_released() -> None:
     while released() is not None:  # the reaper has judged both retired snapshots
         assert time.monotonic() < deadline, "the reaper did not free an unreferenced snapshot"
         time.sleep(0.002)
+    # everything the reaper judged free is freed: a snapshot it wrongly took for free would
+    # be taken apart by now (the marker alone can be freed first, the other still queued)
+    assert reaper.wait_idle(5)
+    assert reaper.retired == 1  # the in-flight snapshot, waiting for its request
     assert in_flight.evaluate("k", "f").treatment == "old"
     del in_flight
