@@ -5,7 +5,7 @@ oldest first and counted, and a mode change that seals the old mode's records fi
 
 from __future__ import annotations
 
-from fader._exposures import BATCH_RECORDS, Batch, ExposureBuffer, chunks
+from fader._exposures import BATCH_RECORDS, MAX_BATCH_RECORDS, Batch, ExposureBuffer, chunks
 from fader.impressions import HOUR_MS, Answer, ImpressionModes, Mode, Pending, add_messages
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
@@ -24,7 +24,7 @@ def message(batch: Batch) -> pb.RecordExposuresRequest:
 
 def test_optimized_mode_sends_first_impressions_and_counts_repeats() -> None:
     buffer = ExposureBuffer("host:1")
-    buffer.set_mode("optimized", 100)
+    buffer.set_mode("optimized", 100, 0)
     lookups = [("u1", None, "f", ON), ("u1", None, "f", ON), ("u2", "b", "f", ON)]
     buffer.process([(SNAP, T + 5, lookups), (SNAP, T + 6, [("u3", None, "quiet", ON)])])
     buffer.seal()
@@ -51,7 +51,7 @@ def test_optimized_mode_sends_first_impressions_and_counts_repeats() -> None:
 
 def test_batches_are_cut_and_the_queue_drops_its_oldest_beyond_its_bound() -> None:
     buffer = ExposureBuffer("c", max_records=2 * BATCH_RECORDS)
-    buffer.set_mode("debug", 100_000)
+    buffer.set_mode("debug", 100_000, 0)
     made = BATCH_RECORDS * 5 // 2
     buffer.process([(SNAP, T, [(f"k{i}", None, "f", ON) for i in range(made)])])
     buffer.seal()
@@ -68,12 +68,12 @@ def test_batches_are_cut_and_the_queue_drops_its_oldest_beyond_its_bound() -> No
 
 def test_a_mode_change_seals_first_and_no_mode_records_nothing() -> None:
     buffer = ExposureBuffer("c")
-    buffer.set_mode("none", 100)
+    buffer.set_mode("none", 100, 0)
     buffer.process([(SNAP, T, [("u1", None, "f", ON)])])
-    buffer.set_mode("debug", 100)  # what "none" gathered is sealed as "none" made it
+    buffer.set_mode("debug", 100, 0)  # what "none" gathered is sealed as "none" made it
     (sealed,) = [message(batch) for batch in buffer.queue]
     assert [(c.flag, c.count) for c in sealed.counts] == [("f", 1)] and not sealed.impressions
-    buffer.set_mode("", 0)
+    buffer.set_mode("", 0, 0)
     buffer.process([(SNAP, T, [("u2", None, "f", ON)])])
     buffer.seal()
     assert len(buffer.queue) == 1 and buffer.mode == ""
@@ -91,7 +91,7 @@ def test_a_batch_is_byte_for_byte_the_message_the_impressions_make() -> None:
     ]
     requests = [(SNAP, T + 1, lookups[:2]), (SNAP, T + 2, lookups[2:])]
     buffer = ExposureBuffer("host:1")
-    buffer.set_mode("debug", 100)
+    buffer.set_mode("debug", 100, 0)
     buffer.process(requests)
     buffer.seal()
     (batch,) = buffer.queue
@@ -129,7 +129,7 @@ def test_lookups_beyond_a_batch_in_one_request_are_cut_across_batches() -> None:
     """One recorded request of more lookups than a batch holds (a lookup of every flag)
     still makes batches of at most BATCH_RECORDS impressions, none lost."""
     buffer = ExposureBuffer("c", max_records=10 * BATCH_RECORDS)
-    buffer.set_mode("debug", 100_000)
+    buffer.set_mode("debug", 100_000, 0)
     made = BATCH_RECORDS + 7
     buffer.process([(SNAP, T, [(f"k{i}", None, "f", ON) for i in range(made)])])
     assert buffer.open_records() == made
@@ -137,3 +137,33 @@ def test_lookups_beyond_a_batch_in_one_request_are_cut_across_batches() -> None:
     sent = [message(batch) for batch in buffer.queue]
     assert [len(r.impressions) for r in sent] == [BATCH_RECORDS, 7]
     assert [i.key for r in sent for i in r.impressions] == [f"k{i}" for i in range(made)]
+
+
+def test_batches_hold_no_more_records_than_the_sidecar_takes() -> None:
+    """Impressions, counts and unique keys together: a batch never holds more records than
+    the sidecar announced it takes in one call (it refuses more, and a refused batch is
+    dropped), nor more than MAX_BATCH_RECORDS whatever it announced; none is lost."""
+    buffer = ExposureBuffer("c")
+    buffer.set_mode("debug", 100, 3)
+    lookups: list[Answer] = [(f"k{i}", None, "f", ON) for i in range(5)]
+    quiet: list[Answer] = [(f"q{i}", None, "quiet", ON) for i in range(4)]
+    buffer.process([(SNAP, T, lookups), (SNAP, T, quiet)])
+    buffer.seal()
+    sent = [message(batch) for batch in buffer.queue]
+    # 5 impressions, 1 count (4 repeats of one flag and hour), 4 unique keys: 10 records
+    assert [batch.records for batch in buffer.queue] == [3, 3, 3, 1]
+    assert [
+        len(r.impressions) + len(r.counts) + sum(len(u.keys) for u in r.unique_keys) for r in sent
+    ] == [3, 3, 3, 1]
+    assert [i.key for r in sent for i in r.impressions] == [f"k{i}" for i in range(5)]
+    assert sum(c.count for r in sent for c in r.counts) == 4
+    assert sorted(k for r in sent for u in r.unique_keys for k in u.keys) == [
+        "q0",
+        "q1",
+        "q2",
+        "q3",
+    ]
+    buffer.set_mode("debug", 100, 0)  # not announced: the default
+    assert buffer.batch_records == BATCH_RECORDS
+    buffer.set_mode("debug", 100, 10**6)
+    assert buffer.batch_records == MAX_BATCH_RECORDS

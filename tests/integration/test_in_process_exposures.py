@@ -57,9 +57,10 @@ def snapshot(path: Path) -> Path:
 
 
 def sidecar(
-    tmp: Path, port: int, collector: int, mode: str, name: str
+    tmp: Path, port: int, collector: int, mode: str, name: str, max_batch_items: int
 ) -> Any:  # a context manager of ServeProcess
     args = [
+        "--max-batch-items", str(max_batch_items),
         "--snapshot", str(tmp / "snap.json"),
         "--grpc-listen", f"127.0.0.1:{port}",
         "--mgmt-listen", "127.0.0.1:0",
@@ -123,8 +124,15 @@ def per_copy(out: Path) -> dict[str, tuple[Counter[tuple[Any, ...]], Counter[str
     return found
 
 
-@pytest.mark.parametrize("mode", ["optimized", "debug", "none"])
-def test_in_process_impressions_reach_the_collector_like_rpc_ones(tmp: Path, mode: str) -> None:
+# (mode, --max-batch-items): 7, so that the client cuts its batches to what the sidecar takes
+# in one call (it refuses more, and a refused batch is dropped)
+@pytest.mark.parametrize(
+    ("mode", "max_batch_items"),
+    [("optimized", 10_000), ("debug", 10_000), ("none", 10_000), ("debug", 7)],
+)
+def test_in_process_impressions_reach_the_collector_like_rpc_ones(
+    tmp: Path, mode: str, max_batch_items: int
+) -> None:
     snapshot(tmp / "snap.json")
     port, collector, out = free_port(), free_port(), tmp / "out"
     cp_args = [
@@ -135,7 +143,7 @@ def test_in_process_impressions_reach_the_collector_like_rpc_ones(tmp: Path, mod
           for arg in (f"--{kind.replace('_', '-')}-out", str(out / f"{kind}.jsonl"))),
     ]  # fmt: skip
     with serve_process(cp_args, tmp, command="controlplane", log_name="cp.log") as cp:
-        with sidecar(tmp, port, collector, mode, "first.log") as first:
+        with sidecar(tmp, port, collector, mode, "first.log", max_batch_items) as first:
             first.wait_listening()
             remote = Client(f"127.0.0.1:{port}", timeout=5.0)
             local = Client(f"127.0.0.1:{port}", timeout=5.0, mode="in-process")
@@ -146,7 +154,7 @@ def test_in_process_impressions_reach_the_collector_like_rpc_ones(tmp: Path, mod
             stop(first)
         phase(0, local, "local")
         wait_for(lambda: in_process.status().exposures_waiting > 0, what="exposures held")
-        with sidecar(tmp, port, collector, mode, "second.log") as second:
+        with sidecar(tmp, port, collector, mode, "second.log", max_batch_items) as second:
             second.wait_listening()
             wait_for(lambda: answering(remote), what="the restarted sidecar")
             phase(1, remote, "rpc")

@@ -4,10 +4,11 @@ Lookups answered in process are recorded as the sidecar records its own (`fader.
 here the impressions mode the sidecar announced is applied to them with the sidecar's own
 code (`fader.impressions.ImpressionModes`: optimized, debug or none, the same observer), and
 what an upload would carry (impressions, counts per flag and hour, unique keys) is cut into
-batches of at most `BATCH_RECORDS` impressions, each with an id that stays the same across
-retries. Batches wait in `queue` until the sidecar has them; at most `max_records` records
-wait, and past that the oldest batch is dropped and counted (the sidecar has been gone for
-long, and memory must stay bounded).
+batches of at most `batch_records` records (as many as the sidecar takes in one call, as it
+announced, up to `MAX_BATCH_RECORDS`), each with an id that stays the same across retries.
+Batches wait in `queue` until the sidecar has them; at most `max_records` records wait, and
+past that the oldest batch is dropped and counted (the sidecar has been gone for long, and
+memory must stay bounded).
 
 Impressions are written as wire bytes when they are made (`ImpressionModes.encode_all`, in
 C), and a batch is the RecordExposuresRequest's bytes: in debug mode (an impression per
@@ -28,7 +29,12 @@ from fader.pb.fader.v1 import evaluation_pb2 as pb
 
 log = logging.getLogger("fader")
 
+# Records in a batch until the sidecar announces how many it takes in one call; whatever it
+# announces, at most MAX_BATCH_RECORDS (~700 KB in debug mode, far below gRPC's 4 MiB message
+# limit). Fewer, larger calls matter: after each call the sending thread waits for the GIL,
+# up to a switch interval (5 ms) while the application's threads run.
 BATCH_RECORDS = 5_000
+MAX_BATCH_RECORDS = 10_000
 MAX_QUEUED_RECORDS = 200_000
 # the repeated Impression field the entries are written as
 IMPRESSIONS_FIELD = pb.RecordExposuresRequest.IMPRESSIONS_FIELD_NUMBER
@@ -51,9 +57,10 @@ class ExposureBuffer:
         self.queued_records = 0
         self.sent_records = 0
         self.dropped_records = 0
+        self.batch_records = BATCH_RECORDS
         self._modes: ImpressionModes | None = None
         # impressions made and not yet sealed: (wire entries, how many), at most
-        # BATCH_RECORDS in each
+        # batch_records in each
         self._entries: list[tuple[bytes, int]] = []
         self._open = 0
 
@@ -61,21 +68,23 @@ class ExposureBuffer:
     def mode(self) -> str:
         return self._modes.mode.value if self._modes is not None else ""
 
-    def set_mode(self, mode: str, observer_size: int) -> None:
-        """Follows the sidecar's mode ("" : record nothing); what the old mode gathered is
-        sealed first, so it is sent as it was made."""
+    def set_mode(self, mode: str, observer_size: int, max_batch_items: int) -> None:
+        """Follows the sidecar's mode ("" : record nothing) and the most records it takes
+        in one call (0: not announced); what the old mode gathered is sealed first, so it
+        is sent as it was made."""
+        self.batch_records = min(max_batch_items or BATCH_RECORDS, MAX_BATCH_RECORDS)
         if mode == self.mode:
             return
         self.seal()
         self._modes = ImpressionModes(Mode(mode), observer_size) if mode else None
 
     def process(self, requests: Iterable[Pending]) -> None:
-        """Applies the mode, `BATCH_RECORDS` lookups at a time, so that no call makes more
+        """Applies the mode, `batch_records` lookups at a time, so that no call makes more
         impressions than a batch holds."""
         modes = self._modes
         if modes is None:
             return
-        for chunk in chunks(requests, BATCH_RECORDS):
+        for chunk in chunks(requests, self.batch_records):
             encoded = modes.encode_all(chunk, IMPRESSIONS_FIELD)
             if encoded.written:
                 self._entries.append((encoded.entries, encoded.written))
@@ -100,23 +109,29 @@ class ExposureBuffer:
             return
         batch = _OpenBatch()
         for made, written in entries:
-            if batch.records + written > BATCH_RECORDS and batch.records:
-                self._enqueue(batch.sealed(self.client_id))
-                batch = _OpenBatch()
+            batch = self._with_room(batch, written)
             batch.parts.append(made)
             batch.records += written
         for flag, hour, count in counts:
+            batch = self._with_room(batch, 1)
             batch.rest.counts.add(flag=flag, hour_ms=hour, count=count)
             batch.records += 1
         for flag, keys in unique:
-            for start in range(0, len(keys), BATCH_RECORDS):
-                chunk = keys[start : start + BATCH_RECORDS]
-                if batch.records + len(chunk) > BATCH_RECORDS and batch.records:
-                    self._enqueue(batch.sealed(self.client_id))
-                    batch = _OpenBatch()
+            for start in range(0, len(keys), self.batch_records):
+                chunk = keys[start : start + self.batch_records]
+                batch = self._with_room(batch, len(chunk))
                 batch.rest.unique_keys.add(flag=flag, keys=chunk)
                 batch.records += len(chunk)
         self._enqueue(batch.sealed(self.client_id))
+
+    def _with_room(self, batch: _OpenBatch, records: int) -> _OpenBatch:
+        """`batch`, or a new one once `batch` is queued if it cannot take `records` more: the
+        sidecar refuses a batch of more records than it announced, and a refused batch is
+        dropped."""
+        if batch.records + records > self.batch_records and batch.records:
+            self._enqueue(batch.sealed(self.client_id))
+            return _OpenBatch()
+        return batch
 
     def sent(self, batch: Batch) -> None:
         """The sidecar has `batch` (the oldest, unless it was dropped meanwhile)."""

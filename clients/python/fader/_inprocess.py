@@ -38,7 +38,7 @@ from typing import NamedTuple
 import grpc
 
 from fader._common import channel_options
-from fader._exposures import BATCH_RECORDS, ExposureBuffer
+from fader._exposures import ExposureBuffer
 from fader._local import Limits, LocalSnapshot
 from fader.impressions import Pending, now_ms
 from fader.pb.fader.v1 import evaluation_pb2 as pb
@@ -187,7 +187,9 @@ class InProcess:
         sidecar, not an older snapshot, answers."""
         settings = version.settings
         with self._lock:
-            self._buffer.set_mode(settings.impressions_mode, settings.observer_size)
+            self._buffer.set_mode(
+                settings.impressions_mode, settings.observer_size, settings.max_batch_items
+            )
         if version.payload is None:
             log.warning("fader: version %d is not streamed; asking the sidecar", version.version)
             self._swap(None)
@@ -225,7 +227,8 @@ class InProcess:
             try:
                 self._drain()
                 now = time.monotonic()
-                if now - flushed >= FLUSH_SECONDS or self._buffer.open_records() >= BATCH_RECORDS:
+                buffer = self._buffer
+                if now - flushed >= FLUSH_SECONDS or buffer.open_records() >= buffer.batch_records:
                     flushed = now
                     self._flush(SEND_TIMEOUT)
             except Exception:  # a bug must not stop impressions for the process's life
