@@ -18,9 +18,11 @@
  * singular field wins. tests/plumbing/test_batchwire.py compares both on random, mutated and
  * truncated requests.
  *
- * The module also counts and encodes a request's answers (`tally`, `join_entries`, below).
- * It sits in plumbing, below both of its users: the fader.v1 lane (sidecar.api.fader_v1 reads
- * and encodes with it) and the evaluation metrics (sidecar.telemetry.metrics counts with it).
+ * The module also counts and encodes a request's answers (`tally`, `join_entries`, below),
+ * and reads a client's RecordExposuresRequest under the same rules (`read_exposures`, at the
+ * end). It sits in plumbing, below both of its users: the fader.v1 lane (sidecar.api.fader_v1
+ * reads and encodes with it) and the evaluation metrics (sidecar.telemetry.metrics counts
+ * with it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -924,7 +926,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "sidecar.plumbing._batchwire",
-    .m_doc = "EvaluateBatchRequest bytes to lookups, in one native pass.",
+    .m_doc = "EvaluateBatchRequest bytes to lookups, and RecordExposuresRequest bytes to "
+             "impression entries, in one native pass.",
     .m_size = -1, /* module state lives in the two statics above */
     .m_methods = methods,
 };
@@ -936,7 +939,7 @@ PyMODINIT_FUNC PyInit__batchwire(void) {
     }
     WireError = PyErr_NewExceptionWithDoc(
         "sidecar.plumbing._batchwire.WireError",
-        "The bytes are not an EvaluateBatchRequest; the message is upb's reason.",
+        "The bytes are not the request they were read as; the message is upb's reason.",
         PyExc_ValueError, NULL);
     EmptyString = PyUnicode_FromStringAndSize("", 0);
     if (WireError == NULL || EmptyString == NULL ||

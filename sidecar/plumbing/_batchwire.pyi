@@ -11,7 +11,7 @@ from fader.rules.result import Decision
 Read = tuple[str, str | None, str, dict[str, object] | tuple[bytes, ...] | None]
 
 class WireError(ValueError):
-    """The bytes are not an EvaluateBatchRequest; the message is upb's reason."""
+    """The bytes are not the request they were read as; the message is upb's reason."""
 
 def read_batch(
     data: bytes,
