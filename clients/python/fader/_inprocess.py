@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from itertools import repeat, starmap
 from typing import NamedTuple
 
 import grpc
@@ -247,8 +248,10 @@ class InProcess:
                     kept.append((state, rounds - 1))
             self._retired = kept
             for state in states:
+                # popleft, which lookups' appends from other threads cannot break into, run
+                # by a C loop: half the cost of a Python one per lookup
                 pending = state.pending
-                taken = [pending.popleft() for _ in range(len(pending))]
+                taken = list(starmap(pending.popleft, repeat((), len(pending))))
                 if taken:
                     requests.append((state.snapshot, time_ms, taken))
             self._buffer.process(requests)
