@@ -23,7 +23,7 @@ import grpc
 from fader.pb.fader.v1 import evaluation_pb2 as pb
 from fader.rules.result import Decision
 from fader.snapshot.snapshot import Snapshot
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from sidecar.api.grpc_status import abort
 from sidecar.api.watch import Change, ChangeFeed
@@ -139,7 +139,7 @@ class Lookups:
             for index in pending:  # in item order: the first refused item is the one named
                 read[index] = self._checked(index, *read[index])
         except (BadRequest, DecodeError) as err:
-            raise _refusal(data, err) from None
+            raise _refusal(pb.EvaluateBatchRequest, data, err) from None
         lookups = cast("list[Lookup]", read)  # no pending item is left with its entries
         answers = self._evaluator.evaluate(snap, lookups, "EvaluateBatch", started)
         version = snap.version
@@ -165,12 +165,15 @@ class Lookups:
         return (key, bucketing_key, flag, self._attribute_entries.read(entries, index))
 
 
-def _refusal(data: bytes, err: BadRequest | DecodeError) -> BadRequest:
-    """What a batch refused while reading its items is answered: a request that does not
-    decode as the declared message (an attribute entry is only parsed here) says so first,
-    as when gRPC parsed the whole request before the handler."""
+def _refusal(
+    message: type[Message], data: bytes, err: BadRequest | DecodeError | WireError
+) -> BadRequest:
+    """What a request refused while its wire form was read is answered: one that does not
+    decode as the declared `message` says so first, with upb's reason for the whole request,
+    as when gRPC parsed it before the handler (a native reader, or the parse of a part,
+    stops at its own first fault, which need not be the first one upb meets)."""
     try:
-        pb.EvaluateBatchRequest.FromString(data)
+        message.FromString(data)
     except DecodeError as whole:
         return BadRequest(f"the request does not decode: {whole}")
     if isinstance(err, BadRequest):
@@ -410,8 +413,8 @@ def exposures_from_wire(data: bytes) -> ClientBatch:
             data, RECORD_IMPRESSIONS_FIELD, IMPRESSIONS_FIELD, MAX_KEY_LENGTH, MAX_NAME_LENGTH
         )
         request = pb.RecordExposuresRequest.FromString(rest)
-    except (WireError, DecodeError):
-        raise _undecodable(data) from None
+    except (WireError, DecodeError) as err:
+        raise _refusal(pb.RecordExposuresRequest, data, err) from None
     return ClientBatch(
         batch_id=request.batch_id,
         entries=entries,
@@ -420,17 +423,6 @@ def exposures_from_wire(data: bytes) -> ClientBatch:
         unique_keys=[(u.flag, list(u.keys)) for u in request.unique_keys],
         impression_problem=problem,
     )
-
-
-def _undecodable(data: bytes) -> BadRequest:
-    """upb's reason for a RecordExposuresRequest it cannot parse, as when gRPC parsed the
-    whole request: the reader and the parse of the rest each stop at their own first
-    fault, which need not be the first one upb meets."""
-    try:
-        pb.RecordExposuresRequest.FromString(data)
-    except DecodeError as err:
-        return BadRequest(f"the request does not decode: {err}")
-    return BadRequest("the request does not decode")  # the reader refused what upb takes
 
 
 async def _answer(

@@ -426,7 +426,7 @@ def python_handler(lookups: Lookups, data: bytes) -> bytes:
                     memory._policy.check_count(len(attrs), f"items[{index}].attributes")
             read.append((key, bucketing_key, name, attrs))
     except (BadRequest, DecodeError) as err:
-        raise _refusal(data, err) from None
+        raise _refusal(pb.EvaluateBatchRequest, data, err) from None
     answers = lookups._evaluator.evaluate(snap, read, "EvaluateBatch", started)
     tail = VERSION_TAG + _varint(snap.version) if snap.version else b""
     return b"".join(_entry(name, decision) for _, _, name, decision in answers) + tail
