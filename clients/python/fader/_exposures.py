@@ -62,7 +62,6 @@ class ExposureBuffer:
         # impressions made and not yet sealed: (wire entries, how many), at most
         # batch_records in each
         self._entries: list[tuple[bytes, int]] = []
-        self._open = 0
 
     @property
     def mode(self) -> str:
@@ -88,7 +87,6 @@ class ExposureBuffer:
             encoded = modes.encode_all(chunk, IMPRESSIONS_FIELD)
             if encoded.written:
                 self._entries.append((encoded.entries, encoded.written))
-                self._open += encoded.written
             if encoded.unencodable:
                 self.dropped_records += encoded.unencodable
                 log.error(
@@ -97,12 +95,12 @@ class ExposureBuffer:
 
     def open_records(self) -> int:
         """Impressions made and not yet sealed into a batch."""
-        return self._open
+        return sum(written for _, written in self._entries)
 
     def seal(self) -> None:
         """Cuts everything gathered so far into batches at the end of the queue."""
         modes = self._modes
-        entries, self._entries, self._open = self._entries, [], 0
+        entries, self._entries = self._entries, []
         counts = modes.take_counts() if modes is not None else []
         unique = modes.unique_keys.take() if modes is not None else []
         if not (entries or counts or unique):
