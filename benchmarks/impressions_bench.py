@@ -21,6 +21,12 @@ range over the rounds: lookups/s on ÷ off, and the server's CPU time per lookup
 system, from /proc) off ÷ on, the throughput ratio of a CPU-bound server, which the
 machine's load moves much less.
 
+``--upload-cost`` measures one upload alone: the CPU time the sidecar's Uploader spends
+sending an UploadRequest of 1, 5,000 and 10,000 debug impressions (median of 40, 20 ms
+apart), in a child process, to this process's collector; the 1-impression upload is the
+baseline. It says whether an upload costs by its call or by its bytes, which decides how
+large batches should be (``--telemetry-batch-records``).
+
 ``--instructions`` counts instead of timing (needs valgrind; about 2 minutes): each server
 runs under callgrind with counting off, takes warm-up calls (every key of a pool of 1,000
 seen once, so ``optimized`` then counts repeats as it does in steady state), is counted idle
@@ -61,7 +67,7 @@ from sidecar.app.sidecar import Sidecar
 from sidecar.config import Settings
 from sidecar.telemetry.impressions import Mode
 from sidecar.telemetry.pipeline import Pipeline, PipelineSettings
-from sidecar.telemetry.uploader import Uploader
+from sidecar.telemetry.uploader import Uploader, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("off", "optimized", "debug")
@@ -521,10 +527,92 @@ def instruction_summary(counted: dict[tuple[str, str], Counted]) -> list[str]:
     return lines
 
 
+# --upload-cost: impressions in one upload, and the pause between uploads (a busy debug
+# sidecar sends one every ~25-50 ms)
+UPLOAD_SIZES = (1, 5_000, 10_000)
+UPLOAD_CALLS = 40
+UPLOAD_PAUSE = 0.02
+
+
+def upload_request(impressions: int) -> bytes:
+    """An UploadRequest of `impressions` debug impressions shaped like the benchmark's."""
+    request = telemetry_pb2.UploadRequest(batch_id="b" * 32, sidecar_id="debug")
+    for i in range(impressions):
+        request.impressions.add(
+            key=f"user-{i % KEYS}",
+            flag="new_checkout",
+            treatment="on",
+            label="default rule",
+            change_number=1_700_000_000_000,
+            time_ms=1_700_000_000_000 + i,
+            previous_time_ms=1_700_000_000_000,
+            snapshot_version=1,
+        )
+    return request.SerializeToString()
+
+
+async def upload_child(collector: str) -> None:
+    """Sends uploads of each size through the sidecar's own Uploader, paced as a busy sidecar
+    sends them, and prints this process's CPU time per upload (median): the sender's cost,
+    the collector being another process."""
+    uploader = Uploader(collector, timeout=10.0)
+    for size in UPLOAD_SIZES:
+        request = upload_request(size)
+        spent = []
+        for call in range(-5, UPLOAD_CALLS):  # 5 first: the channel connected, windows grown
+            await asyncio.sleep(UPLOAD_PAUSE)
+            started = time.process_time()
+            answer = await uploader.send(request)
+            if call >= 0:
+                spent.append(time.process_time() - started)
+            if answer.verdict is not Verdict.STORED:
+                raise RuntimeError(f"an upload failed: {answer.code} {answer.detail}")
+        spent.sort()
+        print(size, len(request), spent[len(spent) // 2], flush=True)
+    await uploader.close()
+
+
+async def upload_cost() -> list[str]:
+    """What one upload costs its sender, by size: is it the call or the bytes?"""
+    collector, server, address = await start_collector()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
+    )
+    command = [sys.executable, "-m", "benchmarks.impressions_bench", "upload-child", address]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    output, _ = await asyncio.to_thread(child.communicate)
+    await server.stop(None)
+    if child.returncode != 0:
+        raise RuntimeError(f"the uploading child failed (exit {child.returncode})")
+    collector.settle()
+    sent = sum(size * (UPLOAD_CALLS + 5) for size in UPLOAD_SIZES)
+    if collector.impressions.get("debug") != sent:
+        raise RuntimeError(f"the collector counted {collector.impressions}, not {sent}")
+    rows = [line.split() for line in output.splitlines()]
+    fixed = float(rows[0][2])
+    lines = [
+        f"one upload's CPU time in the sender (median of {UPLOAD_CALLS}, "
+        f"{UPLOAD_PAUSE * 1000:.0f} ms apart), by impressions in it:"
+    ]
+    for count, size, seconds in rows:
+        impressions, spent = int(count), float(seconds)
+        per = (spent - fixed) / impressions * 1e9 if impressions > 1 else 0.0
+        lines.append(
+            f"  {impressions:6,} impressions {int(size):9,} bytes  {spent * 1e6:7.0f} µs"
+            f"  ({spent / fixed:.2f}x the 1-impression upload; "
+            f"{per:.0f} ns an impression beyond it)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         uvloop.run(serve(argv[1], Path(argv[2]), argv[3]))
+        return 0
+    if argv[:1] == ["upload-child"]:
+        uvloop.run(upload_child(argv[1]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s (about 40 s)")
@@ -537,7 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--instructions", action="store_true", help="count server instructions (valgrind)"
     )
+    parser.add_argument(
+        "--upload-cost", action="store_true", help="one upload's CPU time, by size (~15 s)"
+    )
     args = parser.parse_args(argv)
+    if args.upload_cost:
+        print("\n".join(uvloop.run(upload_cost())))
+        return 0
     if args.quick:
         args.rounds, args.seconds, args.windows = 1, 1.0, 1
     workdir = Path(tempfile.mkdtemp(prefix="fader-imp-bench-"))

@@ -76,7 +76,7 @@ NO_ROOM = frozenset({"memory_full", "no_spool", "spool_full", "spool_error"})
 class PipelineSettings:
     mode: Mode = Mode.OPTIMIZED
     sidecar_id: str = ""
-    batch_records: int = 5_000
+    batch_records: int = 10_000
     batch_bytes: int = 1024 * 1024
     flush_interval: float = 10.0
     memory_bytes: int = 32 * 1024 * 1024
