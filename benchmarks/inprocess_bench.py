@@ -13,7 +13,11 @@ in interleaved rounds:
 - ``get_treatment`` in process, impressions off / optimized / debug: blocks of calls, the
   per-call time of each block; the round's figure is its median block (the latency a caller
   sees), and its throughput over the whole round, which also pays for the client's
-  exposures thread (it turns recorded lookups into impressions and sends them);
+  exposures thread (it turns recorded lookups into impressions and sends them): the round
+  ends once that thread has made the impressions of every lookup recorded. Then, uncharged,
+  the benchmark waits until the sidecar has them and a little more, so that one mode's
+  backlog (in debug mode, hundreds of thousands of impressions for the client, its sidecar
+  and the collector) does not slow the next measurement down;
 - ``get_treatment`` over gRPC (the remote client on a Unix socket, one call in flight): the
   median call.
 
@@ -64,6 +68,10 @@ MODES = ("off", "optimized", "debug")
 FLAG = "b-three-attributes"
 KEYS = [f"user-{i}" for i in range(50_000)]
 BLOCK = 2_000
+# after a window with impressions on: more than the client's sending interval (1 s), then a
+# pause for the sidecar and the collector
+FLUSH_WAIT = 1.1
+SETTLE = 0.5
 
 
 # ---------------------------------------------------------------- children
@@ -153,9 +161,11 @@ def sidecar(mode: str, workdir: Path, snapshot: Path, port: int) -> Iterator[str
 # ---------------------------------------------------------------- measurement
 
 
-def blocks(call: Callable[[str], object], seconds: float) -> tuple[float, float]:
+def blocks(
+    call: Callable[[str], object], seconds: float, after: Callable[[], object] = lambda: None
+) -> tuple[float, float]:
     """Calls `call` for `seconds`, in blocks of BLOCK keys; (median block µs per call,
-    µs per call over the whole window)."""
+    µs per call over the whole window, `after()` included)."""
     keys, per_call = KEYS, []
     position, calls = 0, 0
     clock = time.perf_counter_ns
@@ -171,7 +181,39 @@ def blocks(call: Callable[[str], object], seconds: float) -> tuple[float, float]
         per_call.append((done - begin) / len(chunk) / 1000)
         calls += len(chunk)
         if done >= end:
-            return statistics.median(per_call), (done - started) / calls / 1000
+            after()
+            return statistics.median(per_call), (clock() - started) / calls / 1000
+
+
+def taken(client: Client) -> Callable[[], None]:
+    """Waits until the client's exposures thread has taken every lookup recorded and made
+    their impressions (it takes and makes them holding its lock): the work a longer window
+    would have paid for while calling, charged to the window that recorded them."""
+    state = client.in_process
+    assert state is not None
+
+    def wait() -> None:
+        local = state.local
+        while local is not None and local.pending:
+            time.sleep(0.001)
+        with state._lock:
+            pass
+
+    return wait
+
+
+def settle(client: Client) -> None:
+    """Waits, uncharged, until the sidecar has every batch the client sealed, then SETTLE
+    seconds for it to hand them on: one mode's backlog (in debug mode, hundreds of thousands
+    of impressions for the client, the sidecar and the collector) must not slow down the
+    next measurement, on 2 shared cores."""
+    state = client.in_process
+    assert state is not None
+    time.sleep(FLUSH_WAIT)  # the exposures thread seals and sends once a second
+    deadline = time.monotonic() + 10
+    while state.status().exposures_waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(SETTLE)
 
 
 def grpc_median(client: Client, calls: int) -> float:
@@ -234,9 +276,12 @@ def measure(
     for number in range(args.rounds):
         note("engine", blocks(engine, args.seconds)[0])
         for mode in MODES[number % 3 :] + MODES[: number % 3]:
-            median, mean = blocks(lookup(local[mode].get_treatment), args.seconds)
+            client = local[mode]
+            median, mean = blocks(lookup(client.get_treatment), args.seconds, taken(client))
             note(f"in-process {mode} median", median)
             note(f"in-process {mode} mean", mean)
+            if mode != "off":
+                settle(client)
         note("gRPC median", grpc_median(remote, args.grpc_calls))
         base = figures["in-process off mean"][-1]
         for mode in ("optimized", "debug"):
