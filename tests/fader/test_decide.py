@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import enum
 import gc
-import json
 import random
 import sys
 from collections import OrderedDict, deque
@@ -17,66 +16,39 @@ from fader import _decide
 from fader._common import CallFailed
 from fader._local import MAX_KEY_LENGTH, MAX_NAME_LENGTH, Limits, make_decide, rules_decide
 from fader.rules.result import NOT_FOUND, Decision
-from fader.snapshot.loader import load_bytes
+from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
+
+from tests.fader.rules.builders import condition, flag, matcher, snapshot_doc
 
 LIMITS = Limits(max_attributes=4, max_attribute_size=8, max_batch_items=100)
 
 
+HALVES = {"on": 50, "off": 50}
+CONDITIONS = (
+    condition(
+        matcher("WHITELIST", whitelistMatcherData={"whitelist": ["vip"]}),
+        partitions=HALVES,
+        label="vip",
+    ),
+    condition(
+        matcher("WHITELIST", "plan", whitelistMatcherData={"whitelist": ["pro"]}),
+        matcher(
+            "GREATER_THAN_OR_EQUAL_TO",
+            "age",
+            unaryNumericMatcherData={"dataType": "NUMBER", "value": 18},
+        ),
+        partitions=HALVES,
+        label="pro adults",
+    ),
+    condition(matcher("EQUAL_TO_BOOLEAN", "beta", booleanMatcherData=True), label="beta"),
+)
+
+
 def snapshot(*flag_names: str) -> Snapshot:
     """Flags whose treatment depends on the key, a string, a number and a boolean."""
-
-    def attribute(kind: str, name: str, **data: object) -> dict[str, object]:
-        selector = {"trafficType": "user", "attribute": name}
-        return {"keySelector": selector, "matcherType": kind, "negate": False, **data}
-
-    def condition(matchers: list[dict[str, object]], label: str) -> dict[str, object]:
-        return {
-            "conditionType": "ROLLOUT",
-            "matcherGroup": {"combiner": "AND", "matchers": matchers},
-            "partitions": [{"treatment": "on", "size": 50}, {"treatment": "off", "size": 50}],
-            "label": label,
-        }
-
-    vip: dict[str, object] = {
-        "keySelector": None,
-        "matcherType": "WHITELIST",
-        "negate": False,
-        "whitelistMatcherData": {"whitelist": ["vip"]},
-    }
-    conditions = [
-        condition([vip], "vip"),
-        condition(
-            [
-                attribute("WHITELIST", "plan", whitelistMatcherData={"whitelist": ["pro"]}),
-                attribute(
-                    "GREATER_THAN_OR_EQUAL_TO",
-                    "age",
-                    unaryNumericMatcherData={"dataType": "NUMBER", "value": 18},
-                ),
-            ],
-            "pro adults",
-        ),
-        condition([attribute("EQUAL_TO_BOOLEAN", "beta", booleanMatcherData=True)], "beta"),
-    ]
-    flags = [
-        {
-            "name": name,
-            "trafficTypeName": "user",
-            "seed": 1314120000 + index,
-            "trafficAllocation": 100,
-            "trafficAllocationSeed": 1,
-            "algo": 2,
-            "status": "ACTIVE",
-            "killed": False,
-            "defaultTreatment": "off",
-            "changeNumber": 5,
-            "conditions": conditions,
-        }
-        for index, name in enumerate(flag_names)
-    ]
-    document = {"version": 7, "flags": flags, "segments": {}, "ruleBasedSegments": []}
-    return load_bytes(json.dumps(document).encode(), "json", "test")
+    flags = [flag(name, *CONDITIONS, changeNumber=5) for name in flag_names]
+    return build_snapshot(snapshot_doc(*flags, version=7))
 
 
 class Plan(enum.IntEnum):
@@ -220,9 +192,9 @@ def test_long_flag_names_go_to_the_rules() -> None:
     snap = snapshot("checkout", long_name)
     fast = make_decide(snap, LIMITS, None)
     rules = rules_decide(snap, LIMITS, None)
-    for flag in ("checkout", long_name):
-        assert outcome(fast, ("user-1", flag, None, None)) == outcome(
-            rules, ("user-1", flag, None, None)
+    for name in ("checkout", long_name):
+        assert outcome(fast, ("user-1", name, None, None)) == outcome(
+            rules, ("user-1", name, None, None)
         )
     assert outcome(fast, ("user-1", long_name, None, None))[0] == "CallFailed"
 

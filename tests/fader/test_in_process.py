@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Iterator
 
 import fader.aio
@@ -202,3 +203,40 @@ def test_aio_client_in_process(sidecar: RunningSidecar) -> None:
             assert c.fallback_count == 1 and state.remote_lookups == 0
 
     asyncio.run(scenario())
+
+
+def test_the_exposures_thread_drains_faster_while_lookups_come_fast() -> None:
+    from fader._inprocess import BUSY_DRAIN_SECONDS, BUSY_RATE, DRAIN_SECONDS, next_wait
+
+    busy, idle = BUSY_DRAIN_SECONDS, DRAIN_SECONDS
+    assert next_wait(0, idle) == idle
+    assert next_wait(int(BUSY_RATE * idle), idle) == busy
+    assert next_wait(int(BUSY_RATE * busy), busy) == busy
+    assert next_wait(int(BUSY_RATE * busy) - 1, busy) == idle
+
+
+def test_a_retired_snapshot_is_collected_for_retired_seconds() -> None:
+    """A lookup that took the previous snapshot just before a swap still gets its impression,
+    for RETIRED_SECONDS after the swap, however often the thread drains meanwhile."""
+    from fader._inprocess import RETIRED_SECONDS, InProcess
+    from fader._local import Limits, LocalSnapshot
+
+    state = InProcess("127.0.0.1:1", exit_timeout=0.1)
+    state.close()  # its threads stopped: this test drains by hand
+    state._buffer.set_mode("debug", 1_000, 0)
+    limits = Limits(max_attributes=3, max_attribute_size=10, max_batch_items=100)
+    old = LocalSnapshot(versioned(1), limits, recording=True)
+    state._swap(old)
+    swapped = time.monotonic()
+    state._swap(LocalSnapshot(versioned(2), limits, recording=True))
+    for _ in range(10):  # drains in a row, well within the time
+        old.decide("late-1", "f", None, None)
+        assert state._drain() == 1
+    assert time.monotonic() - swapped < RETIRED_SECONDS
+    # as if RETIRED_SECONDS had passed
+    state._retired = [(retired, time.monotonic()) for retired, _ in state._retired]
+    old.decide("late-2", "f", None, None)
+    assert state._drain() == 1  # one last time after it, then forgotten
+    old.decide("late-3", "f", None, None)
+    assert state._drain() == 0
+    assert state._buffer.open_records() == 11
