@@ -541,9 +541,9 @@ class Settings:
             "N",
         ),
     )
-    # 10,000: an upload costs its sender ~0.5-0.9 ms of CPU whatever its size (gRPC's thread
+    # 10,000: an upload costs its sender ~0.8-0.9 ms of CPU whatever its size (gRPC's thread
     # hand-offs; benchmarks/RESULTS.md), so in debug mode fewer, fuller batches are cheaper;
-    # a debug batch of 10,000 is ~750 KB, under --telemetry-batch-bytes' 1 MiB
+    # a debug batch of 10,000 is ~680 KB, under --telemetry-batch-bytes' 1 MiB
     telemetry_batch_records: int = field(
         default=10_000,
         metadata=setting(TELEMETRY, parse_positive_int, "most records in one upload", "N"),

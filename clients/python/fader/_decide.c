@@ -1,17 +1,18 @@
 /* fader._decide: an in-process lookup's common case in C (see fader._local.make_decide).
  *
  * Why native: an in-process get_treatment is the engine (~0.4 us) plus the sidecar's request
- * rules and the recording of the lookup, and in Python those rules alone cost about as much
- * as half the engine (a loop over the attributes' types, the key's length and characters, a
- * tuple and a call for the record). Here they are a few type tests.
+ * rules and the recording of the lookup, and in Python those cost about as much as the engine
+ * itself (a loop over the attributes' types, the key's length and characters, a tuple and a
+ * call for the record). Here they are a few type tests.
  *
  * Same answers as the Python rules it fronts, by construction: a lookup is settled here only
  * when every check the Python `decide` makes passes on values whose type leaves no doubt
  * (exact str, bool, float, int within 64 bits; an exact dict of attributes with str names);
  * anything else, and any lookup whose decision is NOT_FOUND or whose snapshot has over-long
  * flag names, is handed whole to `slow`, the Python `decide`, which refuses, converts or
- * answers it as before (evaluating again: a decision depends on its inputs only). So this
- * code raises nothing of its own: errors come from `evaluate`, `record` or `slow`.
+ * answers it as before (evaluating again: a decision depends on its inputs only). So a
+ * lookup raises nothing of this code's own (but MemoryError): errors come from `evaluate`,
+ * `record` or `slow`.
  * tests/fader/test_decide.py compares both over random and hostile lookups. */
 
 #define PY_SSIZE_T_CLEAN

@@ -12,11 +12,11 @@ snapshot is the sidecar's current one.)
 
 A second thread ("fader-exposures") turns the lookups recorded in process into impressions
 every `DRAIN_SECONDS` (`BUSY_DRAIN_SECONDS` while lookups come fast), in the sidecar's
-impressions mode (`fader._exposures`), and sends them
-to the sidecar with RecordExposures every `FLUSH_SECONDS`, where they join its telemetry
-pipeline. Batches the sidecar did not take are kept (bounded) and sent again, with the same
-batch id, once it is back. `close()` (and process exit, through atexit) stops both threads,
-seals what was recorded and sends it within `exit_timeout` seconds.
+impressions mode (`fader._exposures`), and sends them to the sidecar with RecordExposures
+every `FLUSH_SECONDS`, where they join its telemetry pipeline. Batches the sidecar did not
+take are kept (bounded) and sent again, with the same batch id, once it is back. `close()`
+(and process exit, through atexit) stops both threads, seals what was recorded and sends it
+within `exit_timeout` seconds.
 
 What a hard kill (SIGKILL, a crash) loses: the lookups recorded since the last flush (at
 most `FLUSH_SECONDS` of them) and the batches the sidecar had not taken yet (only while it is

@@ -112,8 +112,8 @@ def make_decide(
 
     This is the whole cost of an in-process lookup besides the engine, so its common case
     (plain key, plain attribute values within the limits, a known flag) is C
-    (`fader._decide`, ~0.1 µs where the Python rules cost ~0.3); every other lookup goes to
-    the Python rules (`rules_decide`), which say what is wrong.
+    (`fader._decide`: a quarter of what the Python rules cost, benchmarks/RESULTS.md); every
+    other lookup goes to the Python rules (`rules_decide`), which say what is wrong.
     """
     long_names = any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
     return _decide.Decide(
