@@ -12,6 +12,15 @@ from collections.abc import Iterator
 import fader.aio
 import pytest
 from fader import Client, Result
+from fader._inprocess import (
+    BUSY_DRAIN_SECONDS,
+    BUSY_RATE,
+    DRAIN_SECONDS,
+    RETIRED_SECONDS,
+    InProcess,
+    next_wait,
+)
+from fader._local import Limits, LocalSnapshot
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
 
@@ -206,8 +215,6 @@ def test_aio_client_in_process(sidecar: RunningSidecar) -> None:
 
 
 def test_the_exposures_thread_drains_faster_while_lookups_come_fast() -> None:
-    from fader._inprocess import BUSY_DRAIN_SECONDS, BUSY_RATE, DRAIN_SECONDS, next_wait
-
     busy, idle = BUSY_DRAIN_SECONDS, DRAIN_SECONDS
     assert next_wait(0, idle) == idle
     assert next_wait(int(BUSY_RATE * idle), idle) == busy
@@ -218,23 +225,22 @@ def test_the_exposures_thread_drains_faster_while_lookups_come_fast() -> None:
 def test_a_retired_snapshot_is_collected_for_retired_seconds() -> None:
     """A lookup that took the previous snapshot just before a swap still gets its impression,
     for RETIRED_SECONDS after the swap, however often the thread drains meanwhile."""
-    from fader._inprocess import RETIRED_SECONDS, InProcess
-    from fader._local import Limits, LocalSnapshot
-
     state = InProcess("127.0.0.1:1", exit_timeout=0.1)
     state.close()  # its threads stopped: this test drains by hand
     state._buffer.set_mode("debug", 1_000, 0)
     limits = Limits(max_attributes=3, max_attribute_size=10, max_batch_items=100)
     old = LocalSnapshot(versioned(1), limits, recording=True)
     state._swap(old)
-    swapped = time.monotonic()
+    before = time.monotonic()
     state._swap(LocalSnapshot(versioned(2), limits, recording=True))
-    for _ in range(10):  # drains in a row, well within the time
+    ((retired, until),) = state._retired
+    assert retired is old
+    assert before + RETIRED_SECONDS <= until <= time.monotonic() + RETIRED_SECONDS
+    state._retired = [(old, time.monotonic() + 60)]  # these drains are well within its time
+    for _ in range(10):
         old.decide("late-1", "f", None, None)
         assert state._drain() == 1
-    assert time.monotonic() - swapped < RETIRED_SECONDS
-    # as if RETIRED_SECONDS had passed
-    state._retired = [(retired, time.monotonic()) for retired, _ in state._retired]
+    state._retired = [(old, time.monotonic())]  # its time is up
     old.decide("late-2", "f", None, None)
     assert state._drain() == 1  # one last time after it, then forgotten
     old.decide("late-3", "f", None, None)
