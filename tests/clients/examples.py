@@ -148,14 +148,15 @@ class Checker:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
+        # its output lines, then None once it closed its output
+        self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.put(line.rstrip("\n"))
-        self.lines.put("")
+        self.lines.put(None)
 
     def send(self, *messages: dict[str, Any]) -> None:
         assert self.process.stdin is not None
@@ -170,19 +171,22 @@ class Checker:
                 line = self.lines.get(timeout=TIMEOUT)
             except queue.Empty:
                 raise AssertionError(f"no {text!r} from the checker: {seen[-5:]}") from None
+            if line is None:
+                raise AssertionError(f"the checker ended before {text!r}: {seen[-10:]}")
             seen.append(line)
             if line == text:
                 return seen
-            if line == "" and self.process.poll() is not None:
-                raise AssertionError(f"the checker ended before {text!r}: {seen[-10:]}")
 
     def finish(self) -> tuple[int, list[str]]:
+        """Its exit status and every line it wrote after the ones already read: read to the
+        end of its output, which the reading thread may still be at when the process has
+        exited (taking only what was queued then lost its last line, in one CI run)."""
         assert self.process.stdin is not None
         self.process.stdin.close()
         code = self.process.wait(TIMEOUT)
         out: list[str] = []
-        while not self.lines.empty():
-            out.append(self.lines.get())
+        while (line := self.lines.get(timeout=TIMEOUT)) is not None:
+            out.append(line)
         return code, [line for line in out if line]
 
 
