@@ -53,10 +53,10 @@ log = logging.getLogger("fader")
 DEFAULT_MAX_STALENESS = 60.0
 DEFAULT_EXIT_TIMEOUT = 2.0
 # How long the exposures thread waits between rounds: 10 times a second, and 50 while
-# lookups arrive at BUSY_RATE a second or more. Why faster when busy: at a million debug
-# lookups a second, rounds of 0.1 s let the client's queue of batches outgrow its bound
-# (430,000-930,000 of ~4.5 million records dropped in benchmarks/inprocess_bench.py, against
-# 0-20,000 at 0.01-0.02 s); idle, fewer wake-ups.
+# lookups arrive at BUSY_RATE a second or more. Why faster when busy: at ~600,000 debug
+# lookups a second, rounds of 0.1 s let the client's queue of batches outgrow its bound more
+# often (benchmarks/inprocess_bench.py, records dropped of ~4.5 million: 430,000-930,000 over
+# four runs at 0.1 s, 0-470,000 over five at 0.02 s, median 20,000); idle, fewer wake-ups.
 DRAIN_SECONDS = 0.1
 BUSY_DRAIN_SECONDS = 0.02
 BUSY_RATE = 10_000
