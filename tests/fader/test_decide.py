@@ -59,6 +59,10 @@ class Text(str):
     pass
 
 
+class Ratio(float):
+    pass
+
+
 KEYS: list[object] = [
     "user-1",
     "vip",
@@ -86,6 +90,7 @@ VALUES: list[object] = [
     -(2**63) - 1,
     Plan.PRO,
     2.5,
+    Ratio(2.5),
     float("nan"),
     datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
     ["a", "b"],
