@@ -191,10 +191,7 @@ class Child:
     """This module in a child process (`serve` or `floor`), started once it says READY."""
 
     def __init__(self, argv: list[str]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
-        )
+        env = processes.child_env()
         command = [sys.executable, "-m", "benchmarks.fastlane_bench", *argv]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env

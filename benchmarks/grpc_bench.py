@@ -252,10 +252,7 @@ class ServerProcess:
         self.uds = workdir / f"{stack}-{kind}.sock"
         command = [sys.executable, "-m", "benchmarks.grpc_bench", "serve", kind, stack]
         command += [str(self.uds), str(workers)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
-        )
+        env = processes.child_env()
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env
         )

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import shutil
 import signal
 import subprocess
@@ -157,10 +156,7 @@ class Cell:
 
 class Server:
     def __init__(self, mode: str, workdir: Path, collector: str, callgrind: bool = False) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
-        )
+        env = processes.child_env()
         command = [
             sys.executable, "-m", "benchmarks.impressions_bench", "serve", mode, str(workdir),
             collector,
@@ -575,10 +571,7 @@ async def upload_child(collector: str) -> None:
 async def upload_cost() -> list[str]:
     """What one upload costs its sender, by size: is it the call or the bytes?"""
     collector, server, address = await start_collector()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
-    )
+    env = processes.child_env()
     command = [sys.executable, "-m", "benchmarks.impressions_bench", "upload-child", address]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     output, _ = await asyncio.to_thread(child.communicate)

@@ -13,6 +13,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with the repository and its Python client first on the path: what a
+    benchmark's child process (a server, a sender) runs with."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(REPO / "clients" / "python"), env.get("PYTHONPATH", "")]
+    )
+    return env
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc (all its threads)."""
