@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from fader import _decide
 from fader._common import CallFailed
-from fader._local import MAX_KEY_LENGTH, MAX_NAME_LENGTH, Limits, make_decide, rules_decide
+from fader._local import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    Limits,
+    long_flag_names,
+    make_decide,
+    rules_decide,
+)
 from fader.rules.result import NOT_FOUND, Decision
 from fader.snapshot.loader import build_snapshot
 from fader.snapshot.snapshot import Snapshot
@@ -143,7 +150,9 @@ def test_the_c_path_answers_and_records_as_the_python_rules(recording: bool) -> 
     c_recorded: deque[object] = deque()
     py_recorded: deque[object] = deque()
     fast = make_decide(snap, LIMITS, c_recorded.append if recording else None)
-    rules = rules_decide(snap, LIMITS, py_recorded.append if recording else None)
+    rules = rules_decide(
+        snap, LIMITS, py_recorded.append if recording else None, long_flag_names(snap)
+    )
     assert isinstance(fast, _decide.Decide)
     rng = random.Random(18)
     answered = refused = 0
@@ -173,7 +182,7 @@ def test_plain_lookups_are_answered_in_c() -> None:
         return NOT_FOUND
 
     recorded: list[object] = []
-    decide = _decide.Decide(snap.evaluate, recorded.append, slow, NOT_FOUND, 8, 4, False)
+    decide = _decide.Decide(snap.evaluate, recorded.append, slow, NOT_FOUND, 8, 4)
     attributes = {"plan": "pro", "age": 30, "beta": True, "score": 2.5}
     decision = decide("user-1", "checkout", None, attributes)
     assert decision == snap.evaluate("user-1", "checkout", None, attributes)
@@ -196,7 +205,7 @@ def test_long_flag_names_go_to_the_rules() -> None:
     long_name = "f" * (MAX_NAME_LENGTH + 1)
     snap = snapshot("checkout", long_name)
     fast = make_decide(snap, LIMITS, None)
-    rules = rules_decide(snap, LIMITS, None)
+    rules = rules_decide(snap, LIMITS, None, long_flag_names(snap))
     for name in ("checkout", long_name):
         assert outcome(fast, ("user-1", name, None, None)) == outcome(
             rules, ("user-1", name, None, None)
@@ -216,11 +225,11 @@ def test_errors_from_evaluate_and_record_propagate() -> None:
     decide = make_decide(snap, LIMITS, failing_record)
     with pytest.raises(RuntimeError, match="record failed"):
         decide("user-1", "checkout", None, None)
-    decide = _decide.Decide(failing_evaluate, None, failing_evaluate, NOT_FOUND, 8, 4, False)
+    decide = _decide.Decide(failing_evaluate, None, failing_evaluate, NOT_FOUND, 8, 4)
     with pytest.raises(KeyError, match="evaluate failed"):
         decide("user-1", "checkout", None, None)
     with pytest.raises(TypeError, match="callable"):
-        _decide.Decide(snap.evaluate, 1, failing_evaluate, NOT_FOUND, 8, 4, False)  # type: ignore[arg-type]
+        _decide.Decide(snap.evaluate, 1, failing_evaluate, NOT_FOUND, 8, 4)  # type: ignore[arg-type]
 
 
 def test_nothing_leaks() -> None:

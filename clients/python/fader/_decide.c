@@ -8,8 +8,8 @@
  * Same answers as the Python rules it fronts, by construction: a lookup is settled here only
  * when every check the Python `decide` makes passes on values whose type leaves no doubt
  * (exact str, bool, float, int within 64 bits; an exact dict of attributes with str names);
- * anything else, and any lookup whose decision is NOT_FOUND or whose snapshot has over-long
- * flag names, is handed whole to `slow`, the Python `decide`, which refuses, converts or
+ * anything else, and any lookup whose decision is NOT_FOUND, is handed whole to `slow`, the
+ * Python `decide`, which refuses, converts or
  * answers it as before (evaluating again: a decision depends on its inputs only). So a
  * lookup raises nothing of this code's own (but MemoryError): errors come from `evaluate`,
  * `record` or `slow`.
@@ -30,7 +30,6 @@ typedef struct {
     PyObject *not_found; /* fader.rules.result.NOT_FOUND */
     Py_ssize_t max_size;
     Py_ssize_t max_attributes;
-    int long_names;
 } Decide;
 
 /* A key the sidecar takes as it is: 1 to 250 ASCII characters (ASCII also means protobuf
@@ -102,7 +101,7 @@ decide_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *
     if (decision == NULL) {
         return NULL;
     }
-    if (decision == self->not_found || self->long_names) {
+    if (decision == self->not_found) {
         Py_DECREF(decision);
         return PyObject_Vectorcall(self->slow, args, nargs, NULL);
     }
@@ -127,14 +126,12 @@ static PyObject *
 decide_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {
-        "evaluate", "record", "slow", "not_found", "max_size", "max_attributes", "long_names",
-        NULL,
+        "evaluate", "record", "slow", "not_found", "max_size", "max_attributes", NULL,
     };
     PyObject *evaluate, *record, *slow, *not_found;
     Py_ssize_t max_size, max_attributes;
-    int long_names;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOnnp", names, &evaluate, &record, &slow,
-                                     &not_found, &max_size, &max_attributes, &long_names)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOnn", names, &evaluate, &record, &slow,
+                                     &not_found, &max_size, &max_attributes)) {
         return NULL;
     }
     if (!PyCallable_Check(evaluate) || !PyCallable_Check(slow) ||
@@ -153,7 +150,6 @@ decide_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->not_found = Py_NewRef(not_found);
     self->max_size = max_size;
     self->max_attributes = max_attributes;
-    self->long_names = long_names;
     return (PyObject *)self;
 }
 
@@ -194,7 +190,7 @@ static PyMemberDef decide_members[] = {
 };
 
 PyDoc_STRVAR(decide_doc,
-"Decide(evaluate, record, slow, not_found, max_size, max_attributes, long_names)\n"
+"Decide(evaluate, record, slow, not_found, max_size, max_attributes)\n"
 "--\n\n"
 "decide(key, flag, bucketing_key, attributes) -> Decision: `evaluate`'s decision for a\n"
 "lookup the sidecar's rules take as it is, recorded with `record`; any other lookup is\n"

@@ -19,7 +19,6 @@ class Decide:
         not_found: Decision,
         max_size: int,
         max_attributes: int,
-        long_names: bool,
     ) -> None: ...
     def __call__(
         self, key: str, flag: str, bucketing_key: str | None, attributes: Mapping[str, Any] | None

@@ -115,28 +115,38 @@ def make_decide(
     (`fader._decide`: a quarter of what the Python rules cost, benchmarks/RESULTS.md); every
     other lookup goes to the Python rules (`rules_decide`), which say what is wrong.
     """
-    long_names = any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
+    long_names = long_flag_names(snapshot)
+    rules = rules_decide(snapshot, limits, record, long_names)
+    if long_names:  # every lookup's flag name is checked: the rules take every lookup
+        return rules
     return _decide.Decide(
         snapshot.evaluate,
         record,
-        rules_decide(snapshot, limits, record),
+        rules,
         NOT_FOUND,
         limits.max_attribute_size,
         limits.max_attributes,
-        long_names,
     )
 
 
+def long_flag_names(snapshot: Snapshot) -> bool:
+    """Whether a flag of `snapshot` has a name the sidecar would refuse to look up: almost
+    never, and then every lookup's name must be checked."""
+    return any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
+
+
 def rules_decide(
-    snapshot: Snapshot, limits: Limits, record: Callable[[Answer], None] | None
+    snapshot: Snapshot,
+    limits: Limits,
+    record: Callable[[Answer], None] | None,
+    long_names: bool,
 ) -> Decide:
     """`make_decide`'s decide, all in Python: the sidecar's rules as they are written. A
     closure rather than a method, and the plain-attribute check inlined: it answers every
-    lookup the C path hands over (and tests compare the two)."""
+    lookup the C path hands over (and tests compare the two). `long_names`:
+    `long_flag_names(snapshot)`."""
     evaluate = snapshot.evaluate
     max_size, max_attributes = limits.max_attribute_size, limits.max_attributes
-    # a flag whose name the sidecar would refuse to look up: almost never there
-    long_names = any(len(name) > MAX_NAME_LENGTH for name in snapshot.flags)
 
     def decide(
         key: str, flag: str, bucketing_key: str | None, attributes: Mapping[str, Any] | None
